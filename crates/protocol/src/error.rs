@@ -1,0 +1,167 @@
+//! Error codes: the one table that maps every failure a client can see to its wire code,
+//! HTTP status and (where the failure ends the connection) WebSocket close code.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Every error code a client can receive, in HTTP bodies and WebSocket `error` frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body or frame is not valid JSON / protobuf, or not of the expected shape.
+    Malformed,
+    /// A WebSocket frame names an `op` the server does not know.
+    UnknownOp,
+    /// A field is missing or has an invalid value; the error names the field.
+    InvalidField,
+    /// The body or frame exceeds the configured size limit.
+    PayloadTooLarge,
+    /// The request's Content-Type is not one the endpoint accepts.
+    UnsupportedMediaType,
+    /// No such route or resource.
+    NotFound,
+    /// The cursor is older than the history the server can still serve.
+    HistoryUnavailable,
+    /// The connection already follows that session.
+    AlreadySubscribed,
+    /// The connection does not follow that session.
+    NotSubscribed,
+    /// Kafka or Valkey is unreachable; nothing was written. Retry later.
+    Unavailable,
+    /// A bug or an unexpected failure inside agentwire.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::Malformed,
+        ErrorCode::UnknownOp,
+        ErrorCode::InvalidField,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::NotFound,
+        ErrorCode::HistoryUnavailable,
+        ErrorCode::AlreadySubscribed,
+        ErrorCode::NotSubscribed,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The wire name, e.g. `invalid_field`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::HistoryUnavailable => "history_unavailable",
+            ErrorCode::AlreadySubscribed => "already_subscribed",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status an HTTP endpoint answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Malformed | ErrorCode::UnknownOp | ErrorCode::InvalidField => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::AlreadySubscribed | ErrorCode::NotSubscribed => 409,
+            ErrorCode::HistoryUnavailable => 410,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+
+    /// The WebSocket close code when this error ends a connection; `None` when the
+    /// connection stays open and receives an `error` frame instead.
+    pub fn ws_close_code(self) -> Option<u16> {
+        match self {
+            ErrorCode::PayloadTooLarge => Some(1009),
+            ErrorCode::Internal => Some(1011),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A decoding or validation failure of client input.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProtocolError {
+    code: ErrorCode,
+    message: String,
+    field: Option<Cow<'static, str>>,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// An invalid or missing field; `message` completes the sentence "<field> …".
+    pub fn invalid(field: &'static str, message: impl fmt::Display) -> Self {
+        Self {
+            code: ErrorCode::InvalidField,
+            message: format!("{field} {message}"),
+            field: Some(Cow::Borrowed(field)),
+        }
+    }
+
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Malformed, message)
+    }
+
+    /// Re-attributes the error to `field` (e.g. a session key part to `session`).
+    pub fn with_field(mut self, field: impl Into<Cow<'static, str>>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_serialises_to_its_wire_name() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn only_size_and_internal_errors_close_the_socket() {
+        let closing: Vec<_> = ErrorCode::ALL.into_iter().filter(|c| c.ws_close_code().is_some()).collect();
+        assert_eq!(closing, vec![ErrorCode::PayloadTooLarge, ErrorCode::Internal]);
+    }
+}

@@ -1,0 +1,111 @@
+//! The domain event: what producers publish, the log stores and subscribers receive.
+//! Construction goes through the codecs (`cloudevents`, `pb`), which validate every field.
+
+use std::time::SystemTime;
+
+use prost_types::Timestamp;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::ids::{EventType, ProducerId, SessionKey};
+
+/// The payload of an event, as CloudEvents distinguishes it.
+#[derive(Clone, Debug)]
+pub enum Data {
+    /// JSON data (`data` in CloudEvents JSON), kept as the producer's exact text.
+    Json(Box<RawValue>),
+    /// Opaque bytes (`data_base64` in CloudEvents JSON).
+    Binary(Vec<u8>),
+}
+
+impl PartialEq for Data {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Data::Json(a), Data::Json(b)) => a.get() == b.get(),
+            (Data::Binary(a), Data::Binary(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// One agent event. `id` and `time` are `None` only before the gateway stamps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub id: Option<Uuid>,
+    pub session: SessionKey,
+    pub event_type: EventType,
+    /// CloudEvents `source`; empty means "derive from the session".
+    pub source: String,
+    pub subject: Option<String>,
+    pub producer_id: Option<ProducerId>,
+    /// Per-producer sequence number; `None` for unsequenced producers.
+    pub producer_seq: Option<u64>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub time: Option<Timestamp>,
+    pub content_type: Option<String>,
+    pub data: Option<Data>,
+    /// Natural-language text for the enricher.
+    pub text: Option<String>,
+    /// W3C trace context (`00-<trace-id>-<span-id>-<flags>`).
+    pub traceparent: Option<String>,
+}
+
+impl Event {
+    /// A minimal event, for producers building events in code.
+    pub fn new(session: SessionKey, event_type: EventType) -> Self {
+        Self {
+            id: None,
+            session,
+            event_type,
+            source: String::new(),
+            subject: None,
+            producer_id: None,
+            producer_seq: None,
+            correlation_id: None,
+            causation_id: None,
+            time: None,
+            content_type: None,
+            data: None,
+            text: None,
+            traceparent: None,
+        }
+    }
+
+    /// Fills what the producer left out: a UUIDv7 id, the receive time and a source
+    /// (`/agentwire/<tenant>/<agent_type>/<session_id>`).
+    pub fn stamp(&mut self, now: SystemTime) {
+        if self.id.is_none() {
+            self.id = Some(Uuid::now_v7());
+        }
+        if self.time.is_none() {
+            self.time = Some(Timestamp::from(now));
+        }
+        if self.source.is_empty() {
+            let s = &self.session;
+            self.source = format!("/agentwire/{}/{}/{}", s.tenant, s.agent_type, s.session_id);
+        }
+    }
+
+    /// The media type of `data`, with CloudEvents' default for JSON data.
+    pub fn effective_content_type(&self) -> Option<&str> {
+        match (&self.content_type, &self.data) {
+            (Some(ct), _) => Some(ct.as_str()),
+            (None, Some(Data::Json(_))) => Some("application/json"),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `content_type` names a JSON media type (`application/json`, `*/*+json`, `text/json`).
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+/// Checks a W3C `traceparent` header value for shape (version 00).
+pub fn is_valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2)
+}

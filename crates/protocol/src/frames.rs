@@ -1,0 +1,334 @@
+//! WebSocket frames of `/v1/ws`: client → server ([`ClientFrame`]) and server → client
+//! ([`ServerFrame`]), in JSON (text messages) and protobuf (binary messages).
+
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::cloudevents;
+use crate::error::{ErrorCode, ProtocolError};
+use crate::event::Event;
+use crate::ids::{Offset, SessionKey};
+use crate::pb;
+
+/// A frame from a client.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientFrame {
+    /// Follow a session; deliver events with offsets strictly after `after`, or only new
+    /// events when `after` is `None`.
+    Subscribe { session: SessionKey, after: Option<Offset> },
+    Unsubscribe { session: SessionKey },
+    Publish { event: Box<Event> },
+    Ping,
+}
+
+/// The JSON shape of a client frame; unknown fields are rejected so typos surface.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientFrameIn {
+    op: String,
+    session: Option<String>,
+    after: Option<u64>,
+    event: Option<Box<RawValue>>,
+}
+
+impl ClientFrame {
+    /// Decodes a text (JSON) WebSocket message.
+    pub fn from_json(text: &str) -> Result<Self, ProtocolError> {
+        let raw: ClientFrameIn =
+            serde_json::from_str(text).map_err(|e| ProtocolError::malformed(format!("frame is not a valid JSON frame: {e}")))?;
+        let session = |s: Option<String>| -> Result<SessionKey, ProtocolError> {
+            s.ok_or_else(|| ProtocolError::invalid("session", "is required"))?.parse()
+        };
+        match raw.op.as_str() {
+            "subscribe" => Ok(ClientFrame::Subscribe {
+                session: session(raw.session)?,
+                after: raw.after.map(Offset),
+            }),
+            "unsubscribe" => Ok(ClientFrame::Unsubscribe {
+                session: session(raw.session)?,
+            }),
+            "publish" => {
+                let event = raw.event.ok_or_else(|| ProtocolError::invalid("event", "is required"))?;
+                Ok(ClientFrame::Publish {
+                    event: Box::new(cloudevents::from_json(event.get())?),
+                })
+            }
+            "ping" => Ok(ClientFrame::Ping),
+            other => Err(ProtocolError::new(
+                ErrorCode::UnknownOp,
+                format!("unknown op {other:?}; expected subscribe, unsubscribe, publish or ping"),
+            )),
+        }
+    }
+
+    /// Decodes a binary (protobuf `agentwire.v1.ClientFrame`) WebSocket message.
+    pub fn from_protobuf(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let frame = pb::ClientFrame::decode(bytes)
+            .map_err(|e| ProtocolError::malformed(format!("frame is not a valid protobuf ClientFrame: {e}")))?;
+        match frame.op {
+            Some(pb::client_frame::Op::Subscribe(s)) => Ok(ClientFrame::Subscribe {
+                session: s.session.parse()?,
+                after: s.after.map(Offset),
+            }),
+            Some(pb::client_frame::Op::Unsubscribe(u)) => Ok(ClientFrame::Unsubscribe {
+                session: u.session.parse()?,
+            }),
+            Some(pb::client_frame::Op::Publish(p)) => {
+                let event = p.event.ok_or_else(|| ProtocolError::invalid("event", "is required"))?;
+                Ok(ClientFrame::Publish {
+                    event: Box::new(Event::try_from(event)?),
+                })
+            }
+            Some(pb::client_frame::Op::Ping(_)) => Ok(ClientFrame::Ping),
+            None => Err(ProtocolError::new(ErrorCode::UnknownOp, "frame has no op")),
+        }
+    }
+
+    /// Encodes as a JSON text message (used by the Rust client).
+    pub fn to_json(&self) -> String {
+        match self {
+            ClientFrame::Subscribe { session, after } => match after {
+                Some(after) => format!(r#"{{"op":"subscribe","session":"{session}","after":{after}}}"#),
+                None => format!(r#"{{"op":"subscribe","session":"{session}"}}"#),
+            },
+            ClientFrame::Unsubscribe { session } => format!(r#"{{"op":"unsubscribe","session":"{session}"}}"#),
+            ClientFrame::Publish { event } => format!(r#"{{"op":"publish","event":{}}}"#, cloudevents::to_json(event)),
+            ClientFrame::Ping => r#"{"op":"ping"}"#.to_owned(),
+        }
+    }
+
+    /// Encodes as a protobuf binary message.
+    pub fn to_protobuf(&self) -> Vec<u8> {
+        use pb::client_frame::Op;
+        let op = match self {
+            ClientFrame::Subscribe { session, after } => Op::Subscribe(pb::Subscribe {
+                session: session.to_string(),
+                after: after.map(|a| a.0),
+            }),
+            ClientFrame::Unsubscribe { session } => Op::Unsubscribe(pb::Unsubscribe {
+                session: session.to_string(),
+            }),
+            ClientFrame::Publish { event } => Op::Publish(pb::Publish {
+                event: Some(pb::Event::from(event.as_ref())),
+            }),
+            ClientFrame::Ping => Op::Ping(pb::Ping {}),
+        };
+        pb::ClientFrame { op: Some(op) }.encode_to_vec()
+    }
+}
+
+/// The acknowledgement of a durable publish: where Kafka stored the event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer_seq: Option<u64>,
+    pub partition: i32,
+    pub offset: Offset,
+}
+
+/// An error reported to a client without closing the connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionKey>,
+    /// The event id, when the error answers a publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl From<&ProtocolError> for ErrorFrame {
+    fn from(err: &ProtocolError) -> Self {
+        ErrorFrame {
+            code: err.code(),
+            message: err.message().to_owned(),
+            field: err.field().map(str::to_owned),
+            session: None,
+            id: None,
+        }
+    }
+}
+
+/// A frame from the server.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Subscribed {
+        session: SessionKey,
+        #[serde(default)]
+        offset: Option<Offset>,
+    },
+    Unsubscribed {
+        session: SessionKey,
+    },
+    /// One durable event; `event` is the CloudEvents JSON exactly as stored in the log.
+    Event {
+        session: SessionKey,
+        offset: Offset,
+        event: Box<RawValue>,
+    },
+    Ack(Ack),
+    Error(ErrorFrame),
+    Pong,
+}
+
+/// The flat JSON shape of every server frame (serde cannot buffer a `RawValue` inside an
+/// internally tagged enum).
+#[derive(Deserialize)]
+struct ServerFrameIn {
+    op: String,
+    session: Option<SessionKey>,
+    offset: Option<Offset>,
+    event: Option<Box<RawValue>>,
+    id: Option<String>,
+    producer_seq: Option<u64>,
+    partition: Option<i32>,
+    code: Option<ErrorCode>,
+    message: Option<String>,
+    field: Option<String>,
+}
+
+/// The JSON `event` frame for a stored event, built without re-parsing the event.
+/// `event_json` must be a CloudEvents JSON object as written by [`cloudevents::to_json`].
+pub fn event_frame_json(session: &SessionKey, offset: Offset, event_json: &str) -> String {
+    format!(r#"{{"op":"event","session":"{session}","offset":{offset},"event":{event_json}}}"#)
+}
+
+impl ServerFrame {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Decodes a JSON server frame (used by the Rust client).
+    pub fn from_json(text: &str) -> Result<Self, ProtocolError> {
+        let raw: ServerFrameIn =
+            serde_json::from_str(text).map_err(|e| ProtocolError::malformed(format!("not a server frame: {e}")))?;
+        let session = |s: Option<SessionKey>| s.ok_or_else(|| ProtocolError::invalid("session", "is required"));
+        let offset = |o: Option<Offset>| o.ok_or_else(|| ProtocolError::invalid("offset", "is required"));
+        Ok(match raw.op.as_str() {
+            "subscribed" => ServerFrame::Subscribed {
+                session: session(raw.session)?,
+                offset: raw.offset,
+            },
+            "unsubscribed" => ServerFrame::Unsubscribed {
+                session: session(raw.session)?,
+            },
+            "event" => ServerFrame::Event {
+                session: session(raw.session)?,
+                offset: offset(raw.offset)?,
+                event: raw.event.ok_or_else(|| ProtocolError::invalid("event", "is required"))?,
+            },
+            "ack" => ServerFrame::Ack(Ack {
+                id: raw.id.unwrap_or_default(),
+                producer_seq: raw.producer_seq,
+                partition: raw.partition.ok_or_else(|| ProtocolError::invalid("partition", "is required"))?,
+                offset: offset(raw.offset)?,
+            }),
+            "error" => ServerFrame::Error(ErrorFrame {
+                code: raw.code.ok_or_else(|| ProtocolError::invalid("code", "is required"))?,
+                message: raw.message.unwrap_or_default(),
+                field: raw.field,
+                session: raw.session,
+                id: raw.id,
+            }),
+            "pong" => ServerFrame::Pong,
+            other => return Err(ProtocolError::new(ErrorCode::UnknownOp, format!("unknown server op {other:?}"))),
+        })
+    }
+
+    /// Encodes as a protobuf `agentwire.v1.ServerFrame`.
+    pub fn to_protobuf(&self) -> Result<Vec<u8>, ProtocolError> {
+        use pb::server_frame::Op;
+        let op = match self {
+            ServerFrame::Subscribed { session, offset } => Op::Subscribed(pb::Subscribed {
+                session: session.to_string(),
+                offset: offset.map(|o| o.0),
+            }),
+            ServerFrame::Unsubscribed { session } => Op::Unsubscribed(pb::Unsubscribed {
+                session: session.to_string(),
+            }),
+            ServerFrame::Event { session, offset, event } => Op::Event(pb::Delivery {
+                session: session.to_string(),
+                offset: offset.0,
+                event: Some(pb::Event::from(&cloudevents::from_json(event.get())?)),
+            }),
+            ServerFrame::Ack(ack) => Op::Ack(pb::Ack {
+                id: ack.id.clone(),
+                producer_seq: ack.producer_seq.unwrap_or(0),
+                partition: ack.partition,
+                offset: ack.offset.0,
+            }),
+            ServerFrame::Error(e) => Op::Error(pb::Error {
+                code: e.code.as_str().to_owned(),
+                message: e.message.clone(),
+                field: e.field.clone().unwrap_or_default(),
+                session: e.session.as_ref().map(ToString::to_string).unwrap_or_default(),
+                id: e.id.clone().unwrap_or_default(),
+            }),
+            ServerFrame::Pong => Op::Pong(pb::Pong {}),
+        };
+        Ok(pb::ServerFrame { op: Some(op) }.encode_to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_round_trip_through_json_and_protobuf() {
+        let event = cloudevents::from_json(r#"{"type":"agent.message","tenant":"t","agenttype":"a","sessionid":"s","text":"hi"}"#)
+            .expect("valid");
+        let frames = [
+            ClientFrame::Subscribe { session: "t:a:s".parse().expect("key"), after: Some(Offset(41)) },
+            ClientFrame::Subscribe { session: "t:a:s".parse().expect("key"), after: None },
+            ClientFrame::Unsubscribe { session: "t:a:s".parse().expect("key") },
+            ClientFrame::Publish { event: Box::new(event) },
+            ClientFrame::Ping,
+        ];
+        for frame in frames {
+            assert_eq!(ClientFrame::from_json(&frame.to_json()).expect("json"), frame);
+            assert_eq!(ClientFrame::from_protobuf(&frame.to_protobuf()).expect("pb"), frame);
+        }
+    }
+
+    #[test]
+    fn bad_client_frames_get_precise_codes() {
+        let cases = [
+            ("{", ErrorCode::Malformed),
+            (r#"{"op":"dance"}"#, ErrorCode::UnknownOp),
+            (r#"{"op":"subscribe"}"#, ErrorCode::InvalidField),
+            (r#"{"op":"subscribe","session":"a:b"}"#, ErrorCode::InvalidField),
+            (r#"{"op":"subscribe","session":"a:b:c","after":-1}"#, ErrorCode::Malformed),
+            (r#"{"op":"publish","event":{"type":"agent.x"}}"#, ErrorCode::InvalidField),
+            (r#"{"op":"ping","extra":true}"#, ErrorCode::Malformed),
+        ];
+        for (text, code) in cases {
+            assert_eq!(ClientFrame::from_json(text).expect_err(text).code(), code, "{text}");
+        }
+        assert_eq!(ClientFrame::from_protobuf(&[0xff, 0xff, 0xff]).expect_err("garbage").code(), ErrorCode::Malformed);
+    }
+
+    #[test]
+    fn the_fast_event_frame_matches_serde() {
+        let session: SessionKey = "t:a:s".parse().expect("key");
+        let event = r#"{"specversion":"1.0","type":"agent.x"}"#;
+        let fast = event_frame_json(&session, Offset(42), event);
+        let parsed = ServerFrame::from_json(&fast).expect("parse");
+        let ServerFrame::Event { session: s, offset, event: e } = &parsed else {
+            panic!("not an event frame: {fast}");
+        };
+        assert_eq!((s, *offset, e.get()), (&session, Offset(42), event));
+        let serde = ServerFrame::Event {
+            session,
+            offset: Offset(42),
+            event: RawValue::from_string(event.to_owned()).expect("raw"),
+        };
+        assert_eq!(serde.to_json(), fast);
+    }
+}

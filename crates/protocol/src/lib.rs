@@ -1,0 +1,18 @@
+//! The agentwire wire contract, with no I/O: identifiers, the event envelope (CloudEvents
+//! 1.0, JSON structured mode and protobuf), WebSocket frames and error codes.
+//!
+//! Every other crate encodes and decodes through this one, so a byte on any wire (HTTP,
+//! WebSocket, Kafka record, Valkey entry) has exactly one definition. It depends on no
+//! runtime, broker or database client.
+
+pub mod cloudevents;
+pub mod error;
+pub mod event;
+pub mod frames;
+pub mod ids;
+pub mod pb;
+
+pub use error::{ErrorCode, ProtocolError};
+pub use event::{Data, Event};
+pub use frames::{Ack, ClientFrame, ErrorFrame, ServerFrame};
+pub use ids::{AgentType, EventType, Offset, ProducerId, SessionId, SessionKey, Tenant};
