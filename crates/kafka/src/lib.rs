@@ -1,1 +1,29 @@
-//! placeholder
+//! The only crate that names rdkafka: topic administration, the idempotent event-log
+//! producer, the relay's consumer poll loop and a range reader for replays.
+//!
+//! Offsets: [`LogMessage::offset`] is the Kafka offset of that record (inclusive). Storing
+//! an offset with [`OffsetStore::store`] means "this record and everything before it in its
+//! partition is done"; librdkafka commits `offset + 1`, the next record to read.
+
+mod args;
+mod config;
+mod consumer;
+mod error;
+mod producer;
+mod reader;
+mod topics;
+
+pub use args::KafkaArgs;
+pub use config::{ConsumerSettings, KafkaSettings};
+pub use consumer::{ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
+pub use error::KafkaError;
+pub use producer::{Appended, EventLog, LogRecord};
+pub use reader::{read_range, watermarks};
+pub use topics::ensure_topic;
+
+/// Kafka record header carrying the W3C trace context.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// Kafka record header naming the record's format (CloudEvents Kafka binding, structured mode).
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+/// The record value's media type: a CloudEvents JSON event.
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json; charset=UTF-8";

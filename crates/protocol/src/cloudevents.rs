@@ -123,15 +123,17 @@ pub fn to_json(event: &Event) -> String {
 
 /// Parses one CloudEvents JSON object.
 pub fn from_json(json: &str) -> Result<Event, ProtocolError> {
-    let raw: CloudEventIn =
-        serde_json::from_str(json).map_err(|e| ProtocolError::malformed(format!("event is not a valid CloudEvents JSON object: {e}")))?;
+    let raw: CloudEventIn = serde_json::from_str(json).map_err(|e| {
+        ProtocolError::malformed(format!("event is not a valid CloudEvents JSON object: {e}"))
+    })?;
     validate(raw)
 }
 
 /// Parses a JSON array of CloudEvents (the CloudEvents JSON batch format).
 pub fn batch_from_json(json: &str) -> Result<Vec<Event>, ProtocolError> {
-    let raws: Vec<Box<RawValue>> = serde_json::from_str(json)
-        .map_err(|e| ProtocolError::malformed(format!("body is not a JSON array of events: {e}")))?;
+    let raws: Vec<Box<RawValue>> = serde_json::from_str(json).map_err(|e| {
+        ProtocolError::malformed(format!("body is not a JSON array of events: {e}"))
+    })?;
     raws.iter().map(|raw| from_json(raw.get())).collect()
 }
 
@@ -141,9 +143,10 @@ fn required(field: &'static str, value: Option<String>) -> Result<String, Protoc
 
 fn bounded(field: &'static str, value: Option<String>) -> Result<Option<String>, ProtocolError> {
     match value {
-        Some(v) if v.len() > MAX_ATTRIBUTE_LEN => {
-            Err(ProtocolError::invalid(field, format!("is longer than {MAX_ATTRIBUTE_LEN} bytes")))
-        }
+        Some(v) if v.len() > MAX_ATTRIBUTE_LEN => Err(ProtocolError::invalid(
+            field,
+            format!("is longer than {MAX_ATTRIBUTE_LEN} bytes"),
+        )),
         other => Ok(other),
     }
 }
@@ -161,40 +164,61 @@ fn validate(raw: CloudEventIn) -> Result<Event, ProtocolError> {
     if let Some(pk) = raw.partitionkey
         && pk != session.to_string()
     {
-        return Err(ProtocolError::invalid("partitionkey", "must equal tenant:agenttype:sessionid"));
+        return Err(ProtocolError::invalid(
+            "partitionkey",
+            "must equal tenant:agenttype:sessionid",
+        ));
     }
     let event_type = EventType::new(required("type", raw.event_type)?)?;
     let id = match raw.id {
         None => None,
-        Some(id) => Some(Uuid::parse_str(&id).map_err(|_| ProtocolError::invalid("id", "must be a UUID"))?),
+        Some(id) => {
+            Some(Uuid::parse_str(&id).map_err(|_| ProtocolError::invalid("id", "must be a UUID"))?)
+        }
     };
     let time = match raw.time {
         None => None,
-        Some(t) => Some(t.parse().map_err(|_| ProtocolError::invalid("time", "must be an RFC 3339 timestamp"))?),
+        Some(t) => Some(
+            t.parse()
+                .map_err(|_| ProtocolError::invalid("time", "must be an RFC 3339 timestamp"))?,
+        ),
     };
     let producer_id = raw.producerid.map(ProducerId::new).transpose()?;
     let producer_seq = match raw.producerseq {
         None => None,
         Some(SeqInput::Number(n)) => Some(n),
-        Some(SeqInput::Text(s)) => {
-            Some(s.parse().map_err(|_| ProtocolError::invalid("producerseq", "must be an unsigned 64-bit integer"))?)
-        }
+        Some(SeqInput::Text(s)) => Some(s.parse().map_err(|_| {
+            ProtocolError::invalid("producerseq", "must be an unsigned 64-bit integer")
+        })?),
     };
     if producer_seq.is_some() && producer_id.is_none() {
-        return Err(ProtocolError::invalid("producerid", "is required when producerseq is set"));
+        return Err(ProtocolError::invalid(
+            "producerid",
+            "is required when producerseq is set",
+        ));
     }
     let traceparent = raw.traceparent;
     if let Some(tp) = &traceparent
         && !is_valid_traceparent(tp)
     {
-        return Err(ProtocolError::invalid("traceparent", "must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"));
+        return Err(ProtocolError::invalid(
+            "traceparent",
+            "must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
+        ));
     }
     let data = match (raw.data, raw.data_base64) {
-        (Some(_), Some(_)) => return Err(ProtocolError::invalid("data_base64", "cannot be set together with data")),
+        (Some(_), Some(_)) => {
+            return Err(ProtocolError::invalid(
+                "data_base64",
+                "cannot be set together with data",
+            ));
+        }
         (Some(json), None) => Some(Data::Json(json)),
-        (None, Some(b64)) => Some(Data::Binary(
-            BASE64.decode(b64).map_err(|_| ProtocolError::invalid("data_base64", "must be standard base64"))?,
-        )),
+        (None, Some(b64)) => {
+            Some(Data::Binary(BASE64.decode(b64).map_err(|_| {
+                ProtocolError::invalid("data_base64", "must be standard base64")
+            })?))
+        }
         (None, None) => None,
     };
     if let (Some(Data::Json(_)), Some(ct)) = (&data, &raw.datacontenttype)
@@ -260,15 +284,42 @@ mod tests {
     #[test]
     fn each_invalid_attribute_is_named() {
         let cases = [
-            (r#"{"type":"agent.message","agenttype":"a","sessionid":"s"}"#, "tenant"),
-            (r#"{"type":"bogus","tenant":"t","agenttype":"a","sessionid":"s"}"#, "type"),
-            (r#"{"type":"agent.x","tenant":"t:x","agenttype":"a","sessionid":"s"}"#, "tenant"),
-            (r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","id":"nope"}"#, "id"),
-            (r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","time":"yesterday"}"#, "time"),
-            (r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","specversion":"0.3"}"#, "specversion"),
-            (r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","producerseq":1}"#, "producerid"),
-            (r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","traceparent":"x"}"#, "traceparent"),
-            (r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","data":1,"data_base64":"AA=="}"#, "data_base64"),
+            (
+                r#"{"type":"agent.message","agenttype":"a","sessionid":"s"}"#,
+                "tenant",
+            ),
+            (
+                r#"{"type":"bogus","tenant":"t","agenttype":"a","sessionid":"s"}"#,
+                "type",
+            ),
+            (
+                r#"{"type":"agent.x","tenant":"t:x","agenttype":"a","sessionid":"s"}"#,
+                "tenant",
+            ),
+            (
+                r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","id":"nope"}"#,
+                "id",
+            ),
+            (
+                r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","time":"yesterday"}"#,
+                "time",
+            ),
+            (
+                r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","specversion":"0.3"}"#,
+                "specversion",
+            ),
+            (
+                r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","producerseq":1}"#,
+                "producerid",
+            ),
+            (
+                r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","traceparent":"x"}"#,
+                "traceparent",
+            ),
+            (
+                r#"{"type":"agent.x","tenant":"t","agenttype":"a","sessionid":"s","data":1,"data_base64":"AA=="}"#,
+                "data_base64",
+            ),
         ];
         for (json, field) in cases {
             let err = from_json(json).expect_err(json);
@@ -279,8 +330,17 @@ mod tests {
 
     #[test]
     fn unknown_attributes_and_non_objects_are_malformed() {
-        for json in [r#"{"type":"agent.x","bogus":1}"#, "[]", "not json", r#"{"tenant":5}"#] {
-            assert_eq!(from_json(json).expect_err(json).code(), ErrorCode::Malformed, "{json}");
+        for json in [
+            r#"{"type":"agent.x","bogus":1}"#,
+            "[]",
+            "not json",
+            r#"{"tenant":5}"#,
+        ] {
+            assert_eq!(
+                from_json(json).expect_err(json).code(),
+                ErrorCode::Malformed,
+                "{json}"
+            );
         }
     }
 
@@ -289,6 +349,9 @@ mod tests {
         let ok = format!("[{FULL},{FULL}]");
         assert_eq!(batch_from_json(&ok).expect("valid").len(), 2);
         let bad = format!(r#"[{FULL},{{"type":"agent.x"}}]"#);
-        assert_eq!(batch_from_json(&bad).expect_err("bad").field(), Some("tenant"));
+        assert_eq!(
+            batch_from_json(&bad).expect_err("bad").field(),
+            Some("tenant")
+        );
     }
 }

@@ -28,6 +28,8 @@ pub enum ErrorCode {
     AlreadySubscribed,
     /// The connection does not follow that session.
     NotSubscribed,
+    /// The connection already follows as many sessions as it may.
+    TooManySubscriptions,
     /// Kafka or Valkey is unreachable; nothing was written. Retry later.
     Unavailable,
     /// A bug or an unexpected failure inside agentwire.
@@ -35,7 +37,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::Malformed,
         ErrorCode::UnknownOp,
         ErrorCode::InvalidField,
@@ -45,6 +47,7 @@ impl ErrorCode {
         ErrorCode::HistoryUnavailable,
         ErrorCode::AlreadySubscribed,
         ErrorCode::NotSubscribed,
+        ErrorCode::TooManySubscriptions,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -61,6 +64,7 @@ impl ErrorCode {
             ErrorCode::HistoryUnavailable => "history_unavailable",
             ErrorCode::AlreadySubscribed => "already_subscribed",
             ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -73,6 +77,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::AlreadySubscribed | ErrorCode::NotSubscribed => 409,
             ErrorCode::HistoryUnavailable => 410,
+            ErrorCode::TooManySubscriptions => 429,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Internal => 500,
@@ -161,7 +166,13 @@ mod tests {
 
     #[test]
     fn only_size_and_internal_errors_close_the_socket() {
-        let closing: Vec<_> = ErrorCode::ALL.into_iter().filter(|c| c.ws_close_code().is_some()).collect();
-        assert_eq!(closing, vec![ErrorCode::PayloadTooLarge, ErrorCode::Internal]);
+        let closing: Vec<_> = ErrorCode::ALL
+            .into_iter()
+            .filter(|c| c.ws_close_code().is_some())
+            .collect();
+        assert_eq!(
+            closing,
+            vec![ErrorCode::PayloadTooLarge, ErrorCode::Internal]
+        );
     }
 }

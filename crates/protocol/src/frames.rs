@@ -16,9 +16,16 @@ use crate::pb;
 pub enum ClientFrame {
     /// Follow a session; deliver events with offsets strictly after `after`, or only new
     /// events when `after` is `None`.
-    Subscribe { session: SessionKey, after: Option<Offset> },
-    Unsubscribe { session: SessionKey },
-    Publish { event: Box<Event> },
+    Subscribe {
+        session: SessionKey,
+        after: Option<Offset>,
+    },
+    Unsubscribe {
+        session: SessionKey,
+    },
+    Publish {
+        event: Box<Event>,
+    },
     Ping,
 }
 
@@ -35,10 +42,12 @@ struct ClientFrameIn {
 impl ClientFrame {
     /// Decodes a text (JSON) WebSocket message.
     pub fn from_json(text: &str) -> Result<Self, ProtocolError> {
-        let raw: ClientFrameIn =
-            serde_json::from_str(text).map_err(|e| ProtocolError::malformed(format!("frame is not a valid JSON frame: {e}")))?;
+        let raw: ClientFrameIn = serde_json::from_str(text).map_err(|e| {
+            ProtocolError::malformed(format!("frame is not a valid JSON frame: {e}"))
+        })?;
         let session = |s: Option<String>| -> Result<SessionKey, ProtocolError> {
-            s.ok_or_else(|| ProtocolError::invalid("session", "is required"))?.parse()
+            s.ok_or_else(|| ProtocolError::invalid("session", "is required"))?
+                .parse()
         };
         match raw.op.as_str() {
             "subscribe" => Ok(ClientFrame::Subscribe {
@@ -49,7 +58,9 @@ impl ClientFrame {
                 session: session(raw.session)?,
             }),
             "publish" => {
-                let event = raw.event.ok_or_else(|| ProtocolError::invalid("event", "is required"))?;
+                let event = raw
+                    .event
+                    .ok_or_else(|| ProtocolError::invalid("event", "is required"))?;
                 Ok(ClientFrame::Publish {
                     event: Box::new(cloudevents::from_json(event.get())?),
                 })
@@ -64,8 +75,9 @@ impl ClientFrame {
 
     /// Decodes a binary (protobuf `agentwire.v1.ClientFrame`) WebSocket message.
     pub fn from_protobuf(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let frame = pb::ClientFrame::decode(bytes)
-            .map_err(|e| ProtocolError::malformed(format!("frame is not a valid protobuf ClientFrame: {e}")))?;
+        let frame = pb::ClientFrame::decode(bytes).map_err(|e| {
+            ProtocolError::malformed(format!("frame is not a valid protobuf ClientFrame: {e}"))
+        })?;
         match frame.op {
             Some(pb::client_frame::Op::Subscribe(s)) => Ok(ClientFrame::Subscribe {
                 session: s.session.parse()?,
@@ -75,7 +87,9 @@ impl ClientFrame {
                 session: u.session.parse()?,
             }),
             Some(pb::client_frame::Op::Publish(p)) => {
-                let event = p.event.ok_or_else(|| ProtocolError::invalid("event", "is required"))?;
+                let event = p
+                    .event
+                    .ok_or_else(|| ProtocolError::invalid("event", "is required"))?;
                 Ok(ClientFrame::Publish {
                     event: Box::new(Event::try_from(event)?),
                 })
@@ -89,11 +103,18 @@ impl ClientFrame {
     pub fn to_json(&self) -> String {
         match self {
             ClientFrame::Subscribe { session, after } => match after {
-                Some(after) => format!(r#"{{"op":"subscribe","session":"{session}","after":{after}}}"#),
+                Some(after) => {
+                    format!(r#"{{"op":"subscribe","session":"{session}","after":{after}}}"#)
+                }
                 None => format!(r#"{{"op":"subscribe","session":"{session}"}}"#),
             },
-            ClientFrame::Unsubscribe { session } => format!(r#"{{"op":"unsubscribe","session":"{session}"}}"#),
-            ClientFrame::Publish { event } => format!(r#"{{"op":"publish","event":{}}}"#, cloudevents::to_json(event)),
+            ClientFrame::Unsubscribe { session } => {
+                format!(r#"{{"op":"unsubscribe","session":"{session}"}}"#)
+            }
+            ClientFrame::Publish { event } => format!(
+                r#"{{"op":"publish","event":{}}}"#,
+                cloudevents::to_json(event)
+            ),
             ClientFrame::Ping => r#"{"op":"ping"}"#.to_owned(),
         }
     }
@@ -206,10 +227,13 @@ impl ServerFrame {
 
     /// Decodes a JSON server frame (used by the Rust client).
     pub fn from_json(text: &str) -> Result<Self, ProtocolError> {
-        let raw: ServerFrameIn =
-            serde_json::from_str(text).map_err(|e| ProtocolError::malformed(format!("not a server frame: {e}")))?;
-        let session = |s: Option<SessionKey>| s.ok_or_else(|| ProtocolError::invalid("session", "is required"));
-        let offset = |o: Option<Offset>| o.ok_or_else(|| ProtocolError::invalid("offset", "is required"));
+        let raw: ServerFrameIn = serde_json::from_str(text)
+            .map_err(|e| ProtocolError::malformed(format!("not a server frame: {e}")))?;
+        let session = |s: Option<SessionKey>| {
+            s.ok_or_else(|| ProtocolError::invalid("session", "is required"))
+        };
+        let offset =
+            |o: Option<Offset>| o.ok_or_else(|| ProtocolError::invalid("offset", "is required"));
         Ok(match raw.op.as_str() {
             "subscribed" => ServerFrame::Subscribed {
                 session: session(raw.session)?,
@@ -221,23 +245,34 @@ impl ServerFrame {
             "event" => ServerFrame::Event {
                 session: session(raw.session)?,
                 offset: offset(raw.offset)?,
-                event: raw.event.ok_or_else(|| ProtocolError::invalid("event", "is required"))?,
+                event: raw
+                    .event
+                    .ok_or_else(|| ProtocolError::invalid("event", "is required"))?,
             },
             "ack" => ServerFrame::Ack(Ack {
                 id: raw.id.unwrap_or_default(),
                 producer_seq: raw.producer_seq,
-                partition: raw.partition.ok_or_else(|| ProtocolError::invalid("partition", "is required"))?,
+                partition: raw
+                    .partition
+                    .ok_or_else(|| ProtocolError::invalid("partition", "is required"))?,
                 offset: offset(raw.offset)?,
             }),
             "error" => ServerFrame::Error(ErrorFrame {
-                code: raw.code.ok_or_else(|| ProtocolError::invalid("code", "is required"))?,
+                code: raw
+                    .code
+                    .ok_or_else(|| ProtocolError::invalid("code", "is required"))?,
                 message: raw.message.unwrap_or_default(),
                 field: raw.field,
                 session: raw.session,
                 id: raw.id,
             }),
             "pong" => ServerFrame::Pong,
-            other => return Err(ProtocolError::new(ErrorCode::UnknownOp, format!("unknown server op {other:?}"))),
+            other => {
+                return Err(ProtocolError::new(
+                    ErrorCode::UnknownOp,
+                    format!("unknown server op {other:?}"),
+                ));
+            }
         })
     }
 
@@ -252,7 +287,11 @@ impl ServerFrame {
             ServerFrame::Unsubscribed { session } => Op::Unsubscribed(pb::Unsubscribed {
                 session: session.to_string(),
             }),
-            ServerFrame::Event { session, offset, event } => Op::Event(pb::Delivery {
+            ServerFrame::Event {
+                session,
+                offset,
+                event,
+            } => Op::Event(pb::Delivery {
                 session: session.to_string(),
                 offset: offset.0,
                 event: Some(pb::Event::from(&cloudevents::from_json(event.get())?)),
@@ -267,7 +306,11 @@ impl ServerFrame {
                 code: e.code.as_str().to_owned(),
                 message: e.message.clone(),
                 field: e.field.clone().unwrap_or_default(),
-                session: e.session.as_ref().map(ToString::to_string).unwrap_or_default(),
+                session: e
+                    .session
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 id: e.id.clone().unwrap_or_default(),
             }),
             ServerFrame::Pong => Op::Pong(pb::Pong {}),
@@ -282,18 +325,36 @@ mod tests {
 
     #[test]
     fn client_frames_round_trip_through_json_and_protobuf() {
-        let event = cloudevents::from_json(r#"{"type":"agent.message","tenant":"t","agenttype":"a","sessionid":"s","text":"hi"}"#)
-            .expect("valid");
+        let event = cloudevents::from_json(
+            r#"{"type":"agent.message","tenant":"t","agenttype":"a","sessionid":"s","text":"hi"}"#,
+        )
+        .expect("valid");
         let frames = [
-            ClientFrame::Subscribe { session: "t:a:s".parse().expect("key"), after: Some(Offset(41)) },
-            ClientFrame::Subscribe { session: "t:a:s".parse().expect("key"), after: None },
-            ClientFrame::Unsubscribe { session: "t:a:s".parse().expect("key") },
-            ClientFrame::Publish { event: Box::new(event) },
+            ClientFrame::Subscribe {
+                session: "t:a:s".parse().expect("key"),
+                after: Some(Offset(41)),
+            },
+            ClientFrame::Subscribe {
+                session: "t:a:s".parse().expect("key"),
+                after: None,
+            },
+            ClientFrame::Unsubscribe {
+                session: "t:a:s".parse().expect("key"),
+            },
+            ClientFrame::Publish {
+                event: Box::new(event),
+            },
             ClientFrame::Ping,
         ];
         for frame in frames {
-            assert_eq!(ClientFrame::from_json(&frame.to_json()).expect("json"), frame);
-            assert_eq!(ClientFrame::from_protobuf(&frame.to_protobuf()).expect("pb"), frame);
+            assert_eq!(
+                ClientFrame::from_json(&frame.to_json()).expect("json"),
+                frame
+            );
+            assert_eq!(
+                ClientFrame::from_protobuf(&frame.to_protobuf()).expect("pb"),
+                frame
+            );
         }
     }
 
@@ -303,15 +364,33 @@ mod tests {
             ("{", ErrorCode::Malformed),
             (r#"{"op":"dance"}"#, ErrorCode::UnknownOp),
             (r#"{"op":"subscribe"}"#, ErrorCode::InvalidField),
-            (r#"{"op":"subscribe","session":"a:b"}"#, ErrorCode::InvalidField),
-            (r#"{"op":"subscribe","session":"a:b:c","after":-1}"#, ErrorCode::Malformed),
-            (r#"{"op":"publish","event":{"type":"agent.x"}}"#, ErrorCode::InvalidField),
+            (
+                r#"{"op":"subscribe","session":"a:b"}"#,
+                ErrorCode::InvalidField,
+            ),
+            (
+                r#"{"op":"subscribe","session":"a:b:c","after":-1}"#,
+                ErrorCode::Malformed,
+            ),
+            (
+                r#"{"op":"publish","event":{"type":"agent.x"}}"#,
+                ErrorCode::InvalidField,
+            ),
             (r#"{"op":"ping","extra":true}"#, ErrorCode::Malformed),
         ];
         for (text, code) in cases {
-            assert_eq!(ClientFrame::from_json(text).expect_err(text).code(), code, "{text}");
+            assert_eq!(
+                ClientFrame::from_json(text).expect_err(text).code(),
+                code,
+                "{text}"
+            );
         }
-        assert_eq!(ClientFrame::from_protobuf(&[0xff, 0xff, 0xff]).expect_err("garbage").code(), ErrorCode::Malformed);
+        assert_eq!(
+            ClientFrame::from_protobuf(&[0xff, 0xff, 0xff])
+                .expect_err("garbage")
+                .code(),
+            ErrorCode::Malformed
+        );
     }
 
     #[test]
@@ -320,7 +399,12 @@ mod tests {
         let event = r#"{"specversion":"1.0","type":"agent.x"}"#;
         let fast = event_frame_json(&session, Offset(42), event);
         let parsed = ServerFrame::from_json(&fast).expect("parse");
-        let ServerFrame::Event { session: s, offset, event: e } = &parsed else {
+        let ServerFrame::Event {
+            session: s,
+            offset,
+            event: e,
+        } = &parsed
+        else {
             panic!("not an event frame: {fast}");
         };
         assert_eq!((s, *offset, e.get()), (&session, Offset(42), event));

@@ -92,7 +92,11 @@ impl SessionKey {
     }
 
     /// Builds a key from its three parts, validating each.
-    pub fn parse_parts(tenant: &str, agent_type: &str, session_id: &str) -> Result<Self, ProtocolError> {
+    pub fn parse_parts(
+        tenant: &str,
+        agent_type: &str,
+        session_id: &str,
+    ) -> Result<Self, ProtocolError> {
         Ok(Self::new(
             Tenant::new(tenant)?,
             AgentType::new(agent_type)?,
@@ -113,7 +117,9 @@ impl FromStr for SessionKey {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(':');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(t), Some(a), Some(s), None) => Self::parse_parts(t, a, s).map_err(|e| e.with_field("session")),
+            (Some(t), Some(a), Some(s), None) => {
+                Self::parse_parts(t, a, s).map_err(|e| e.with_field("session"))
+            }
             _ => Err(ProtocolError::invalid(
                 "session",
                 "must be \"tenant:agent_type:session_id\"",
@@ -196,7 +202,14 @@ mod tests {
 
     #[test]
     fn session_key_rejects_extra_separators_and_hash_tag_characters() {
-        for bad in ["acme:planner", "a:b:c:d", "a{b}:c:d", "a:b:", ":b:c", "a b:c:d"] {
+        for bad in [
+            "acme:planner",
+            "a:b:c:d",
+            "a{b}:c:d",
+            "a:b:",
+            ":b:c",
+            "a b:c:d",
+        ] {
             let err = bad.parse::<SessionKey>().expect_err(bad);
             assert_eq!(err.field(), Some("session"), "{bad}");
         }
@@ -207,7 +220,16 @@ mod tests {
         for good in ["agent.message", "agent.tool_called", "agent.a.b_c"] {
             EventType::new(good).expect(good);
         }
-        for bad in ["agent", "agent.", "agent..x", "Agent.x", "agent.X", "user.message", "agent.x-y", ""] {
+        for bad in [
+            "agent",
+            "agent.",
+            "agent..x",
+            "Agent.x",
+            "agent.X",
+            "user.message",
+            "agent.x-y",
+            "",
+        ] {
             assert!(EventType::new(bad).is_err(), "{bad}");
         }
     }

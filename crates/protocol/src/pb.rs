@@ -30,27 +30,36 @@ impl TryFrom<generated::Event> for DomainEvent {
         );
         let id = match pb.id.as_str() {
             "" => None,
-            id => Some(Uuid::parse_str(id).map_err(|_| ProtocolError::invalid("id", "must be a UUID"))?),
+            id => Some(
+                Uuid::parse_str(id).map_err(|_| ProtocolError::invalid("id", "must be a UUID"))?,
+            ),
         };
         let producer_id = non_empty(pb.producer_id).map(ProducerId::new).transpose()?;
         let producer_seq = (pb.producer_seq != 0).then_some(pb.producer_seq);
         if producer_seq.is_some() && producer_id.is_none() {
-            return Err(ProtocolError::invalid("producerid", "is required when producerseq is set"));
+            return Err(ProtocolError::invalid(
+                "producerid",
+                "is required when producerseq is set",
+            ));
         }
         let traceparent = non_empty(pb.traceparent);
         if let Some(tp) = &traceparent
             && !is_valid_traceparent(tp)
         {
-            return Err(ProtocolError::invalid("traceparent", "must be a W3C traceparent"));
+            return Err(ProtocolError::invalid(
+                "traceparent",
+                "must be a W3C traceparent",
+            ));
         }
         let content_type = non_empty(pb.content_type);
         let data = match (&content_type, pb.data.is_empty()) {
             (_, true) => None,
             (Some(ct), false) if is_json_media_type(ct) => {
-                let text = String::from_utf8(pb.data).map_err(|_| ProtocolError::invalid("data", "must be UTF-8 JSON"))?;
-                Some(Data::Json(
-                    RawValue::from_string(text).map_err(|_| ProtocolError::invalid("data", "must be valid JSON"))?,
-                ))
+                let text = String::from_utf8(pb.data)
+                    .map_err(|_| ProtocolError::invalid("data", "must be UTF-8 JSON"))?;
+                Some(Data::Json(RawValue::from_string(text).map_err(|_| {
+                    ProtocolError::invalid("data", "must be valid JSON")
+                })?))
             }
             (_, false) => Some(Data::Binary(pb.data)),
         };
@@ -86,12 +95,19 @@ impl From<&DomainEvent> for generated::Event {
             agent_type: event.session.agent_type.to_string(),
             session_id: event.session.session_id.to_string(),
             r#type: event.event_type.to_string(),
-            producer_id: event.producer_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+            producer_id: event
+                .producer_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             producer_seq: event.producer_seq.unwrap_or(0),
             correlation_id: event.correlation_id.clone().unwrap_or_default(),
             causation_id: event.causation_id.clone().unwrap_or_default(),
             time: event.time,
-            content_type: event.effective_content_type().unwrap_or_default().to_owned(),
+            content_type: event
+                .effective_content_type()
+                .unwrap_or_default()
+                .to_owned(),
             data,
             text: event.text.clone(),
             traceparent: event.traceparent.clone().unwrap_or_default(),

@@ -1,1 +1,18 @@
-//! placeholder
+//! The only crate that names redis: Valkey keys and channels (built in `keys`), the
+//! server-side scripts, the per-session history window and the live announcement feed.
+//!
+//! Valkey is a cache of the Kafka log, never its own truth: every entry is keyed by the
+//! Kafka offset it came from, and everything here can be rebuilt by replaying the log.
+
+mod args;
+mod error;
+mod history;
+pub mod keys;
+mod live;
+
+pub use args::ValkeyArgs;
+pub use error::ValkeyError;
+pub use history::{Append, HistorySettings, HistoryStore, Window};
+pub use live::{
+    LiveMessage, LiveStream, LiveSubscriptions, connect as connect_live, parse_message,
+};

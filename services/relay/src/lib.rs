@@ -1,1 +1,27 @@
-//! placeholder
+//! The relay: Kafka `agent.events` → Valkey. It reads the log in partition order (consumer
+//! group `agentwire-relay`), appends each event to its session's history window and
+//! announces it to live subscribers in one atomic server-side step, in pipelined batches.
+//!
+//! Invariants:
+//! - Offsets are stored only after the Valkey write succeeded, so nothing read is skipped.
+//! - Writing an offset twice is a no-op (no second announcement): the relay can be killed
+//!   and restarted at any point, and any number of relays can share the partitions.
+//! - A Valkey outage stalls the relay (retrying with backoff); it never drops a durable event.
+
+pub mod config;
+mod metrics;
+mod pipeline;
+
+pub use config::RelayConfig;
+pub use pipeline::run;
+
+/// Why the relay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Kafka(#[from] agentwire_kafka::KafkaError),
+    #[error(transparent)]
+    Valkey(#[from] agentwire_valkey::ValkeyError),
+}

@@ -1,0 +1,358 @@
+//! A resuming subscriber: follows a set of sessions over one WebSocket and survives
+//! disconnects without loss or duplicates.
+//!
+//! On a lost connection it reconnects with jittered exponential backoff (`backon`) and
+//! re-subscribes every session with `after` = the last offset it delivered (see
+//! [`Cursors`]); since `after` is exclusive the server replays exactly the missed events.
+//! Any event at or below a session's cursor is dropped and counted, as a defence.
+//!
+//! Errors from [`Subscriber::next`] never break the subscriber: call `next` again to go on.
+//! They are server `error` frames ([`ClientError::Server`], e.g. a re-subscription refused
+//! with `history_unavailable`, which is a gap the caller must know about), an event the
+//! server sent that does not parse ([`ClientError::Protocol`], its offset counts as
+//! delivered), or the last failure of a reconnection round that used up
+//! [`SubscriberConfig::max_retries`] (the next call starts a new round).
+//!
+//! Known gap: a session subscribed with `after = None` that had no events at all when it
+//! was subscribed, and loses its connection before its first delivery, is re-subscribed with
+//! `after = None` again; events published during the outage are then missed, because the
+//! protocol has no way to say "from the session's first event".
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use agentwire_protocol::{
+    ClientFrame, ErrorFrame, Event, Offset, ServerFrame, SessionKey, cloudevents,
+};
+use backon::{ExponentialBuilder, Retryable};
+use tracing::{debug, info, warn};
+
+use crate::Result;
+use crate::cursors::{Admit, Cursors};
+use crate::error::{Chain, ClientError};
+use crate::ws::{DEFAULT_REQUEST_TIMEOUT, WsConnection};
+
+/// Reconnection and liveness settings.
+#[derive(Clone, Debug)]
+pub struct SubscriberConfig {
+    /// The first reconnection delay, before jitter.
+    pub min_delay: Duration,
+    /// The longest delay between reconnection attempts.
+    pub max_delay: Duration,
+    /// Attempts per outage before `next` reports the failure; `None` retries forever.
+    pub max_retries: Option<usize>,
+    /// Bounds the handshake and the wait for each `subscribed`.
+    pub request_timeout: Duration,
+    /// Silence after which the subscriber sends a `ping`; a second silence as long means
+    /// the connection is dead and it reconnects.
+    pub keepalive: Duration,
+}
+
+impl Default for SubscriberConfig {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            max_retries: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// One event handed to the caller.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub session: SessionKey,
+    /// The event's Kafka offset: strictly greater than the previous delivery's for `session`.
+    pub offset: Offset,
+    pub event: Event,
+}
+
+/// A freshly opened connection with every subscription answered.
+struct Opened {
+    conn: WsConnection,
+    /// Sessions subscribed for new events only, with the latest offset the server reported.
+    live_from: Vec<(SessionKey, Offset)>,
+    refused: Vec<ErrorFrame>,
+}
+
+/// Follows sessions over a WebSocket, reconnecting and resuming as needed.
+#[derive(Debug)]
+pub struct Subscriber {
+    url: String,
+    config: SubscriberConfig,
+    cursors: Cursors,
+    conn: Option<WsConnection>,
+    /// Refused re-subscriptions, reported by `next` before anything else.
+    refusals: VecDeque<ErrorFrame>,
+    reconnects: u64,
+    ping_outstanding: bool,
+}
+
+impl Subscriber {
+    /// Connects to `ws_url` and subscribes each session (`after` exclusive; `None` = only new
+    /// events) with the default [`SubscriberConfig`]. Returns once every subscription is
+    /// confirmed. The first connection is tried once, so a wrong URL fails fast.
+    pub async fn connect(
+        ws_url: impl Into<String>,
+        sessions: Vec<(SessionKey, Option<Offset>)>,
+    ) -> Result<Self> {
+        Self::connect_with(ws_url, sessions, SubscriberConfig::default()).await
+    }
+
+    /// Like [`Subscriber::connect`] with explicit settings. Any refused subscription fails it.
+    pub async fn connect_with(
+        ws_url: impl Into<String>,
+        sessions: Vec<(SessionKey, Option<Offset>)>,
+        config: SubscriberConfig,
+    ) -> Result<Self> {
+        let mut cursors = Cursors::new();
+        for (session, after) in sessions {
+            cursors.follow(session, after);
+        }
+        let url = ws_url.into();
+        let opened = open(&url, config.request_timeout, &cursors.resume_points()).await?;
+        if let Some(refusal) = opened.refused.first() {
+            return Err(refusal.clone().into());
+        }
+        let mut subscriber = Self {
+            url,
+            config,
+            cursors,
+            conn: None,
+            refusals: VecDeque::new(),
+            reconnects: 0,
+            ping_outstanding: false,
+        };
+        subscriber.install(opened);
+        Ok(subscriber)
+    }
+
+    /// The next event of any followed session, reconnecting first when the connection is
+    /// gone. Every `Err` leaves the subscriber usable (see the module docs). Cancel-safe:
+    /// dropping the future loses no event.
+    pub async fn next(&mut self) -> Result<Delivery> {
+        loop {
+            if let Some(refusal) = self.refusals.pop_front() {
+                return Err(refusal.into());
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                self.reconnect().await?;
+                continue;
+            };
+            match read_live(conn, self.config.keepalive, &mut self.ping_outstanding).await {
+                Ok(frame) => {
+                    if let Some(delivery) = self.accept(frame)? {
+                        return Ok(delivery);
+                    }
+                }
+                Err(err) if err.is_connection_lost() => {
+                    warn!(url = %self.url, error = %Chain(&err), "subscriber lost its connection");
+                    self.conn = None;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Starts following `session` from `after` (exclusive). Following a session already
+    /// followed only moves its cursor forward (see [`Cursors::follow`]). A refusal is
+    /// returned and the session is not followed.
+    pub async fn follow(&mut self, session: SessionKey, after: Option<Offset>) -> Result<()> {
+        let already = self.cursors.is_following(&session);
+        self.cursors.follow(session.clone(), after);
+        let (Some(conn), false) = (self.conn.as_mut(), already) else {
+            return Ok(());
+        };
+        match conn.subscribe(&session, after).await {
+            Ok(latest) => {
+                if let (None, Some(latest)) = (after, latest) {
+                    self.cursors.follow(session, Some(latest));
+                }
+                Ok(())
+            }
+            Err(ClientError::Server(refusal)) => {
+                self.cursors.unfollow(&session);
+                Err(ClientError::Server(refusal))
+            }
+            Err(err) if err.is_connection_lost() => {
+                self.conn = None;
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Stops following `session`; events for it still in flight are dropped and counted.
+    pub async fn unfollow(&mut self, session: &SessionKey) -> Result<()> {
+        self.cursors.unfollow(session);
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        match conn.unsubscribe(session).await {
+            Err(err) if err.is_connection_lost() => {
+                self.conn = None;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Drops the connection without a close handshake, as a network failure would; the next
+    /// [`Subscriber::next`] reconnects and resumes. For tests and chaos drills.
+    pub fn drop_connection(&mut self) {
+        self.conn = None;
+    }
+
+    /// Successful reconnections so far.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Events dropped as duplicates or for sessions no longer followed.
+    pub fn dropped(&self) -> u64 {
+        self.cursors.dropped()
+    }
+
+    /// The last delivered offset of each session that had a delivery.
+    pub fn last_offsets(&self) -> BTreeMap<SessionKey, Offset> {
+        self.cursors.last_offsets()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Closes the connection cleanly.
+    pub async fn close(self) -> Result<()> {
+        match self.conn {
+            Some(conn) => conn.close().await,
+            None => Ok(()),
+        }
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        let points = self.cursors.resume_points();
+        let (url, timeout) = (self.url.as_str(), self.config.request_timeout);
+        let opened = (|| open(url, timeout, &points))
+            .retry(self.backoff())
+            .sleep(tokio::time::sleep)
+            .when(|err| !matches!(err, ClientError::InvalidUrl { .. }))
+            .notify(|err, delay| warn!(url, error = %Chain(err), ?delay, "subscriber reconnect failed; retrying"))
+            .await?;
+        self.reconnects += 1;
+        info!(
+            url,
+            reconnects = self.reconnects,
+            sessions = points.len(),
+            "subscriber reconnected"
+        );
+        self.refusals.extend(opened.refused.iter().cloned());
+        self.install(opened);
+        Ok(())
+    }
+
+    fn install(&mut self, opened: Opened) {
+        for (session, latest) in opened.live_from {
+            self.cursors.follow(session, Some(latest));
+        }
+        self.conn = Some(opened.conn);
+        self.ping_outstanding = false;
+    }
+
+    fn backoff(&self) -> ExponentialBuilder {
+        let builder = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(self.config.min_delay)
+            .with_max_delay(self.config.max_delay);
+        match self.config.max_retries {
+            Some(times) => builder.with_max_times(times),
+            None => builder.without_max_times(),
+        }
+    }
+
+    /// Turns a frame into a delivery, or `None` for frames the caller need not see.
+    fn accept(&mut self, frame: ServerFrame) -> Result<Option<Delivery>> {
+        match frame {
+            ServerFrame::Event {
+                session,
+                offset,
+                event,
+            } => match self.cursors.admit(&session, offset) {
+                Admit::Deliver => {
+                    let event = cloudevents::from_json(event.get()).map_err(|err| {
+                        ClientError::Protocol(format!(
+                            "event at offset {offset} of {session} is invalid: {err}"
+                        ))
+                    })?;
+                    Ok(Some(Delivery {
+                        session,
+                        offset,
+                        event,
+                    }))
+                }
+                verdict => {
+                    debug!(%session, %offset, ?verdict, "subscriber dropped an event");
+                    Ok(None)
+                }
+            },
+            ServerFrame::Error(refusal) => Err(refusal.into()),
+            other => {
+                debug!(frame = ?other, "subscriber ignored a frame");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Connects and subscribes every session, pipelining the subscribes before awaiting them.
+async fn open(
+    url: &str,
+    timeout: Duration,
+    points: &[(SessionKey, Option<Offset>)],
+) -> Result<Opened> {
+    let mut conn = WsConnection::connect_with_timeout(url, timeout).await?;
+    for (session, after) in points {
+        conn.send(&ClientFrame::Subscribe {
+            session: session.clone(),
+            after: *after,
+        })
+        .await?;
+    }
+    let mut opened = Opened {
+        conn,
+        live_from: Vec::new(),
+        refused: Vec::new(),
+    };
+    for (session, after) in points {
+        match opened.conn.await_subscribed(session).await {
+            Ok(Some(latest)) if after.is_none() => opened.live_from.push((session.clone(), latest)),
+            Ok(_) => {}
+            Err(ClientError::Server(refusal)) => opened.refused.push(*refusal),
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(opened)
+}
+
+/// Reads the next frame, pinging after `keepalive` of silence and giving up after a second.
+async fn read_live(
+    conn: &mut WsConnection,
+    keepalive: Duration,
+    ping_outstanding: &mut bool,
+) -> Result<ServerFrame> {
+    loop {
+        match tokio::time::timeout(keepalive, conn.next_frame()).await {
+            Ok(frame) => {
+                *ping_outstanding = false;
+                return frame;
+            }
+            Err(_) if *ping_outstanding => return Err(ClientError::Timeout(keepalive)),
+            Err(_) => {
+                conn.send(&ClientFrame::Ping).await?;
+                *ping_outstanding = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! One WebSocket connection to `/v1/ws`, speaking JSON text frames encoded and decoded by
+//! `agentwire_protocol::frames`. No reconnection here: that is [`crate::Subscriber`]'s job.
+//!
+//! Request helpers ([`WsConnection::subscribe`], [`WsConnection::publish`]) wait for their
+//! answer; frames that arrive meanwhile (events, other answers) are kept in order and handed
+//! out by later [`WsConnection::next_frame`] calls, so nothing is lost. That buffer only grows
+//! while a helper waits, which is bounded by the request timeout.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use agentwire_protocol::{Ack, ClientFrame, ErrorFrame, Event, Offset, ServerFrame, SessionKey};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::Result;
+use crate::error::ClientError;
+
+/// How long the handshake and each request helper may wait, unless configured otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A JSON WebSocket connection to the gateway.
+#[derive(Debug)]
+pub struct WsConnection {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames read while a request helper waited for its answer, oldest first.
+    pending: VecDeque<ServerFrame>,
+    request_timeout: Duration,
+}
+
+impl WsConnection {
+    /// Connects to `ws_url` (e.g. `ws://127.0.0.1:8080/v1/ws`) with [`DEFAULT_REQUEST_TIMEOUT`].
+    pub async fn connect(ws_url: &str) -> Result<Self> {
+        Self::connect_with_timeout(ws_url, DEFAULT_REQUEST_TIMEOUT).await
+    }
+
+    /// Connects with `request_timeout` bounding the handshake and every request helper.
+    pub async fn connect_with_timeout(ws_url: &str, request_timeout: Duration) -> Result<Self> {
+        if !(ws_url.starts_with("ws://") || ws_url.starts_with("wss://")) {
+            return Err(ClientError::InvalidUrl {
+                url: ws_url.to_owned(),
+                reason: "must start with ws:// or wss://",
+            });
+        }
+        let (stream, _response) = tokio::time::timeout(request_timeout, connect_async(ws_url))
+            .await
+            .map_err(|_| ClientError::Timeout(request_timeout))??;
+        Ok(Self {
+            stream,
+            pending: VecDeque::new(),
+            request_timeout,
+        })
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, frame: &ClientFrame) -> Result<()> {
+        self.send_text(frame.to_json()).await
+    }
+
+    /// Sends an arbitrary text message. Meant for tests of the server's input validation;
+    /// everything else should go through [`WsConnection::send`].
+    pub async fn send_text(&mut self, text: impl Into<String>) -> Result<()> {
+        self.stream.send(Message::text(text.into())).await?;
+        Ok(())
+    }
+
+    /// The next frame from the server, buffered ones first. WebSocket pings are answered by
+    /// tungstenite while reading; ping and pong control frames are skipped. Waits without a
+    /// time limit (wrap it in a timeout where that matters). Cancel-safe.
+    pub async fn next_frame(&mut self) -> Result<ServerFrame> {
+        match self.pending.pop_front() {
+            Some(frame) => Ok(frame),
+            None => self.read_frame().await,
+        }
+    }
+
+    /// Subscribes to `session` (events strictly after `after`, or only new ones when `None`)
+    /// and returns once the server confirmed, with the session's latest offset if it has one.
+    /// A refusal comes back as [`ClientError::Server`].
+    pub async fn subscribe(
+        &mut self,
+        session: &SessionKey,
+        after: Option<Offset>,
+    ) -> Result<Option<Offset>> {
+        self.send(&ClientFrame::Subscribe {
+            session: session.clone(),
+            after,
+        })
+        .await?;
+        self.await_subscribed(session).await
+    }
+
+    /// Stops following `session` and returns once the server confirmed.
+    pub async fn unsubscribe(&mut self, session: &SessionKey) -> Result<()> {
+        self.send(&ClientFrame::Unsubscribe {
+            session: session.clone(),
+        })
+        .await?;
+        self.await_answer(|frame| match frame {
+            ServerFrame::Unsubscribed { session: s } if s == session => Some(Ok(())),
+            ServerFrame::Error(e) if is_about(e, session) => Some(Err(e.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Publishes one event and waits for its ack. For one-at-a-time use: with several
+    /// publishes in flight, an unmatched answer could be taken for this one's when the
+    /// event has no id (use [`WsConnection::send`] and read acks yourself instead).
+    pub async fn publish(&mut self, event: &Event) -> Result<Ack> {
+        self.send(&ClientFrame::Publish {
+            event: Box::new(event.clone()),
+        })
+        .await?;
+        let expected = event.id.map(|id| id.to_string());
+        let is_ours = |id: &Option<String>| expected.is_none() || id.is_none() || id == &expected;
+        self.await_answer(|frame| match frame {
+            ServerFrame::Ack(ack) if expected.is_none() || Some(&ack.id) == expected.as_ref() => {
+                Some(Ok(ack.clone()))
+            }
+            ServerFrame::Error(e) if e.session.is_none() && is_ours(&e.id) => Some(Err(e.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends a WebSocket close and waits (up to the request timeout) for the server's.
+    pub async fn close(mut self) -> Result<()> {
+        self.stream.close(None).await?;
+        let drain = async {
+            while let Some(message) = self.stream.next().await {
+                if message.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(self.request_timeout, drain)
+            .await
+            .map_err(|_| ClientError::Timeout(self.request_timeout))
+    }
+
+    /// Waits for the `subscribed` (or an `error` naming the session) answering a subscribe.
+    pub(crate) async fn await_subscribed(
+        &mut self,
+        session: &SessionKey,
+    ) -> Result<Option<Offset>> {
+        self.await_answer(|frame| match frame {
+            ServerFrame::Subscribed { session: s, offset } if s == session => Some(Ok(*offset)),
+            ServerFrame::Error(e) if is_about(e, session) => Some(Err(e.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Takes the first frame (buffered or new) that `answer` recognises, keeping the others
+    /// buffered in order; gives up after the request timeout.
+    async fn await_answer<T>(
+        &mut self,
+        answer: impl Fn(&ServerFrame) -> Option<std::result::Result<T, ErrorFrame>>,
+    ) -> Result<T> {
+        let found = |result: std::result::Result<T, ErrorFrame>| result.map_err(ClientError::from);
+        if let Some(index) = self.pending.iter().position(|f| answer(f).is_some())
+            && let Some(result) = self.pending.remove(index).as_ref().and_then(&answer)
+        {
+            return found(result);
+        }
+        let limit = self.request_timeout;
+        let wait = async {
+            loop {
+                let frame = self.read_frame().await?;
+                match answer(&frame) {
+                    Some(result) => return found(result),
+                    None => self.pending.push_back(frame),
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait)
+            .await
+            .map_err(|_| ClientError::Timeout(limit))?
+    }
+
+    async fn read_frame(&mut self) -> Result<ServerFrame> {
+        loop {
+            let message = match self.stream.next().await {
+                Some(message) => message?,
+                None => {
+                    return Err(ClientError::Closed {
+                        code: None,
+                        reason: String::new(),
+                    });
+                }
+            };
+            match message {
+                Message::Text(text) => return Ok(ServerFrame::from_json(&text)?),
+                Message::Binary(_) => {
+                    return Err(ClientError::Protocol(
+                        "binary frame on a JSON connection".to_owned(),
+                    ));
+                }
+                Message::Close(frame) => {
+                    return Err(ClientError::Closed {
+                        code: frame.as_ref().map(|f| u16::from(f.code)),
+                        reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    });
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+}
+
+/// Whether an `error` frame answers a request about `session`: it names the session, or names
+/// neither a session nor an event (a refusal of the frame itself).
+fn is_about(error: &ErrorFrame, session: &SessionKey) -> bool {
+    match &error.session {
+        Some(s) => s == session,
+        None => error.id.is_none(),
+    }
+}

@@ -1,0 +1,63 @@
+//! Client settings shared by the producer, consumers and admin client.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+/// Where the brokers are and how long a produce may take.
+#[derive(Clone, Debug)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Upper bound from enqueue to broker acknowledgement (`message.timeout.ms`); past it a
+    /// publish fails with 503 instead of hanging.
+    pub delivery_timeout: Duration,
+    /// Producer batching delay (`linger.ms`); small, since agentwire is latency-first.
+    pub linger: Duration,
+}
+
+impl KafkaSettings {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            delivery_timeout: Duration::from_secs(5),
+            linger: Duration::from_millis(1),
+        }
+    }
+
+    pub(crate) fn base(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("socket.keepalive.enable", "true")
+            // Fail metadata lookups quickly when brokers are down, so errors surface.
+            .set("socket.connection.setup.timeout.ms", "3000");
+        config
+    }
+}
+
+/// Consumer-group settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    pub group: String,
+    pub topic: String,
+    /// Largest batch handed to the downstream writer.
+    pub batch_max: usize,
+    /// `fetch.wait.max.ms`: how long the broker may hold a Fetch. Small values keep latency
+    /// low (tansu sleeps half of it per Fetch).
+    pub fetch_wait: Duration,
+    /// `session.timeout.ms`: short so a restarted member rejoins quickly.
+    pub session_timeout: Duration,
+}
+
+impl ConsumerSettings {
+    pub fn new(group: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            topic: topic.into(),
+            batch_max: 512,
+            fetch_wait: Duration::from_millis(4),
+            session_timeout: Duration::from_secs(6),
+        }
+    }
+}

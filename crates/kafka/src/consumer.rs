@@ -1,0 +1,223 @@
+//! The consumer poll loop: a dedicated thread polls Kafka, groups records into bounded
+//! batches and hands them, with rebalance notices, to async code over a bounded channel.
+//! A full channel blocks the poll thread: backpressure reaches Kafka, never memory.
+//!
+//! Offsets are stored only by the downstream writer ([`OffsetStore::store`]) after its write
+//! succeeded (`enable.auto.offset.store=false`), and auto-committed from there.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use agentwire_protocol::Offset;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::message::Headers as _;
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::TRACEPARENT_HEADER;
+use crate::config::{ConsumerSettings, KafkaSettings};
+use crate::error::KafkaError;
+
+/// One record read from the log.
+#[derive(Clone, Debug)]
+pub struct LogMessage {
+    pub partition: i32,
+    /// The record's own offset (inclusive).
+    pub offset: Offset,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub traceparent: Option<String>,
+}
+
+impl LogMessage {
+    pub(crate) fn from_kafka_message(message: &impl rdkafka::message::Message) -> Self {
+        let traceparent = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == TRACEPARENT_HEADER)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        });
+        Self {
+            partition: message.partition(),
+            offset: Offset(u64::try_from(message.offset()).unwrap_or_default()),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            traceparent,
+        }
+    }
+}
+
+/// What the poll loop reports.
+#[derive(Debug)]
+pub enum ConsumerEvent {
+    /// Records in partition order (records of one partition keep their relative order).
+    Batch(Vec<LogMessage>),
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+struct RebalanceContext {
+    events: mpsc::Sender<ConsumerEvent>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Runs on the poll thread, never on the async runtime.
+            let _ = self
+                .events
+                .blocking_send(ConsumerEvent::Revoked(partitions(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let _ = self
+                    .events
+                    .blocking_send(ConsumerEvent::Assigned(partitions(tpl)));
+            }
+            Rebalance::Error(err) => tracing::warn!(error = %err, "kafka rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+type Inner = BaseConsumer<RebalanceContext>;
+
+/// Stores processed offsets for the next (auto) commit.
+#[derive(Clone)]
+pub struct OffsetStore {
+    consumer: Arc<Inner>,
+    topic: String,
+}
+
+impl std::fmt::Debug for OffsetStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OffsetStore")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OffsetStore {
+    /// Marks `offset` (inclusive) and everything before it in `partition` as processed.
+    /// Fails harmlessly for a partition no longer assigned: its new owner re-processes.
+    pub fn store(&self, partition: i32, offset: Offset) -> Result<(), KafkaError> {
+        let offset = i64::try_from(offset.0).unwrap_or(i64::MAX);
+        self.consumer
+            .store_offset(&self.topic, partition, offset)
+            .map_err(KafkaError::Read)
+    }
+
+    /// Commits stored offsets now and waits for the broker (used at shutdown).
+    pub fn commit_sync(&self) -> Result<(), KafkaError> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(())
+            | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => Ok(()),
+            Err(err) => Err(KafkaError::Read(err)),
+        }
+    }
+}
+
+/// The running poll thread.
+#[derive(Debug)]
+pub struct LogConsumer {
+    thread: JoinHandle<()>,
+}
+
+impl LogConsumer {
+    /// Subscribes `settings.group` to `settings.topic` and starts polling on a new thread.
+    /// The thread stops when `shutdown` is cancelled; the channel closes after it.
+    pub fn start(
+        kafka: &KafkaSettings,
+        settings: &ConsumerSettings,
+        events: mpsc::Sender<ConsumerEvent>,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, OffsetStore), KafkaError> {
+        let context = RebalanceContext {
+            events: events.clone(),
+        };
+        let consumer: Inner = kafka
+            .base()
+            .set("group.id", &settings.group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "500")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set(
+                "fetch.wait.max.ms",
+                settings.fetch_wait.as_millis().to_string(),
+            )
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (settings.session_timeout.as_millis() / 3).to_string(),
+            )
+            .create_with_context(context)
+            .map_err(KafkaError::Client)?;
+        consumer
+            .subscribe(&[&settings.topic])
+            .map_err(KafkaError::Client)?;
+        let consumer = Arc::new(consumer);
+        let store = OffsetStore {
+            consumer: consumer.clone(),
+            topic: settings.topic.clone(),
+        };
+        let batch_max = settings.batch_max.max(1);
+        let thread = std::thread::Builder::new()
+            .name("kafka-poll".into())
+            .spawn(move || poll_loop(&consumer, batch_max, &events, &shutdown))
+            .map_err(|e| KafkaError::Admin(format!("cannot start the poll thread: {e}")))?;
+        Ok((Self { thread }, store))
+    }
+
+    /// Waits for the poll thread to finish (after the shutdown token was cancelled).
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+fn poll_loop(
+    consumer: &Inner,
+    batch_max: usize,
+    events: &mpsc::Sender<ConsumerEvent>,
+    shutdown: &CancellationToken,
+) {
+    const POLL: Duration = Duration::from_millis(50);
+    while !shutdown.is_cancelled() {
+        let mut batch = Vec::new();
+        let mut timeout = POLL;
+        while batch.len() < batch_max {
+            match consumer.poll(timeout) {
+                Some(Ok(message)) => batch.push(LogMessage::from_kafka_message(&message)),
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "kafka poll error");
+                    break;
+                }
+                None => break,
+            }
+            // After the first record, take only what is already fetched.
+            timeout = Duration::ZERO;
+        }
+        if !batch.is_empty() && events.blocking_send(ConsumerEvent::Batch(batch)).is_err() {
+            return;
+        }
+    }
+}

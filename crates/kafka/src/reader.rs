@@ -1,0 +1,82 @@
+//! Reading a partition range directly (no consumer group): replays, audits and tests.
+
+use std::time::{Duration, Instant};
+
+use agentwire_protocol::Offset;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+
+use crate::config::KafkaSettings;
+use crate::consumer::LogMessage;
+use crate::error::KafkaError;
+
+fn reader(settings: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
+    settings
+        .base()
+        .set("group.id", "agentwire-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "4")
+        .create()
+        .map_err(KafkaError::Client)
+}
+
+/// The low (first) and high (next to be written) offsets of a partition.
+pub async fn watermarks(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), KafkaError> {
+    let consumer = reader(settings)?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+            .map_err(KafkaError::Read)
+    })
+    .await
+    .map_err(|_| KafkaError::ConsumerStopped)?
+}
+
+/// Reads the records of `partition` with offsets in `[from, until)` (`until` exclusive),
+/// giving up after `timeout`.
+pub async fn read_range(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    from: Offset,
+    until: Offset,
+    timeout: Duration,
+) -> Result<Vec<LogMessage>, KafkaError> {
+    let consumer = reader(settings)?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut tpl = TopicPartitionList::new();
+        let start = i64::try_from(from.0).unwrap_or(i64::MAX);
+        tpl.add_partition_offset(&topic, partition, KafkaOffset::Offset(start))
+            .map_err(KafkaError::Read)?;
+        consumer.assign(&tpl).map_err(KafkaError::Read)?;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut next = from.0;
+        while next < until.0 {
+            if Instant::now() >= deadline {
+                return Err(KafkaError::Timeout(timeout));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    let message = LogMessage::from_kafka_message(&message);
+                    next = message.offset.0 + 1;
+                    if message.offset < until {
+                        out.push(message);
+                    }
+                }
+                Some(Err(err)) => return Err(KafkaError::Read(err)),
+                None => {}
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|_| KafkaError::ConsumerStopped)?
+}

@@ -1,0 +1,36 @@
+//! Topic administration: the broker (tansu) does not auto-create topics, so the stack
+//! scripts and tests create them explicitly.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaSettings;
+use crate::error::KafkaError;
+
+/// Creates `topic` with `partitions` partitions unless it exists. Idempotent.
+pub async fn ensure_topic(
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        settings.base().create().map_err(KafkaError::Client)?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&new], &options)
+        .await
+        .map_err(|e| KafkaError::Admin(e.to_string()))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::Admin(format!("creating topic {name}: {code}")));
+            }
+        }
+    }
+    Ok(())
+}

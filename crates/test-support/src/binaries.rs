@@ -1,0 +1,72 @@
+//! Finding the server binaries: the path `cargo xtask` exports, else the cache that
+//! `cargo xtask deps` fills, else `PATH`. The cache layout must match `xtask/src/deps.rs`.
+
+use std::path::{Path, PathBuf};
+
+/// A server binary the fixtures can start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Binary {
+    ValkeyServer,
+    Tansu,
+}
+
+impl Binary {
+    fn env_var(self) -> &'static str {
+        match self {
+            Binary::ValkeyServer => "AGENTWIRE_VALKEY_SERVER",
+            Binary::Tansu => "AGENTWIRE_TANSU",
+        }
+    }
+
+    fn file_name(self) -> &'static str {
+        match self {
+            Binary::ValkeyServer => "valkey-server",
+            Binary::Tansu => "tansu",
+        }
+    }
+
+    /// Where `cargo xtask deps` installs it, under `~/.cache/agentwire`.
+    fn cached(self, cache: &Path) -> PathBuf {
+        match self {
+            Binary::ValkeyServer => cache.join("valkey-9.1.2/valkey-server"),
+            Binary::Tansu => cache.join("tansu-0.6.0/bin/tansu"),
+        }
+    }
+
+    /// The binary's path.
+    ///
+    /// # Panics
+    /// When it is nowhere to be found, saying how to install it.
+    pub(crate) fn locate(self) -> PathBuf {
+        if let Some(path) = std::env::var_os(self.env_var()).filter(|p| !p.is_empty()) {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "{} is set to {}, which is not a file",
+                self.env_var(),
+                path.display()
+            );
+            return path;
+        }
+        let cached = std::env::var_os("HOME")
+            .map(|home| self.cached(&Path::new(&home).join(".cache/agentwire")))
+            .filter(|path| path.is_file());
+        cached
+            .or_else(|| on_path(self.file_name()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} not found: run the tests with `cargo xtask test` (or install it with \
+                 `cargo xtask deps`, or set {})",
+                    self.file_name(),
+                    self.env_var()
+                )
+            })
+    }
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}

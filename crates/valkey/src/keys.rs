@@ -1,0 +1,63 @@
+//! Every Valkey key and channel name agentwire uses, built here and nowhere else.
+//!
+//! Each name carries the session's hash tag `{tenant:agent_type:session_id}`, so a session's
+//! history, state and channel live in one Valkey Cluster slot and one server-side script
+//! touches one slot. History entries use the id `<kafka offset>-1`: stream ids must be above
+//! `0-0`, and the sequence part is constant, so ordering by id is ordering by offset.
+
+use agentwire_protocol::{Offset, SessionKey};
+
+const PREFIX: &str = "aw:";
+
+/// The stream holding a session's recent events (its history window).
+pub fn history(session: &SessionKey) -> String {
+    format!("{PREFIX}{{{session}}}:h")
+}
+
+/// The pub/sub channel announcing a session's new events.
+pub fn channel(session: &SessionKey) -> String {
+    format!("{PREFIX}{{{session}}}:ch")
+}
+
+/// The session a channel name belongs to, if it is one of ours.
+pub fn session_of_channel(channel: &str) -> Option<SessionKey> {
+    let tagged = channel.strip_prefix("aw:{")?.strip_suffix("}:ch")?;
+    tagged.parse().ok()
+}
+
+/// The stream entry id for a Kafka offset.
+pub fn entry_id(offset: Offset) -> String {
+    format!("{offset}-1")
+}
+
+/// The Kafka offset an entry id encodes; `None` for ids we did not write (e.g. `0-0`).
+pub fn offset_of_entry_id(id: &str) -> Option<Offset> {
+    let (ms, seq) = id.split_once('-')?;
+    if seq != "1" {
+        return None;
+    }
+    ms.parse().ok().map(Offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_share_the_session_hash_tag() {
+        let s: SessionKey = "acme:planner:s1".parse().expect("key");
+        assert_eq!(history(&s), "aw:{acme:planner:s1}:h");
+        assert_eq!(channel(&s), "aw:{acme:planner:s1}:ch");
+        assert_eq!(session_of_channel(&channel(&s)), Some(s));
+        assert_eq!(session_of_channel("other"), None);
+    }
+
+    #[test]
+    fn entry_ids_encode_offsets_including_zero() {
+        for o in [0, 1, 42, u64::MAX] {
+            assert_eq!(offset_of_entry_id(&entry_id(Offset(o))), Some(Offset(o)));
+        }
+        assert_eq!(offset_of_entry_id("0-0"), None);
+        assert_eq!(offset_of_entry_id("garbage"), None);
+    }
+}

@@ -1,0 +1,67 @@
+//! Relay configuration (flags and `AGENTWIRE_*` environment variables).
+
+use std::time::Duration;
+
+use agentwire_kafka::{ConsumerSettings, KafkaArgs};
+use agentwire_valkey::ValkeyArgs;
+
+/// Everything the relay needs; defaults match the local stack (`cargo xtask up`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct RelayConfig {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub valkey: ValkeyArgs,
+    /// Kafka consumer group of the relays.
+    #[arg(
+        long = "relay-group",
+        env = "AGENTWIRE_RELAY_GROUP",
+        default_value = "agentwire-relay"
+    )]
+    pub group: String,
+    /// Largest batch written to Valkey in one pipeline.
+    #[arg(
+        long = "relay-batch-max",
+        env = "AGENTWIRE_RELAY_BATCH_MAX",
+        default_value_t = 512
+    )]
+    pub batch_max: usize,
+    /// `fetch.wait.max.ms` of the relay's consumer.
+    #[arg(
+        long = "kafka-fetch-wait-ms",
+        env = "AGENTWIRE_KAFKA_FETCH_WAIT_MS",
+        default_value_t = 4
+    )]
+    pub fetch_wait_ms: u64,
+}
+
+impl RelayConfig {
+    /// Checks every setting at start-up, with a message naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()?;
+        self.valkey.validate()?;
+        if self.group.is_empty() {
+            return Err("--relay-group (AGENTWIRE_RELAY_GROUP) must not be empty".into());
+        }
+        if !(1..=10_000).contains(&self.batch_max) {
+            return Err(
+                "--relay-batch-max (AGENTWIRE_RELAY_BATCH_MAX) must be between 1 and 10000".into(),
+            );
+        }
+        if !(1..=500).contains(&self.fetch_wait_ms) {
+            return Err(
+                "--kafka-fetch-wait-ms (AGENTWIRE_KAFKA_FETCH_WAIT_MS) must be between 1 and 500"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn consumer(&self) -> ConsumerSettings {
+        ConsumerSettings {
+            batch_max: self.batch_max,
+            fetch_wait: Duration::from_millis(self.fetch_wait_ms),
+            ..ConsumerSettings::new(&self.group, &self.kafka.topic)
+        }
+    }
+}
