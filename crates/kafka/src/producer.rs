@@ -2,6 +2,7 @@
 //! `acks=all`), keyed by session so one session keeps one order.
 
 use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use agentwire_protocol::Offset;
@@ -32,11 +33,49 @@ pub struct Appended {
 }
 
 /// Appends events to the log topic.
+///
+/// After a delivery times out the producer is replaced by a fresh one (a new producer id)
+/// instead of letting librdkafka bump the idempotent producer's epoch: records that timed
+/// out were already failed back to their publishers, and tansu 0.6.0's SQLite storage
+/// panics on the first produce with a bumped epoch, which would take the broker's storage
+/// down for every client.
 #[derive(Clone)]
 pub struct EventLog {
-    producer: FutureProducer,
+    current: Arc<RwLock<Current>>,
+    settings: KafkaSettings,
     topic: String,
     delivery_timeout: Duration,
+}
+
+struct Current {
+    generation: u64,
+    producer: FutureProducer,
+}
+
+fn create_producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    settings
+        .base()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", settings.linger.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            settings.delivery_timeout.as_millis().to_string(),
+        )
+        .create()
+        .map_err(KafkaError::Client)
+}
+
+/// Whether a delivery failure leaves the producer in a state worth replacing.
+fn poisons_producer(err: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::UnknownProducerId
+        )
+    )
 }
 
 impl std::fmt::Debug for EventLog {
@@ -49,22 +88,39 @@ impl std::fmt::Debug for EventLog {
 
 impl EventLog {
     pub fn new(settings: &KafkaSettings, topic: impl Into<String>) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = settings
-            .base()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", settings.linger.as_millis().to_string())
-            .set(
-                "message.timeout.ms",
-                settings.delivery_timeout.as_millis().to_string(),
-            )
-            .create()
-            .map_err(KafkaError::Client)?;
         Ok(Self {
-            producer,
+            current: Arc::new(RwLock::new(Current {
+                generation: 0,
+                producer: create_producer(settings)?,
+            })),
+            settings: settings.clone(),
             topic: topic.into(),
             delivery_timeout: settings.delivery_timeout,
         })
+    }
+
+    fn producer(&self) -> (u64, FutureProducer) {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        (current.generation, current.producer.clone())
+    }
+
+    /// Replaces the producer of `generation` (once, however many deliveries failed with it).
+    fn renew(&self, generation: u64) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.generation != generation {
+            return;
+        }
+        match create_producer(&self.settings) {
+            Ok(producer) => {
+                tracing::warn!(
+                    generation,
+                    "kafka deliveries timed out; replacing the producer"
+                );
+                current.producer = producer;
+                current.generation += 1;
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot create a replacement kafka producer"),
+        }
     }
 
     pub fn topic(&self) -> &str {
@@ -82,6 +138,7 @@ impl EventLog {
         record: &LogRecord,
     ) -> Result<impl Future<Output = Result<Appended, KafkaError>> + Send + use<>, KafkaError> {
         let deadline = Instant::now() + self.delivery_timeout;
+        let (generation, producer) = self.producer();
         loop {
             let mut headers = OwnedHeaders::new().insert(Header {
                 key: CONTENT_TYPE_HEADER,
@@ -97,15 +154,21 @@ impl EventLog {
                 .key(record.key.as_str())
                 .payload(record.value.as_str())
                 .headers(headers);
-            match self.producer.send_result(kafka_record) {
+            match producer.send_result(kafka_record) {
                 Ok(delivery) => {
+                    let log = self.clone();
                     return Ok(async move {
                         match delivery.await {
                             Ok(Ok(d)) => Ok(Appended {
                                 partition: d.partition,
                                 offset: Offset(u64::try_from(d.offset).unwrap_or_default()),
                             }),
-                            Ok(Err((err, _))) => Err(KafkaError::Delivery(err)),
+                            Ok(Err((err, _))) => {
+                                if poisons_producer(&err) {
+                                    log.renew(generation);
+                                }
+                                Err(KafkaError::Delivery(err))
+                            }
                             Err(_canceled) => {
                                 Err(KafkaError::Delivery(rdkafka::error::KafkaError::Canceled))
                             }
@@ -133,7 +196,7 @@ impl EventLog {
 
     /// Checks that the brokers answer a metadata request for the log topic.
     pub async fn check_reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let producer = self.producer.clone();
+        let (_, producer) = self.producer();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let metadata = producer
@@ -151,7 +214,7 @@ impl EventLog {
 
     /// Waits until every enqueued record is acknowledged or `timeout` passes.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let producer = self.producer.clone();
+        let (_, producer) = self.producer();
         tokio::task::spawn_blocking(move || producer.flush(timeout).map_err(KafkaError::Delivery))
             .await
             .map_err(|_| KafkaError::Timeout(timeout))?
