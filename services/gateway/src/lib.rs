@@ -1,1 +1,88 @@
-//! placeholder
+//! The gateway: the public HTTP and WebSocket API of agentwire.
+//!
+//! - Publishes (HTTP `POST /v1/events`, WebSocket `publish`) are appended to the Kafka log
+//!   and acknowledged only after Kafka acknowledged them, with the record's partition and
+//!   offset (`publish.rs`).
+//! - Subscribers follow sessions over `/v1/ws`: history after their cursor from the Valkey
+//!   window, then live events from the process's shared Valkey feed (`hub.rs`), with the
+//!   Kafka offset as the cursor everywhere (`session/`).
+//!
+//! The gateway holds no state that another instance needs: any number can run side by side.
+
+pub mod config;
+pub mod error;
+mod events_api;
+mod health;
+pub mod hub;
+mod metrics;
+mod publish;
+pub mod routes;
+pub mod session;
+mod state;
+mod ws;
+
+use std::time::Duration;
+
+use agentwire_kafka::EventLog;
+use agentwire_valkey::HistoryStore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::GatewayConfig;
+pub use routes::{OPENAPI_JSON, app};
+pub use state::AppState;
+
+/// How long connections get to finish after shutdown was requested.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why the gateway could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Kafka(#[from] agentwire_kafka::KafkaError),
+    #[error(transparent)]
+    Valkey(#[from] agentwire_valkey::ValkeyError),
+    #[error("the http server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then closes WebSockets with
+/// 1001, flushes the producer and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: GatewayConfig,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    config.validate().map_err(GatewayError::Config)?;
+    let log = EventLog::new(&config.kafka.settings(), &config.kafka.topic)?;
+    let history = HistoryStore::connect(&config.valkey.url, config.valkey.history()).await?;
+    let (hub, feed) =
+        hub::Hub::start(&config.valkey.url, config.session_buffer, shutdown.clone()).await?;
+    let state = AppState::new(config, log.clone(), history, hub, shutdown.clone());
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, topic = %log.topic(), "gateway listening");
+    }
+    axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+
+    let connections = state.connections();
+    connections.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open after the drain deadline"
+        );
+    }
+    if let Err(err) = log.flush(DRAIN_DEADLINE).await {
+        tracing::warn!(error = %err, "producer flush at shutdown failed");
+    }
+    feed.abort();
+    tracing::info!("gateway stopped");
+    Ok(())
+}

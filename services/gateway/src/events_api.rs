@@ -1,0 +1,278 @@
+//! `POST /v1/events` (durable publish, one event or a batch) and
+//! `GET /v1/sessions/{tenant}/{agent_type}/{session_id}/events` (history after a cursor).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use futures::future::join_all;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use agentwire_protocol::{ErrorCode, Event, Offset, ProtocolError, SessionKey, cloudevents, pb};
+
+use crate::error::{ApiError, error_response};
+use crate::publish::{self, Transport};
+use crate::state::AppState;
+
+/// Most events one history request returns.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+/// Events a history request returns when it names no `limit`.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+/// What the body of a publish is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyFormat {
+    /// A CloudEvents JSON object, or a JSON array of them (the CloudEvents batch format).
+    Json,
+    /// A protobuf `agentwire.v1.EventBatch`.
+    Protobuf,
+}
+
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json"
+        | "application/cloudevents+json"
+        | "application/cloudevents-batch+json" => Ok(BodyFormat::Json),
+        "application/x-protobuf" | "application/protobuf" => Ok(BodyFormat::Protobuf),
+        other => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "content type {other:?} is not accepted; use application/cloudevents+json, \
+                 application/cloudevents-batch+json, application/json or application/x-protobuf"
+            ),
+        )),
+    }
+}
+
+/// Decodes a publish body into events (validated) and whether it was a batch.
+fn decode(format: BodyFormat, body: &[u8]) -> Result<(Vec<Event>, bool), ProtocolError> {
+    match format {
+        BodyFormat::Json => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ProtocolError::malformed("body is not UTF-8"))?;
+            if text.trim_start().starts_with('[') {
+                Ok((cloudevents::batch_from_json(text)?, true))
+            } else {
+                Ok((vec![cloudevents::from_json(text)?], false))
+            }
+        }
+        BodyFormat::Protobuf => {
+            let batch = pb::EventBatch::decode(body).map_err(|e| {
+                ProtocolError::malformed(format!("body is not a protobuf EventBatch: {e}"))
+            })?;
+            let events = batch
+                .events
+                .into_iter()
+                .map(Event::try_from)
+                .collect::<Result<_, _>>()?;
+            Ok((events, true))
+        }
+    }
+}
+
+/// `POST /v1/events`: appends every event to the log and answers once Kafka acknowledged all.
+///
+/// A single JSON event gets one ack object; a batch gets an array in request order. Every
+/// event is validated before any is written, so bad input writes nothing. If Kafka fails part
+/// way through a batch the answer is 503 with the acks of the events that were written.
+pub async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let format = match body_format(&headers) {
+        Ok(format) => format,
+        Err(err) => return err.into_response(),
+    };
+    let limit = state.config().max_body_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("body is larger than {limit} bytes"),
+        )
+        .into_response();
+    };
+    let (mut events, batch) = match decode(format, &bytes) {
+        Ok(decoded) => decoded,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    if events.is_empty() {
+        return ApiError::new(ErrorCode::InvalidField, "the batch holds no event").into_response();
+    }
+    let header_traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| agentwire_protocol::event::is_valid_traceparent(v));
+    if let Some(tp) = header_traceparent {
+        for event in events.iter_mut().filter(|e| e.traceparent.is_none()) {
+            event.traceparent = Some(tp.to_owned());
+        }
+    }
+
+    // Enqueue in order (one session keeps its order within a batch), then await together.
+    let mut pending = Vec::with_capacity(events.len());
+    let mut enqueue_error = None;
+    for event in events {
+        match publish::enqueue(state.log(), event, Transport::Http).await {
+            Ok(ack) => pending.push(ack),
+            Err(err) => {
+                enqueue_error = Some(err);
+                break;
+            }
+        }
+    }
+    let results = join_all(pending).await;
+    let mut acks = Vec::with_capacity(results.len());
+    let mut first_error = enqueue_error;
+    for result in results {
+        match result {
+            Ok(ack) => acks.push(ack),
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    match (first_error, batch) {
+        (None, false) => Json(acks.into_iter().next()).into_response(),
+        (None, true) => Json(acks).into_response(),
+        (Some(err), _) => {
+            let written: Vec<serde_json::Value> = acks
+                .iter()
+                .filter_map(|a| serde_json::to_value(a).ok())
+                .collect();
+            error_response(&err, (!written.is_empty()).then_some(written.as_slice()))
+        }
+    }
+}
+
+/// Query of a history read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Exclusive cursor: events with offsets strictly greater. Absent: from the oldest retained.
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct HistoryEntry {
+    offset: Offset,
+    event: Box<RawValue>,
+}
+
+#[derive(Serialize)]
+struct HistoryBody {
+    session: SessionKey,
+    /// The newest offset the session's window holds, if any.
+    latest: Option<Offset>,
+    events: Vec<HistoryEntry>,
+}
+
+/// `GET /v1/sessions/{tenant}/{agent_type}/{session_id}/events?after=N&limit=M`.
+pub async fn history(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<impl Serialize>, ApiError> {
+    let Path((tenant, agent_type, session_id)) =
+        path.map_err(|e| ApiError::new(ErrorCode::InvalidField, e.body_text()))?;
+    let session = SessionKey::parse_parts(&tenant, &agent_type, &session_id)?;
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::InvalidField, e.body_text()))?;
+    let limit = query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+        return Err(ApiError::from(ProtocolError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_HISTORY_LIMIT}"),
+        )));
+    }
+    let after = query.after.map(Offset);
+    let window = state
+        .history()
+        .read_after(&session, after, limit)
+        .await
+        .map_err(|e| ApiError::unavailable("valkey", e))?;
+    if !window.covers(after) {
+        return Err(ApiError::history_unavailable(
+            &session,
+            after,
+            window.trimmed_through,
+        ));
+    }
+    let events = window
+        .entries
+        .into_iter()
+        .map(|(offset, json)| {
+            RawValue::from_string(json)
+                .map(|event| HistoryEntry { offset, event })
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::Internal,
+                        format!("stored event at offset {offset} is not JSON: {e}"),
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Json(HistoryBody {
+        session,
+        latest: window.latest,
+        events,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_str(content_type).expect("header"),
+        );
+        h
+    }
+
+    #[test]
+    fn content_types_choose_the_codec() {
+        assert_eq!(
+            body_format(&headers("application/cloudevents+json; charset=utf-8")).expect("ok"),
+            BodyFormat::Json
+        );
+        assert_eq!(
+            body_format(&headers("application/x-protobuf")).expect("ok"),
+            BodyFormat::Protobuf
+        );
+        assert_eq!(
+            body_format(&HeaderMap::new()).expect("default"),
+            BodyFormat::Json
+        );
+        let err = body_format(&headers("text/plain")).expect_err("refused");
+        assert_eq!(err.code, ErrorCode::UnsupportedMediaType);
+    }
+
+    #[test]
+    fn bodies_decode_as_one_event_or_a_batch() {
+        let one = r#"{"type":"agent.message","tenant":"t","agenttype":"a","sessionid":"s"}"#;
+        let (events, batch) = decode(BodyFormat::Json, one.as_bytes()).expect("one");
+        assert_eq!((events.len(), batch), (1, false));
+        let (events, batch) =
+            decode(BodyFormat::Json, format!(" [{one},{one}]").as_bytes()).expect("two");
+        assert_eq!((events.len(), batch), (2, true));
+        let garbage = decode(BodyFormat::Protobuf, &[0xff, 0xff]).expect_err("garbage");
+        assert_eq!(garbage.code(), ErrorCode::Malformed);
+        let bad_utf8 = decode(BodyFormat::Json, &[0xff]).expect_err("utf8");
+        assert_eq!(bad_utf8.code(), ErrorCode::Malformed);
+    }
+}

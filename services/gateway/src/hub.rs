@@ -1,0 +1,325 @@
+//! The hub: one Valkey pub/sub connection per gateway process, one Valkey subscription per
+//! followed session, fanned out to every WebSocket connection of this process that follows it.
+//!
+//! Each followed session has a bounded `broadcast` channel. A connection that falls more than
+//! `capacity` messages behind gets `Lagged` from it and catches up from history: the channel
+//! never grows and a slow reader never slows the feed or the other readers.
+//!
+//! Invariants:
+//! - [`Hub::follow`] returns only after Valkey confirmed the subscription, so a history read
+//!   made afterwards plus the live messages received afterwards cover every event (the seam).
+//! - SUBSCRIBE and UNSUBSCRIBE are issued by one task, in the order follows and unfollows
+//!   happened, so a session followed again right after its last follower left stays subscribed.
+//! - When the feed connection is lost, the hub reconnects, subscribes every followed session
+//!   again and sends [`Live::Resync`] to every follower: messages published meanwhile were
+//!   missed by pub/sub and must be read from history.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use agentwire_protocol::SessionKey;
+use agentwire_valkey::{LiveMessage, LiveStream, LiveSubscriptions, connect_live};
+use backon::{ExponentialBuilder, Retryable as _};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics as m;
+
+/// How long a follow may wait for Valkey to confirm the subscription.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Queued SUBSCRIBE/UNSUBSCRIBE requests; a full queue makes `follow` wait (backpressure).
+const COMMAND_QUEUE: usize = 1024;
+
+/// What a follower receives for its session.
+#[derive(Clone, Debug)]
+pub enum Live {
+    /// A new event of the session, as the relay announced it.
+    Event(Arc<LiveMessage>),
+    /// The feed was interrupted: events may have been missed; read history after the cursor.
+    Resync,
+}
+
+/// The feed is down or did not confirm a subscription in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the live feed could not subscribe to the session: {0}")]
+pub struct HubError(String);
+
+enum Command {
+    Subscribe(SessionKey),
+    Unsubscribe(SessionKey),
+}
+
+struct Entry {
+    sender: broadcast::Sender<Live>,
+    followers: usize,
+    /// `true` once Valkey confirmed the subscription on the current feed connection.
+    confirmed: watch::Sender<bool>,
+}
+
+struct Shared {
+    sessions: Mutex<HashMap<SessionKey, Entry>>,
+    commands: mpsc::Sender<Command>,
+    capacity: usize,
+}
+
+impl Shared {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<SessionKey, Entry>> {
+        // A panic while holding the lock leaves the map itself consistent.
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Shares live session feeds between the connections of one gateway process.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("capacity", &self.shared.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection's hold on one session's feed; dropping it unfollows.
+#[derive(Debug)]
+pub struct Follow {
+    session: SessionKey,
+    receiver: Option<broadcast::Receiver<Live>>,
+    hub: Hub,
+}
+
+impl Follow {
+    /// Takes the receiver (once); the hold stays until this value is dropped.
+    pub fn take_receiver(&mut self) -> Option<broadcast::Receiver<Live>> {
+        self.receiver.take()
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        self.hub.unfollow(&self.session);
+    }
+}
+
+impl Hub {
+    /// Starts the feed task for the Valkey at `url`. The first connection is made before this
+    /// returns, so a wrong URL fails start-up; later losses are retried forever.
+    pub async fn start(
+        url: &str,
+        capacity: usize,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), agentwire_valkey::ValkeyError> {
+        let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
+        let hub = Hub {
+            shared: Arc::new(Shared {
+                sessions: Mutex::new(HashMap::new()),
+                commands,
+                capacity: capacity.max(1),
+            }),
+        };
+        let first = connect_live(url).await?;
+        let task = tokio::spawn(feed(hub.clone(), url.to_owned(), first, queue, shutdown));
+        Ok((hub, task))
+    }
+
+    /// Follows `session`, returning once Valkey confirmed the subscription.
+    pub async fn follow(&self, session: &SessionKey) -> Result<Follow, HubError> {
+        let (receiver, mut confirmed, subscribe) = {
+            let mut sessions = self.shared.sessions();
+            match sessions.get_mut(session) {
+                Some(entry) => {
+                    entry.followers += 1;
+                    (entry.sender.subscribe(), entry.confirmed.subscribe(), false)
+                }
+                None => {
+                    let (sender, receiver) = broadcast::channel(self.shared.capacity);
+                    let (confirmed, watch) = watch::channel(false);
+                    sessions.insert(
+                        session.clone(),
+                        Entry {
+                            sender,
+                            followers: 1,
+                            confirmed,
+                        },
+                    );
+                    metrics::gauge!(m::LIVE_SESSIONS).set(sessions.len() as f64);
+                    (receiver, watch, true)
+                }
+            }
+        };
+        // From here on the hold is released by `Follow`'s drop, also on the error paths.
+        let follow = Follow {
+            session: session.clone(),
+            receiver: Some(receiver),
+            hub: self.clone(),
+        };
+        if subscribe {
+            self.shared
+                .commands
+                .send(Command::Subscribe(session.clone()))
+                .await
+                .map_err(|_| HubError("the gateway is shutting down".into()))?;
+        }
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirmed.wait_for(|c| *c)).await {
+            Ok(Ok(_)) => Ok(follow),
+            Ok(Err(_)) => Err(HubError("the session feed was closed".into())),
+            Err(_) => Err(HubError(format!(
+                "valkey did not confirm within {CONFIRM_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    fn unfollow(&self, session: &SessionKey) {
+        let mut sessions = self.shared.sessions();
+        let Some(entry) = sessions.get_mut(session) else {
+            return;
+        };
+        entry.followers -= 1;
+        if entry.followers == 0 {
+            sessions.remove(session);
+            metrics::gauge!(m::LIVE_SESSIONS).set(sessions.len() as f64);
+            // A full queue or a stopped feed only leaves a subscription that delivers to
+            // nobody until the next reconnect; it is never a correctness problem.
+            let _ = self
+                .shared
+                .commands
+                .try_send(Command::Unsubscribe(session.clone()));
+        }
+    }
+
+    /// Sessions followed by at least one connection of this process.
+    pub fn followed(&self) -> usize {
+        self.shared.sessions().len()
+    }
+
+    fn dispatch(&self, message: LiveMessage) {
+        let sessions = self.shared.sessions();
+        if let Some(entry) = sessions.get(&message.session) {
+            // No receivers is fine: the last follower is leaving.
+            let _ = entry.sender.send(Live::Event(Arc::new(message)));
+        }
+    }
+
+    fn is_followed(&self, session: &SessionKey) -> bool {
+        self.shared.sessions().contains_key(session)
+    }
+
+    fn followed_sessions(&self) -> Vec<SessionKey> {
+        self.shared.sessions().keys().cloned().collect()
+    }
+
+    fn confirm(&self, session: &SessionKey) {
+        if let Some(entry) = self.shared.sessions().get(session) {
+            entry.confirmed.send_replace(true);
+        }
+    }
+
+    /// Marks every subscription unconfirmed (the feed connection is gone).
+    fn unconfirm_all(&self) {
+        for entry in self.shared.sessions().values() {
+            entry.confirmed.send_replace(false);
+        }
+    }
+
+    fn resync_all(&self) {
+        for entry in self.shared.sessions().values() {
+            let _ = entry.sender.send(Live::Resync);
+        }
+    }
+}
+
+/// The feed task: applies subscription commands in order and dispatches messages, and
+/// reconnects (resubscribing and resyncing every session) whenever the connection is lost.
+async fn feed(
+    hub: Hub,
+    url: String,
+    first: (LiveSubscriptions, LiveStream),
+    mut queue: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+) {
+    let mut connection = Some(first);
+    loop {
+        let (mut subs, mut stream) = match connection.take() {
+            Some(c) => c,
+            None => {
+                hub.unconfirm_all();
+                let attempt = || connect_live(&url);
+                let retry = attempt
+                    .retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(2)).without_max_times().with_jitter())
+                    .notify(|err, after| tracing::warn!(error = %err, retry_in = ?after, "live feed reconnect failed"))
+                    .when(|_| !shutdown.is_cancelled());
+                let connected = tokio::select! {
+                    c = retry => c,
+                    () = shutdown.cancelled() => return,
+                };
+                match connected {
+                    Ok(c) => {
+                        metrics::counter!(m::FEED_RECONNECTS).increment(1);
+                        tracing::info!("live feed reconnected; resubscribing followed sessions");
+                        c
+                    }
+                    Err(_) => return,
+                }
+            }
+        };
+        if !resubscribe(&hub, &mut subs).await {
+            continue;
+        }
+        hub.resync_all();
+        loop {
+            tokio::select! {
+                command = queue.recv() => {
+                    let Some(command) = command else { return };
+                    if !apply(&hub, &mut subs, command).await {
+                        break;
+                    }
+                }
+                message = stream.next() => match message {
+                    Some(message) => hub.dispatch(message),
+                    None => {
+                        tracing::warn!("live feed connection lost");
+                        break;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Subscribes every followed session on a fresh connection. `false` if the connection failed.
+async fn resubscribe(hub: &Hub, subs: &mut LiveSubscriptions) -> bool {
+    for session in hub.followed_sessions() {
+        if let Err(err) = subs.subscribe(&session).await {
+            tracing::warn!(error = %err, "live feed resubscribe failed");
+            return false;
+        }
+        hub.confirm(&session);
+    }
+    true
+}
+
+/// Applies one command. `false` if the connection failed (the caller reconnects, and the
+/// reconnect resubscribes whatever is followed then, so the command is not lost).
+async fn apply(hub: &Hub, subs: &mut LiveSubscriptions, command: Command) -> bool {
+    let result = match &command {
+        Command::Subscribe(session) => subs.subscribe(session).await.map(|()| hub.confirm(session)),
+        // Followed again since the unfollow was queued: keep the subscription, or the new
+        // follower would miss what is published between this UNSUBSCRIBE and its SUBSCRIBE.
+        Command::Unsubscribe(session) if hub.is_followed(session) => Ok(()),
+        Command::Unsubscribe(session) => subs.unsubscribe(session).await,
+    };
+    match result {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(error = %err, "live feed command failed; reconnecting");
+            false
+        }
+    }
+}

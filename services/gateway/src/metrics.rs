@@ -1,0 +1,18 @@
+//! The gateway's metric names, in one place.
+
+/// Open WebSocket connections.
+pub const CONNECTIONS: &str = "agentwire_gateway_ws_connections";
+/// Events appended to Kafka, by transport (`http`, `ws`) and outcome (`ok`, `error`).
+pub const PUBLISHES: &str = "agentwire_gateway_publishes_total";
+/// Seconds from receiving a publish to Kafka's acknowledgement.
+pub const PUBLISH_SECONDS: &str = "agentwire_gateway_publish_seconds";
+/// Events delivered to WebSocket clients.
+pub const DELIVERIES: &str = "agentwire_gateway_deliveries_total";
+/// Catch-up reads from history, by reason (`subscribe`, `lagged`, `resync`).
+pub const CATCH_UPS: &str = "agentwire_gateway_catch_ups_total";
+/// Sessions this gateway holds a Valkey subscription for.
+pub const LIVE_SESSIONS: &str = "agentwire_gateway_live_sessions";
+/// Reconnections of the shared Valkey subscription connection.
+pub const FEED_RECONNECTS: &str = "agentwire_gateway_feed_reconnects_total";
+/// Error frames and error responses sent, by code.
+pub const ERRORS: &str = "agentwire_gateway_errors_total";

@@ -1,0 +1,42 @@
+//! The gateway's router: every path of the public API in one place (documented in
+//! `docs/protocol.md` and served as OpenAPI at `/v1/openapi.json`).
+
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{events_api, health, ws};
+use agentwire_protocol::ErrorCode;
+
+/// The OpenAPI 3.1 description of the HTTP API.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// Builds the router over `state`.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(events_api::publish))
+        .route(
+            "/v1/sessions/{tenant}/{agent_type}/{session_id}/events",
+            get(events_api::history),
+        )
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route; see /v1/openapi.json")
+}

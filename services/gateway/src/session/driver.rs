@@ -1,0 +1,366 @@
+//! The I/O of one WebSocket connection: a `select!` over client messages, the live feeds of
+//! the sessions it follows, the acknowledgements of its publishes and the shutdown token.
+//!
+//! Delivery per session: the connection follows the session in the hub *first*, then reads
+//! history after its cursor, then takes live messages; `state::Subscriptions` drops anything
+//! at or below the cursor, so the seam has no gap and no duplicate. A live feed that lags
+//! (the client reads slower than events arrive) or resyncs (Valkey reconnected) turns into a
+//! catch-up read from history: nothing is buffered without bound and nothing is dropped.
+//!
+//! Publishes are enqueued to Kafka in arrival order and acknowledged in that order.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::stream::{FuturesOrdered, SplitSink};
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::value::RawValue;
+use tokio_stream::StreamMap;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use agentwire_protocol::frames::event_frame_json;
+use agentwire_protocol::{
+    Ack, ClientFrame, ErrorFrame, Offset, ProtocolError, ServerFrame, SessionKey,
+};
+
+use crate::error::ApiError;
+use crate::hub::{Follow, Live};
+use crate::metrics as m;
+use crate::publish::{self, Transport};
+use crate::session::state::{Subscriptions, Verdict};
+use crate::state::AppState;
+
+/// WebSocket close codes the driver uses (RFC 6455 §7.4.1).
+mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = Result<Ack, ErrorFrame>> + Send>>;
+
+/// How the client speaks; answers use the encoding of the client's latest message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    Json,
+    Protobuf,
+}
+
+/// Why the loop ended.
+#[derive(Debug)]
+enum End {
+    /// The client closed (or the socket broke): nothing more can be sent.
+    Gone,
+    /// The server closes with a code and reason.
+    Close(u16, String),
+}
+
+struct Connection {
+    state: AppState,
+    sink: SplitSink<WebSocket, Message>,
+    encoding: Encoding,
+    subs: Subscriptions,
+    follows: HashMap<SessionKey, Follow>,
+    live: StreamMap<SessionKey, BroadcastStream<Live>>,
+    acks: FuturesOrdered<AckFuture>,
+}
+
+/// Serves one upgraded WebSocket until the client leaves or the gateway shuts down.
+pub async fn run(socket: WebSocket, state: AppState) {
+    metrics::gauge!(m::CONNECTIONS).increment(1.0);
+    let (sink, mut stream) = socket.split();
+    let shutdown = state.shutdown().clone();
+    let max_subscriptions = state.config().max_subscriptions;
+    let mut conn = Connection {
+        state,
+        sink,
+        encoding: Encoding::Json,
+        subs: Subscriptions::new(max_subscriptions),
+        follows: HashMap::new(),
+        live: StreamMap::new(),
+        acks: FuturesOrdered::new(),
+    };
+    let end = loop {
+        let step = tokio::select! {
+            message = stream.next() => match message {
+                Some(Ok(message)) => conn.on_message(message).await,
+                Some(Err(err)) => Err(transport_error(&err)),
+                None => Err(End::Gone),
+            },
+            Some((session, item)) = conn.live.next() => conn.on_live(session, item).await,
+            Some(answer) = conn.acks.next() => conn.on_ack(answer).await,
+            () = shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "the gateway is shutting down".into())),
+        };
+        if let Err(end) = step {
+            break end;
+        }
+    };
+    if let End::Close(code, reason) = end {
+        // Publishes already handed to Kafka are answered before closing.
+        while let Some(answer) = conn.acks.next().await {
+            if conn.on_ack(answer).await.is_err() {
+                break;
+            }
+        }
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = conn.sink.send(Message::Close(Some(frame))).await;
+    }
+    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+}
+
+/// Maps a read failure to how the connection ends.
+fn transport_error(err: &axum::Error) -> End {
+    let text = err.to_string();
+    if text.contains("too long") || text.contains("Space limit") {
+        End::Close(close::TOO_BIG, "message too big".into())
+    } else {
+        tracing::debug!(error = %text, "websocket read failed");
+        End::Close(close::PROTOCOL_ERROR, "invalid websocket data".into())
+    }
+}
+
+impl Connection {
+    async fn on_message(&mut self, message: Message) -> Result<(), End> {
+        let limit = self.state.config().max_frame_bytes;
+        let frame = match message {
+            Message::Text(text) => {
+                self.encoding = Encoding::Json;
+                check_size(text.len(), limit)?;
+                ClientFrame::from_json(&text)
+            }
+            Message::Binary(bytes) => {
+                self.encoding = Encoding::Protobuf;
+                check_size(bytes.len(), limit)?;
+                ClientFrame::from_protobuf(&bytes)
+            }
+            Message::Close(_) => return Err(End::Gone),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        };
+        match frame {
+            Ok(frame) => self.on_frame(frame).await,
+            Err(err) => self.send_error(ErrorFrame::from(&err)).await,
+        }
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame) -> Result<(), End> {
+        match frame {
+            ClientFrame::Subscribe { session, after } => self.subscribe(session, after).await,
+            ClientFrame::Unsubscribe { session } => match self.subs.remove(&session) {
+                Ok(()) => {
+                    self.live.remove(&session);
+                    self.follows.remove(&session);
+                    self.send(&ServerFrame::Unsubscribed { session }).await
+                }
+                Err(err) => self.send_error(session_error(&err, &session)).await,
+            },
+            ClientFrame::Publish { event } => {
+                let id = event.id.map(|id| id.to_string());
+                match publish::enqueue(self.state.log(), *event, Transport::Ws).await {
+                    Ok(ack) => {
+                        let id = id.clone();
+                        self.acks.push_back(Box::pin(async move {
+                            ack.await.map_err(|err| ErrorFrame { id, ..err.frame() })
+                        }));
+                        Ok(())
+                    }
+                    Err(err) => self.send_error(ErrorFrame { id, ..err.frame() }).await,
+                }
+            }
+            ClientFrame::Ping => self.send(&ServerFrame::Pong).await,
+        }
+    }
+
+    async fn subscribe(&mut self, session: SessionKey, after: Option<Offset>) -> Result<(), End> {
+        if let Err(err) = self.subs.check_subscribe(&session) {
+            return self.send_error(session_error(&err, &session)).await;
+        }
+        // Follow first: whatever is published from now on reaches the receiver, so the
+        // history read below and the live feed together miss nothing.
+        let mut follow = match self.state.hub().follow(&session).await {
+            Ok(follow) => follow,
+            Err(err) => {
+                let err = ApiError::unavailable("the live feed", err);
+                return self
+                    .send_error(ErrorFrame {
+                        session: Some(session),
+                        ..err.frame()
+                    })
+                    .await;
+            }
+        };
+        let Some(receiver) = follow.take_receiver() else {
+            return Err(End::Close(
+                close::INTERNAL,
+                "live feed receiver missing".into(),
+            ));
+        };
+        let latest = match self.state.history().latest(&session).await {
+            Ok(latest) => latest,
+            Err(err) => {
+                let err = ApiError::unavailable("valkey", err);
+                return self
+                    .send_error(ErrorFrame {
+                        session: Some(session),
+                        ..err.frame()
+                    })
+                    .await;
+            }
+        };
+        // "Only new events" starts after the latest event; a resume starts after `after`.
+        self.subs.insert(session.clone(), after.or(latest));
+        self.follows.insert(session.clone(), follow);
+        self.live
+            .insert(session.clone(), BroadcastStream::new(receiver));
+        self.send(&ServerFrame::Subscribed {
+            session: session.clone(),
+            offset: latest,
+        })
+        .await?;
+        if after.is_some() {
+            metrics::counter!(m::CATCH_UPS, "reason" => "subscribe").increment(1);
+            self.catch_up(&session).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers what history holds after the session's cursor, page by page.
+    async fn catch_up(&mut self, session: &SessionKey) -> Result<(), End> {
+        let page = self.state.config().catch_up_page;
+        loop {
+            let Some(cursor) = self.subs.cursor(session) else {
+                return Ok(());
+            };
+            let window = match self
+                .state
+                .history()
+                .read_after(session, cursor.last(), page)
+                .await
+            {
+                Ok(window) => window,
+                Err(err) => {
+                    let err = ApiError::unavailable("valkey", err);
+                    return self
+                        .send_error(ErrorFrame {
+                            session: Some(session.clone()),
+                            ..err.frame()
+                        })
+                        .await;
+                }
+            };
+            if !window.covers(cursor.last()) {
+                let err =
+                    ApiError::history_unavailable(session, cursor.last(), window.trimmed_through);
+                self.send_error(ErrorFrame {
+                    session: Some(session.clone()),
+                    ..err.frame()
+                })
+                .await?;
+            }
+            let full = window.entries.len() >= page;
+            for (offset, json) in window.entries {
+                self.deliver(session, offset, &json).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn on_live(
+        &mut self,
+        session: SessionKey,
+        item: Result<Live, BroadcastStreamRecvError>,
+    ) -> Result<(), End> {
+        match item {
+            Ok(Live::Event(message)) => {
+                self.deliver(&session, message.offset, &message.event_json)
+                    .await
+            }
+            Ok(Live::Resync) => {
+                metrics::counter!(m::CATCH_UPS, "reason" => "resync").increment(1);
+                self.catch_up(&session).await
+            }
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                tracing::debug!(%session, missed, "connection lagged; catching up from history");
+                metrics::counter!(m::CATCH_UPS, "reason" => "lagged").increment(1);
+                self.catch_up(&session).await
+            }
+        }
+    }
+
+    async fn deliver(
+        &mut self,
+        session: &SessionKey,
+        offset: Offset,
+        event_json: &str,
+    ) -> Result<(), End> {
+        if self.subs.admit(session, offset) != Verdict::Deliver {
+            return Ok(());
+        }
+        let message = match self.encoding {
+            Encoding::Json => Message::text(event_frame_json(session, offset, event_json)),
+            Encoding::Protobuf => {
+                let event = RawValue::from_string(event_json.to_owned())
+                    .map_err(|_| End::Close(close::INTERNAL, "stored event is not JSON".into()))?;
+                let frame = ServerFrame::Event {
+                    session: session.clone(),
+                    offset,
+                    event,
+                };
+                let bytes = frame.to_protobuf().map_err(|_| {
+                    End::Close(close::INTERNAL, "stored event does not encode".into())
+                })?;
+                Message::binary(bytes)
+            }
+        };
+        metrics::counter!(m::DELIVERIES).increment(1);
+        self.sink.send(message).await.map_err(|_| End::Gone)
+    }
+
+    async fn on_ack(&mut self, answer: Result<Ack, ErrorFrame>) -> Result<(), End> {
+        match answer {
+            Ok(ack) => self.send(&ServerFrame::Ack(ack)).await,
+            Err(frame) => self.send_error(frame).await,
+        }
+    }
+
+    async fn send_error(&mut self, frame: ErrorFrame) -> Result<(), End> {
+        metrics::counter!(m::ERRORS, "code" => frame.code.as_str()).increment(1);
+        self.send(&ServerFrame::Error(frame)).await
+    }
+
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        let message = match self.encoding {
+            Encoding::Json => Message::text(frame.to_json()),
+            Encoding::Protobuf => Message::binary(
+                frame
+                    .to_protobuf()
+                    .map_err(|_| End::Close(close::INTERNAL, "frame does not encode".into()))?,
+            ),
+        };
+        self.sink.send(message).await.map_err(|_| End::Gone)
+    }
+}
+
+fn check_size(len: usize, limit: usize) -> Result<(), End> {
+    if len > limit {
+        return Err(End::Close(
+            close::TOO_BIG,
+            format!("message of {len} bytes is over the {limit}-byte limit"),
+        ));
+    }
+    Ok(())
+}
+
+fn session_error(err: &ProtocolError, session: &SessionKey) -> ErrorFrame {
+    ErrorFrame {
+        session: Some(session.clone()),
+        ..ErrorFrame::from(err)
+    }
+}

@@ -1,0 +1,5 @@
+//! One WebSocket connection: `state` is the pure delivery logic (cursors, subscription rules),
+//! `driver` does the I/O (socket, hub, history, publishes).
+
+pub mod driver;
+pub mod state;

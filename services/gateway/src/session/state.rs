@@ -1,0 +1,184 @@
+//! The pure part of a WebSocket connection: which sessions it follows and, for each, the
+//! cursor that makes delivery exactly-once per connection. No I/O here; `driver.rs` feeds it.
+//!
+//! Rules (see `docs/protocol.md`):
+//! - A session's cursor starts at the subscription's `after` (or at the session's latest
+//!   offset for "only new events"); an event is delivered only if its offset is strictly
+//!   greater than the cursor, which then moves to it. History and live messages may overlap
+//!   at the seam, after a lag or after a feed resync: the cursor drops the overlap.
+//! - A connection follows at most `max_subscriptions` sessions, each once.
+
+use std::collections::HashMap;
+
+use agentwire_protocol::{ErrorCode, Offset, ProtocolError, SessionKey};
+
+/// Whether an event reaches the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Deliver,
+    /// At or below the cursor: already delivered (or before the resume point).
+    Duplicate,
+    /// The connection does not follow the session (an unsubscribe raced the event).
+    NotFollowed,
+}
+
+/// One followed session's delivery cursor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// The last offset delivered (or resumed after); `None` before the first event.
+    last: Option<Offset>,
+}
+
+impl Cursor {
+    pub fn new(after: Option<Offset>) -> Self {
+        Self { last: after }
+    }
+
+    /// Delivers `offset` if it is after the cursor, moving the cursor to it.
+    pub fn admit(&mut self, offset: Offset) -> Verdict {
+        if self.last.is_some_and(|last| offset <= last) {
+            return Verdict::Duplicate;
+        }
+        self.last = Some(offset);
+        Verdict::Deliver
+    }
+
+    pub fn last(&self) -> Option<Offset> {
+        self.last
+    }
+}
+
+/// The sessions one connection follows.
+#[derive(Debug)]
+pub struct Subscriptions {
+    cursors: HashMap<SessionKey, Cursor>,
+    max: usize,
+}
+
+impl Subscriptions {
+    pub fn new(max_subscriptions: usize) -> Self {
+        Self {
+            cursors: HashMap::new(),
+            max: max_subscriptions,
+        }
+    }
+
+    /// Checks that `session` may be subscribed now (before any I/O is done for it).
+    pub fn check_subscribe(&self, session: &SessionKey) -> Result<(), ProtocolError> {
+        if self.cursors.contains_key(session) {
+            return Err(ProtocolError::new(
+                ErrorCode::AlreadySubscribed,
+                format!("this connection already follows {session}"),
+            ));
+        }
+        if self.cursors.len() >= self.max {
+            return Err(ProtocolError::new(
+                ErrorCode::TooManySubscriptions,
+                format!("a connection may follow at most {} sessions", self.max),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts following `session` with its cursor at `after`.
+    pub fn insert(&mut self, session: SessionKey, after: Option<Offset>) {
+        self.cursors.insert(session, Cursor::new(after));
+    }
+
+    /// Stops following `session`.
+    pub fn remove(&mut self, session: &SessionKey) -> Result<(), ProtocolError> {
+        match self.cursors.remove(session) {
+            Some(_) => Ok(()),
+            None => Err(ProtocolError::new(
+                ErrorCode::NotSubscribed,
+                format!("this connection does not follow {session}"),
+            )),
+        }
+    }
+
+    /// Decides whether an event of `session` at `offset` is delivered.
+    pub fn admit(&mut self, session: &SessionKey, offset: Offset) -> Verdict {
+        match self.cursors.get_mut(session) {
+            Some(cursor) => cursor.admit(offset),
+            None => Verdict::NotFollowed,
+        }
+    }
+
+    /// Where a catch-up read of `session` starts (exclusive); `None` if not followed.
+    pub fn cursor(&self, session: &SessionKey) -> Option<Cursor> {
+        self.cursors.get(session).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.cursors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cursors.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(s: &str) -> SessionKey {
+        format!("t:a:{s}").parse().expect("key")
+    }
+
+    #[test]
+    fn the_cursor_drops_the_overlap_between_history_and_live() {
+        let mut subs = Subscriptions::new(10);
+        subs.insert(key("s"), Some(Offset(41)));
+        let history = [42, 45, 47];
+        let live = [45, 47, 50];
+        let delivered: Vec<u64> = history
+            .iter()
+            .chain(live.iter())
+            .filter(|o| subs.admit(&key("s"), Offset(**o)) == Verdict::Deliver)
+            .copied()
+            .collect();
+        assert_eq!(delivered, vec![42, 45, 47, 50]);
+        assert_eq!(subs.admit(&key("s"), Offset(41)), Verdict::Duplicate);
+        assert_eq!(subs.admit(&key("other"), Offset(99)), Verdict::NotFollowed);
+    }
+
+    #[test]
+    fn subscribe_rules_have_codes() {
+        let mut subs = Subscriptions::new(1);
+        subs.check_subscribe(&key("a")).expect("first");
+        subs.insert(key("a"), None);
+        assert_eq!(
+            subs.check_subscribe(&key("a")).expect_err("dup").code(),
+            ErrorCode::AlreadySubscribed
+        );
+        assert_eq!(
+            subs.check_subscribe(&key("b")).expect_err("max").code(),
+            ErrorCode::TooManySubscriptions
+        );
+        assert_eq!(
+            subs.remove(&key("b")).expect_err("not").code(),
+            ErrorCode::NotSubscribed
+        );
+        subs.remove(&key("a")).expect("remove");
+        assert!(subs.is_empty());
+    }
+
+    proptest! {
+        /// Whatever order and repetition history and live messages arrive in, what is
+        /// delivered is strictly increasing and above the resume point.
+        #[test]
+        fn deliveries_strictly_increase(after in proptest::option::of(0u64..50), offsets in proptest::collection::vec(0u64..100, 0..200)) {
+            let mut cursor = Cursor::new(after.map(Offset));
+            let mut last = after;
+            for o in offsets {
+                if cursor.admit(Offset(o)) == Verdict::Deliver {
+                    prop_assert!(last.is_none_or(|l| o > l));
+                    last = Some(o);
+                }
+            }
+            prop_assert_eq!(cursor.last(), last.map(Offset));
+        }
+    }
+}

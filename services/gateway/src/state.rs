@@ -1,0 +1,74 @@
+//! What every handler and connection shares: the log producer, the history store, the hub,
+//! the configuration and the process's shutdown token and task tracker.
+
+use std::sync::Arc;
+
+use agentwire_kafka::EventLog;
+use agentwire_valkey::HistoryStore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::GatewayConfig;
+use crate::hub::Hub;
+
+/// Cheap to clone; one per process.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: GatewayConfig,
+    log: EventLog,
+    history: HistoryStore,
+    hub: Hub,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl AppState {
+    pub fn new(
+        config: GatewayConfig,
+        log: EventLog,
+        history: HistoryStore,
+        hub: Hub,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                log,
+                history,
+                hub,
+                shutdown,
+                connections: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.inner.config
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.inner.log
+    }
+
+    pub fn history(&self) -> &HistoryStore {
+        &self.inner.history
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Tracks WebSocket connections, which outlive axum's graceful shutdown of HTTP.
+    pub fn connections(&self) -> &TaskTracker {
+        &self.inner.connections
+    }
+}
