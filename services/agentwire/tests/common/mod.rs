@@ -1,0 +1,207 @@
+//! The real stack for one test: a fresh topic on the shared broker, the gateway in-process on
+//! port 0, and the relay in-process or as a child process (for SIGKILL). Session keys use a
+//! unique tenant, so tests sharing the one Valkey never see each other's keys.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use agentwire_client::HttpClient;
+use agentwire_gateway::GatewayConfig;
+use agentwire_kafka::{KafkaArgs, KafkaSettings, LogMessage};
+use agentwire_protocol::{Event, EventType, Offset, ProducerId, SessionKey};
+use agentwire_relay::RelayConfig;
+use agentwire_test_support::{ChildProcess, TestEnv, unique};
+use agentwire_valkey::ValkeyArgs;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct Stack {
+    pub env: TestEnv,
+    pub topic: String,
+    pub tenant: String,
+    pub relay_group: String,
+    pub http_url: String,
+    pub ws_url: String,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Stack {
+    /// A topic, the gateway and an in-process relay.
+    pub async fn start(partitions: u32) -> Stack {
+        let mut stack = Stack::without_relay(partitions).await;
+        stack.spawn_relay();
+        stack
+    }
+
+    /// A topic and the gateway; start a relay yourself.
+    pub async fn without_relay(partitions: u32) -> Stack {
+        Stack::with_env(TestEnv::from_env(), partitions).await
+    }
+
+    /// Like [`Stack::without_relay`] on servers of the test's own (e.g. a dedicated broker).
+    pub async fn with_env(env: TestEnv, partitions: u32) -> Stack {
+        let topic = unique("events");
+        env.create_topic(&topic, partitions).await;
+        let mut stack = Stack {
+            env,
+            topic,
+            tenant: unique("t"),
+            relay_group: unique("relay"),
+            http_url: String::new(),
+            ws_url: String::new(),
+            shutdown: CancellationToken::new(),
+            tasks: Vec::new(),
+        };
+        stack.spawn_gateway(stack.gateway_config()).await;
+        stack
+    }
+
+    pub fn kafka_args(&self) -> KafkaArgs {
+        KafkaArgs {
+            brokers: self.env.kafka_brokers.clone(),
+            topic: self.topic.clone(),
+            delivery_timeout_ms: 3000,
+            linger_ms: 1,
+        }
+    }
+
+    pub fn kafka_settings(&self) -> KafkaSettings {
+        self.kafka_args().settings()
+    }
+
+    pub fn valkey_args(&self) -> ValkeyArgs {
+        ValkeyArgs {
+            url: self.env.valkey_url.clone(),
+            history_maxlen: 10_000,
+            history_idle_ttl_secs: 3600,
+        }
+    }
+
+    pub fn gateway_config(&self) -> GatewayConfig {
+        GatewayConfig {
+            kafka: self.kafka_args(),
+            valkey: self.valkey_args(),
+            max_body_bytes: 1024 * 1024,
+            max_frame_bytes: 64 * 1024,
+            session_buffer: 1024,
+            max_subscriptions: 100,
+            catch_up_page: 100,
+        }
+    }
+
+    pub fn relay_config(&self) -> RelayConfig {
+        RelayConfig {
+            kafka: self.kafka_args(),
+            valkey: self.valkey_args(),
+            group: self.relay_group.clone(),
+            batch_max: 256,
+            fetch_wait_ms: 4,
+        }
+    }
+
+    async fn spawn_gateway(&mut self, config: GatewayConfig) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the gateway");
+        let addr = listener.local_addr().expect("gateway address");
+        self.http_url = format!("http://{addr}");
+        self.ws_url = format!("ws://{addr}/v1/ws");
+        let shutdown = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            agentwire_gateway::run(listener, config, shutdown)
+                .await
+                .expect("gateway run");
+        }));
+    }
+
+    pub fn spawn_relay(&mut self) {
+        let (config, shutdown) = (self.relay_config(), self.shutdown.clone());
+        self.tasks.push(tokio::spawn(async move {
+            agentwire_relay::run(config, shutdown)
+                .await
+                .expect("relay run");
+        }));
+    }
+
+    /// `agentwire relay` as a child process, for tests that SIGKILL it.
+    pub fn relay_process(&self) -> ChildProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentwire"));
+        command
+            .args(["relay", "--admin-listen", "127.0.0.1:0"])
+            .env("AGENTWIRE_KAFKA_BROKERS", &self.env.kafka_brokers)
+            .env("AGENTWIRE_TOPIC", &self.topic)
+            .env("AGENTWIRE_VALKEY_URL", &self.env.valkey_url)
+            .env("AGENTWIRE_RELAY_GROUP", &self.relay_group)
+            .env("AGENTWIRE_RELAY_BATCH_MAX", "64");
+        ChildProcess::spawn("relay", command)
+    }
+
+    pub fn http(&self) -> HttpClient {
+        HttpClient::new(&self.http_url).expect("http client")
+    }
+
+    /// A session of this test's tenant.
+    pub fn session(&self, name: &str) -> SessionKey {
+        SessionKey::parse_parts(&self.tenant, "planner", name).expect("session key")
+    }
+
+    /// Every record of the topic, grouped by key, in offset order per partition.
+    pub async fn log_by_key(&self, partitions: u32) -> BTreeMap<String, Vec<LogMessage>> {
+        let settings = self.kafka_settings();
+        let mut by_key: BTreeMap<String, Vec<LogMessage>> = BTreeMap::new();
+        for partition in 0..i32::try_from(partitions).expect("partitions") {
+            let (low, high) = agentwire_kafka::watermarks(&settings, &self.topic, partition)
+                .await
+                .expect("watermarks");
+            let (low, high) = (
+                u64::try_from(low).unwrap_or(0),
+                u64::try_from(high).unwrap_or(0),
+            );
+            let records = agentwire_kafka::read_range(
+                &settings,
+                &self.topic,
+                partition,
+                Offset(low),
+                Offset(high),
+                LIMIT,
+            )
+            .await
+            .expect("read the partition");
+            for record in records {
+                let key =
+                    String::from_utf8(record.key.clone().unwrap_or_default()).expect("utf-8 key");
+                by_key.entry(key).or_default().push(record);
+            }
+        }
+        by_key
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// An `agent.message` event with `text`, numbered by `producer`/`seq`.
+pub fn event(session: &SessionKey, producer: &str, seq: u64, text: &str) -> Event {
+    let mut event = Event::new(
+        session.clone(),
+        EventType::new("agent.message").expect("type"),
+    );
+    event.producer_id = Some(ProducerId::new(producer).expect("producer"));
+    event.producer_seq = Some(seq);
+    event.text = Some(text.to_owned());
+    event
+}

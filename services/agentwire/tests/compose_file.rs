@@ -1,0 +1,175 @@
+//! There is no Docker engine where the tests run, so this checks `docker-compose.yml` against
+//! the code instead: every agentwire variable it sets is one the code reads, every command is
+//! a subcommand of the binary, published ports match the listen addresses, and the broker and
+//! Valkey addresses point at services of the file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_yaml_ng::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every `env = "AGENTWIRE_…"` the clap configuration of the code declares.
+fn variables_the_code_reads() -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut dirs = vec![root().join("services"), root().join("crates")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                for piece in text.split("env = \"").skip(1) {
+                    if let Some(name) = piece
+                        .split('"')
+                        .next()
+                        .filter(|n| n.starts_with("AGENTWIRE_"))
+                    {
+                        found.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+fn compose() -> Value {
+    let text =
+        std::fs::read_to_string(root().join("docker-compose.yml")).expect("docker-compose.yml");
+    serde_yaml_ng::from_str(&text).expect("valid YAML")
+}
+
+fn env_of<'a>(service: &'a Value, name: &str) -> Option<&'a str> {
+    service["environment"][name].as_str()
+}
+
+fn published_ports(service: &Value) -> Vec<(u16, u16)> {
+    service["ports"]
+        .as_sequence()
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|p| p.as_str())
+                .filter_map(|p| p.split_once(':'))
+                .map(|(h, c)| {
+                    (
+                        h.parse().expect("host port"),
+                        c.parse().expect("container port"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_compose_file_matches_what_the_code_reads() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().expect("services");
+    let names: BTreeSet<&str> = services.keys().filter_map(Value::as_str).collect();
+    for required in [
+        "kafka",
+        "valkey",
+        "jaeger",
+        "create-topics",
+        "relay",
+        "gateway",
+    ] {
+        assert!(names.contains(required), "service {required} is missing");
+    }
+    assert_eq!(
+        compose["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"].as_str(),
+        Some("true")
+    );
+    assert!(
+        compose["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+            .as_str()
+            .is_some_and(|r| r.contains("controller")),
+        "kafka runs in KRaft mode"
+    );
+
+    let known = variables_the_code_reads();
+    assert!(
+        known.contains("AGENTWIRE_KAFKA_BROKERS") && known.contains("AGENTWIRE_LISTEN"),
+        "scan found {known:?}"
+    );
+    for name in ["create-topics", "relay", "gateway"] {
+        let service = &compose["services"][name];
+        let env = service["environment"].as_mapping().expect("environment");
+        for key in env.keys().filter_map(Value::as_str) {
+            assert!(
+                known.contains(key),
+                "{name} sets {key}, which the code does not read"
+            );
+        }
+        // The broker and Valkey addresses name services of this file.
+        let brokers = env_of(service, "AGENTWIRE_KAFKA_BROKERS").expect("brokers");
+        assert_eq!(brokers, "kafka:9092", "{name}");
+        if let Some(url) = env_of(service, "AGENTWIRE_VALKEY_URL") {
+            assert_eq!(url, "redis://valkey:6379", "{name}");
+        }
+        // The command is a subcommand of the binary.
+        let command: Vec<&str> = service["command"]
+            .as_sequence()
+            .expect("command")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let status = Command::new(env!("CARGO_BIN_EXE_agentwire"))
+            .args(&command)
+            .arg("--help")
+            .output()
+            .expect("run agentwire");
+        assert!(
+            status.status.success(),
+            "`agentwire {}` is not a command",
+            command.join(" ")
+        );
+        assert_eq!(
+            service["build"].as_str(),
+            Some("."),
+            "{name} is built from the Dockerfile"
+        );
+    }
+    assert!(root().join("Dockerfile").is_file());
+
+    // Published ports are the ports the services listen on.
+    let gateway = &compose["services"]["gateway"];
+    let listen: u16 = env_of(gateway, "AGENTWIRE_LISTEN")
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("listen");
+    assert!(
+        published_ports(gateway).iter().any(|(_, c)| *c == listen),
+        "gateway port {listen} is not published"
+    );
+    let relay = &compose["services"]["relay"];
+    let admin: u16 = env_of(relay, "AGENTWIRE_ADMIN_LISTEN")
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("admin");
+    assert!(published_ports(relay).iter().any(|(_, c)| *c == admin));
+    assert!(published_ports(&compose["services"]["kafka"]).contains(&(9092, 9092)));
+    assert!(published_ports(&compose["services"]["valkey"]).contains(&(6379, 6379)));
+
+    // Start order: the services wait for healthy dependencies and for the topic.
+    for name in ["relay", "gateway"] {
+        let depends = &compose["services"][name]["depends_on"];
+        assert_eq!(
+            depends["create-topics"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{name}"
+        );
+        assert_eq!(
+            depends["valkey"]["condition"].as_str(),
+            Some("service_healthy"),
+            "{name}"
+        );
+    }
+}

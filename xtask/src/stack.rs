@@ -1,0 +1,189 @@
+//! The local stack on loopback: Valkey, the tansu broker (SQLite storage under `.stack/`),
+//! the event topic, the relay and the gateway, then the demo.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::deps::{self, Servers};
+use crate::procs::Service;
+
+pub const VALKEY_PORT: u16 = 6379;
+pub const KAFKA_PORT: u16 = 9092;
+pub const GATEWAY_PORT: u16 = 8080;
+pub const RELAY_ADMIN_PORT: u16 = 9464;
+/// Partitions of `agent.events` in the local stack.
+pub const PARTITIONS: u32 = 8;
+pub const TOPIC: &str = "agent.events";
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Starts `valkey-server` on `port` without persistence.
+pub fn start_valkey(servers: &Servers, port: u16, dir: &Path) -> anyhow::Result<Service> {
+    let mut command = Command::new(&servers.valkey);
+    command
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .current_dir(dir);
+    let mut valkey = Service::start("valkey", command, &dir.join("valkey.log"))?;
+    valkey.wait_for_port(loopback(port), START_TIMEOUT)?;
+    Ok(valkey)
+}
+
+/// Starts tansu on `port`, storing in SQLite under `dir` (it reads `dir/.env` too, so the
+/// directory is its own).
+pub fn start_broker(servers: &Servers, port: u16, dir: &Path) -> anyhow::Result<Service> {
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let mut command = Command::new(&servers.tansu);
+    command
+        .arg("broker")
+        .args([
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &listener,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(dir);
+    let mut broker = Service::start("tansu", command, &dir.join("tansu.log"))?;
+    broker.wait_for_port(loopback(port), START_TIMEOUT)?;
+    Ok(broker)
+}
+
+/// Creates `topic` unless it exists (`tansu topic create`).
+pub fn create_topic(
+    servers: &Servers,
+    port: u16,
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<()> {
+    let output = Command::new(&servers.tansu)
+        .args([
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ])
+        .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
+        .output()
+        .context("run tansu topic create")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success()
+        || text.contains("TopicAlreadyExists")
+        || text.contains("already exists")
+    {
+        return Ok(());
+    }
+    bail!("tansu topic create {topic} failed: {text}")
+}
+
+/// `cargo xtask up`.
+pub fn up(demo: bool) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let stopping = stopping.clone();
+        ctrlc::set_handler(move || stopping.store(true, Ordering::SeqCst))
+            .context("install the Ctrl-C handler")?;
+    }
+    for port in [VALKEY_PORT, KAFKA_PORT, GATEWAY_PORT, RELAY_ADMIN_PORT] {
+        if std::net::TcpStream::connect_timeout(&loopback(port), Duration::from_millis(200)).is_ok()
+        {
+            bail!("port {port} is already in use (a previous stack still running?); stop it first");
+        }
+    }
+    println!("xtask: [1/4] installing Valkey and the broker (cached after the first run)");
+    let servers = deps::ensure_all()?;
+    println!("xtask: [2/4] building agentwire");
+    deps::run(
+        Command::new("cargo")
+            .args(["build", "--package", "agentwire"])
+            .current_dir(&root),
+    )?;
+    let agentwire = root.join("target/debug/agentwire");
+
+    let stack_dir = root.join(".stack");
+    let broker_dir = stack_dir.join("tansu");
+    std::fs::create_dir_all(&broker_dir)?;
+    println!("xtask: [3/4] starting Valkey, the broker, the relay and the gateway");
+    let _valkey = start_valkey(&servers, VALKEY_PORT, &stack_dir)?;
+    let _broker = start_broker(&servers, KAFKA_PORT, &broker_dir)?;
+    create_topic(&servers, KAFKA_PORT, TOPIC, PARTITIONS)?;
+    let mut relay = Command::new(&agentwire);
+    relay.arg("relay").env(
+        "AGENTWIRE_ADMIN_LISTEN",
+        loopback(RELAY_ADMIN_PORT).to_string(),
+    );
+    let mut relay = Service::start("relay", relay, &stack_dir.join("relay.log"))?;
+    relay.wait_for_port(loopback(RELAY_ADMIN_PORT), START_TIMEOUT)?;
+    let mut gateway = Command::new(&agentwire);
+    gateway
+        .arg("gateway")
+        .env("AGENTWIRE_LISTEN", loopback(GATEWAY_PORT).to_string());
+    let mut gateway = Service::start("gateway", gateway, &stack_dir.join("gateway.log"))?;
+    gateway.wait_for_port(loopback(GATEWAY_PORT), START_TIMEOUT)?;
+
+    println!("xtask: the stack is up");
+    println!(
+        "  gateway   http://127.0.0.1:{GATEWAY_PORT}  (WebSocket ws://127.0.0.1:{GATEWAY_PORT}/v1/ws, /metrics, /readyz)"
+    );
+    println!("  relay     http://127.0.0.1:{RELAY_ADMIN_PORT}/metrics");
+    println!("  kafka     127.0.0.1:{KAFKA_PORT} (tansu, topic {TOPIC}, {PARTITIONS} partitions)");
+    println!("  valkey    redis://127.0.0.1:{VALKEY_PORT}");
+    println!("  logs      {}", stack_dir.display());
+    if demo {
+        println!(
+            "xtask: [4/4] running the demo: simulated agents publish, a client prints what it receives"
+        );
+        let status = Command::new(&agentwire)
+            .args([
+                "demo",
+                "--gateway",
+                &format!("http://127.0.0.1:{GATEWAY_PORT}"),
+            ])
+            .status()
+            .context("run the demo")?;
+        if !status.success() && !stopping.load(Ordering::SeqCst) {
+            bail!("the demo failed with {status}");
+        }
+    }
+    println!("xtask: the stack stays up; press Ctrl-C to stop it");
+    while !stopping.load(Ordering::SeqCst) {
+        if !gateway.is_running() || !relay.is_running() {
+            bail!("a service exited; see the logs in {}", stack_dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("xtask: stopping");
+    Ok(())
+}
