@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use agentwire_kafka::{
     ConsumerEvent, ConsumerSettings, EventLog, KafkaSettings, LogConsumer, LogRecord,
 };
+use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,8 +37,26 @@ pub async fn kafka(
 
     // Wait for the assignment, so the first records are not measured against a group join.
     loop {
-        match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await? {
+        match tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .context("the floor consumer was not assigned its partition within 30 s")?
+        {
             Some(ConsumerEvent::Assigned(_)) => break,
+            Some(_) => {}
+            None => anyhow::bail!("the floor consumer stopped"),
+        }
+    }
+    // One warm-up record, so the measured ones do not include the consumer's first fetches.
+    let warm_up = LogRecord {
+        key: "floor:warm-up".into(),
+        value: now_micros().to_string(),
+        traceparent: None,
+    };
+    log.append(&warm_up).await?;
+    loop {
+        let received = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
+        match received.context("the warm-up record did not arrive within 30 s")? {
+            Some(ConsumerEvent::Batch(_)) => break,
             Some(_) => {}
             None => anyhow::bail!("the floor consumer stopped"),
         }
@@ -60,7 +79,10 @@ pub async fn kafka(
 
     let mut histogram = stats::histogram()?;
     while (histogram.len() as usize) < events {
-        let Some(event) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await? else {
+        let received = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
+        let Some(event) = received
+            .with_context(|| format!("no record for 30 s after {} of {events}", histogram.len()))?
+        else {
             anyhow::bail!("the floor consumer stopped");
         };
         if let ConsumerEvent::Batch(batch) = event {

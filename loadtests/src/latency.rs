@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use agentwire_client::{HttpClient, Subscriber};
-use agentwire_kafka::{KafkaSettings, ensure_topic};
+use agentwire_kafka::{KafkaSettings, ensure_topic, partition_count};
 use agentwire_protocol::{Event, EventType, Offset, SessionKey};
 use anyhow::Context as _;
 
@@ -24,6 +24,9 @@ pub struct Args {
     /// The broker the stack uses (for the floor).
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
+    /// The stack's event topic (the floor copies its partition count).
+    #[arg(long, default_value = "agent.events")]
+    topic: String,
     /// Events to publish (and to send through the floor).
     #[arg(long, default_value_t = 10_000)]
     events: usize,
@@ -78,6 +81,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let mut histogram = stats::histogram()?;
+    // From the gateway's receive stamp (the event's `time`) to delivery: the server-side part.
+    let mut server_side = stats::histogram()?;
     let mut seen: BTreeMap<SessionKey, Vec<Offset>> = BTreeMap::new();
     let mut duplicates = 0_usize;
     while (histogram.len() as usize) < args.events {
@@ -92,6 +97,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             &mut histogram,
             Duration::from_micros(u64::try_from(now.saturating_sub(sent))?),
         );
+        if let Some(stamped) = delivery.event.time.as_ref().map(stamp_micros) {
+            stats::record(
+                &mut server_side,
+                Duration::from_micros(u64::try_from(now.saturating_sub(stamped))?),
+            );
+        }
         let offsets = seen.entry(delivery.session).or_default();
         if offsets.last().is_some_and(|last| *last >= delivery.offset) {
             duplicates += 1;
@@ -116,15 +127,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .sum();
     println!("agentwire publish→deliver: {}", stats::summary(&histogram));
     println!(
+        "  of which gateway receive→deliver: {}",
+        stats::summary(&server_side)
+    );
+    println!(
         "agentwire losses={lost} duplicates={duplicates} (server duplicates dropped by the client: {})",
         subscriber.dropped()
     );
 
     let settings = KafkaSettings::new(&args.brokers);
+    // The floor's topic has as many partitions as the stack's, so fetches cost the same.
+    let partitions = partition_count(&settings, &args.topic).await?.max(1);
     let topic = format!("latency-floor-{}", &run[20..]);
-    ensure_topic(&settings, &topic, 1)
+    ensure_topic(&settings, &topic, i32::try_from(partitions)?)
         .await
         .with_context(|| format!("create {topic}"))?;
+    println!(
+        "floor: topic {topic} with {partitions} partitions on {}",
+        args.brokers
+    );
     let floor = floor::kafka(&settings, &topic, args.events, args.rate).await?;
     println!("raw kafka produce→consume: {}", stats::summary(&floor));
     let p = |h: &hdrhistogram::Histogram<u64>, q| h.value_at_quantile(q) as f64;
@@ -134,4 +155,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         p(&histogram, 0.99) / p(&floor, 0.99).max(1.0)
     );
     Ok(())
+}
+
+/// Microseconds since the epoch of a protobuf timestamp.
+fn stamp_micros(t: &prost_types::Timestamp) -> u128 {
+    let seconds = u128::try_from(t.seconds).unwrap_or(0);
+    let micros = u128::try_from(t.nanos / 1000).unwrap_or(0);
+    seconds * 1_000_000 + micros
 }

@@ -95,10 +95,39 @@ impl ConsumerContext for RebalanceContext {
 
 type Inner = BaseConsumer<RebalanceContext>;
 
+/// Owns the consumer and destroys it on a thread of its own: librdkafka's group close can
+/// block without bound (seen against tansu 0.6.0), and whoever drops the last handle (an
+/// async task, a test at its end) must never hang on it. Offsets were committed before.
+struct Closing(Option<Inner>);
+
+impl std::ops::Deref for Closing {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        // Only `drop` takes the consumer out.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the consumer is gone only after drop"))
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            let spawned = std::thread::Builder::new()
+                .name("kafka-close".into())
+                .spawn(move || drop(consumer));
+            if let Err(err) = spawned {
+                tracing::warn!(error = %err, "cannot start the consumer close thread; leaking the consumer");
+            }
+        }
+    }
+}
+
 /// Stores processed offsets for the next (auto) commit.
 #[derive(Clone)]
 pub struct OffsetStore {
-    consumer: Arc<Inner>,
+    consumer: Arc<Closing>,
     topic: String,
 }
 
@@ -175,7 +204,7 @@ impl LogConsumer {
         consumer
             .subscribe(&[&settings.topic])
             .map_err(KafkaError::Client)?;
-        let consumer = Arc::new(consumer);
+        let consumer = Arc::new(Closing(Some(consumer)));
         let store = OffsetStore {
             consumer: consumer.clone(),
             topic: settings.topic.clone(),

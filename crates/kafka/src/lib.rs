@@ -19,7 +19,7 @@ pub use consumer::{ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
 pub use error::KafkaError;
 pub use producer::{Appended, EventLog, LogRecord};
 pub use reader::{read_range, watermarks};
-pub use topics::ensure_topic;
+pub use topics::{ensure_topic, partition_count};
 
 /// Kafka record header carrying the W3C trace context.
 pub const TRACEPARENT_HEADER: &str = "traceparent";

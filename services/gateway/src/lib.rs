@@ -56,6 +56,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     config.validate().map_err(GatewayError::Config)?;
+    // Install the recorder before the first metric is recorded, not at the first scrape.
+    agentwire_runtime::metrics::handle();
     let log = EventLog::new(&config.kafka.settings(), &config.kafka.topic)?;
     let history = HistoryStore::connect(&config.valkey.url, config.valkey.history()).await?;
     let (hub, feed) =

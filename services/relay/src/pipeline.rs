@@ -21,6 +21,8 @@ const CHANNEL_BATCHES: usize = 4;
 /// commits their offsets and returns.
 pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(), RelayError> {
     config.validate().map_err(RelayError::Config)?;
+    // Install the recorder before the first metric is recorded, not at the first scrape.
+    agentwire_runtime::metrics::handle();
     let store = HistoryStore::connect(&config.valkey.url, config.valkey.history()).await?;
     let (tx, mut rx) = mpsc::channel(CHANNEL_BATCHES);
     let poll_stop = CancellationToken::new();
@@ -59,7 +61,8 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
             write_batch(&store, &offsets, &batch, &CancellationToken::new()).await;
         }
     }
-    consumer.join();
+    // The poll thread ends within one poll interval; join it off the async runtime.
+    let _ = tokio::task::spawn_blocking(move || consumer.join()).await;
     if let Err(err) = offsets.commit_sync() {
         tracing::warn!(error = %err, "final offset commit failed; the next relay re-reads a little");
     }
