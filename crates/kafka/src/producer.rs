@@ -57,6 +57,8 @@ fn create_producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaErro
         .base()
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        // The Java client's partitioner, so `partition_for` (and any Kafka client) agrees.
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", settings.linger.as_millis().to_string())
         .set(
             "message.timeout.ms",

@@ -16,6 +16,8 @@ fn reader(settings: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
         .set("group.id", "agentwire-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // A start below the log's first offset reads from the first one instead of the end.
+        .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "4")
         .create()
         .map_err(KafkaError::Client)

@@ -41,25 +41,55 @@ pub struct Append<'a> {
     pub event_json: &'a str,
 }
 
+/// What precedes the first entry of a window read, as the relay recorded it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Link {
+    /// The read returned no entry.
+    #[default]
+    NoEntries,
+    /// The window started at the first entry (a new session, or a window lost to eviction,
+    /// expiry or a Valkey restart): what came before it is not known here.
+    Start,
+    /// The offset of the session's event before the first entry.
+    After(Offset),
+}
+
 /// The answer to a window read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Window {
-    /// The newest offset ever appended to this window, if any.
+    /// The newest offset ever appended to this window, if the window exists.
     pub latest: Option<Offset>,
-    /// The newest offset trimmed out of the window, if any: a cursor below it cannot be
-    /// served from this window.
+    /// The newest offset trimmed out of the window, if any.
     pub trimmed_through: Option<Offset>,
     /// Events after the cursor, in offset order.
     pub entries: Vec<(Offset, String)>,
+    /// What precedes `entries[0]`.
+    pub before_first: Link,
+}
+
+/// A range of the session's events that the window cannot serve: offsets strictly after
+/// `after`, and strictly before `until` (to the end of the log when `None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gap {
+    pub after: Offset,
+    pub until: Option<Offset>,
 }
 
 impl Window {
-    /// Whether every event after `after` that the window ever held is still in it.
-    pub fn covers(&self, after: Option<Offset>) -> bool {
-        match (self.trimmed_through, after) {
-            (None, _) => true,
-            (Some(_), None) => true,
-            (Some(trimmed), Some(after)) => trimmed <= after,
+    /// The part of the session's history after `after` that this read does not prove
+    /// complete, if any. `None` when every event after `after` is in `entries` or will be
+    /// announced live (the window's chain reaches back to the cursor).
+    pub fn gap(&self, after: Offset) -> Option<Gap> {
+        match (self.before_first, self.entries.first()) {
+            // No window at all: it expired or was lost, and events after the cursor may exist.
+            (_, None) if self.latest.is_none() => Some(Gap { after, until: None }),
+            // The window exists and holds nothing after the cursor.
+            (_, None) => None,
+            (Link::After(previous), Some(_)) if previous <= after => None,
+            (_, Some((first, _))) => Some(Gap {
+                after,
+                until: Some(*first),
+            }),
         }
     }
 }
@@ -138,19 +168,29 @@ impl HistoryStore {
             .invoke_async(&mut self.conn.clone())
             .await?;
         let mut entries = Vec::with_capacity(raw.len());
-        for (id, fields) in raw {
+        let mut before_first = Link::NoEntries;
+        for (index, (id, fields)) in raw.into_iter().enumerate() {
             let offset = keys::offset_of_entry_id(&id)
                 .ok_or_else(|| ValkeyError::Reply(format!("unexpected entry id {id}")))?;
+            let mut fields = fields.into_iter();
             let json = fields
-                .into_iter()
                 .nth(1)
                 .ok_or_else(|| ValkeyError::Reply(format!("entry {id} has no event")))?;
+            if index == 0 {
+                // Fields are `e <json> p <previous offset or ''>`; entries without `p` predate
+                // the chain and count as a start.
+                before_first = match fields.nth(1).and_then(|p| p.parse().ok()) {
+                    Some(previous) => Link::After(Offset(previous)),
+                    None => Link::Start,
+                };
+            }
             entries.push((offset, json));
         }
         Ok(Window {
             latest: keys::offset_of_entry_id(&last),
             trimmed_through: keys::offset_of_entry_id(&deleted),
             entries,
+            before_first,
         })
     }
 
@@ -170,5 +210,63 @@ impl HistoryStore {
         } else {
             Err(ValkeyError::Reply(pong))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(latest: Option<u64>, before_first: Link, entries: &[u64]) -> Window {
+        Window {
+            latest: latest.map(Offset),
+            trimmed_through: None,
+            entries: entries
+                .iter()
+                .map(|o| (Offset(*o), String::new()))
+                .collect(),
+            before_first,
+        }
+    }
+
+    #[test]
+    fn a_chain_that_reaches_the_cursor_has_no_gap() {
+        assert_eq!(
+            window(Some(9), Link::After(Offset(5)), &[7, 9]).gap(Offset(5)),
+            None
+        );
+        assert_eq!(
+            window(Some(9), Link::After(Offset(3)), &[7, 9]).gap(Offset(5)),
+            None
+        );
+        assert_eq!(window(Some(9), Link::NoEntries, &[]).gap(Offset(9)), None);
+    }
+
+    #[test]
+    fn a_broken_or_trimmed_chain_leaves_a_gap_up_to_the_first_entry() {
+        let trimmed = window(Some(9), Link::After(Offset(6)), &[7, 9]).gap(Offset(2));
+        assert_eq!(
+            trimmed,
+            Some(Gap {
+                after: Offset(2),
+                until: Some(Offset(7))
+            })
+        );
+        let restarted = window(Some(9), Link::Start, &[7, 9]).gap(Offset(2));
+        assert_eq!(
+            restarted,
+            Some(Gap {
+                after: Offset(2),
+                until: Some(Offset(7))
+            })
+        );
+        let lost = window(None, Link::NoEntries, &[]).gap(Offset(2));
+        assert_eq!(
+            lost,
+            Some(Gap {
+                after: Offset(2),
+                until: None
+            })
+        );
     }
 }

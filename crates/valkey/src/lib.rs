@@ -12,7 +12,7 @@ mod live;
 
 pub use args::ValkeyArgs;
 pub use error::ValkeyError;
-pub use history::{Append, HistorySettings, HistoryStore, Window};
+pub use history::{Append, Gap, HistorySettings, HistoryStore, Link, Window};
 pub use live::{
     LiveMessage, LiveStream, LiveSubscriptions, connect as connect_live, parse_message,
 };

@@ -6,7 +6,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use agentwire_protocol::{ErrorCode, ErrorFrame, Offset, ProtocolError, SessionKey};
+use agentwire_protocol::{ErrorCode, ErrorFrame, ProtocolError};
+
+use crate::history::HistoryError;
 
 /// A failure a client can see.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -33,22 +35,6 @@ impl ApiError {
         )
     }
 
-    /// The cursor is older than the oldest event the history window still holds.
-    pub fn history_unavailable(
-        session: &SessionKey,
-        after: Option<Offset>,
-        trimmed_through: Option<Offset>,
-    ) -> Self {
-        let after = after.map_or_else(|| "the start".to_owned(), |a| a.to_string());
-        let trimmed = trimmed_through.map_or_else(|| "?".to_owned(), |t| t.to_string());
-        Self::new(
-            ErrorCode::HistoryUnavailable,
-            format!(
-                "history of {session} after {after} is no longer retained (trimmed through offset {trimmed})"
-            ),
-        )
-    }
-
     pub fn frame(&self) -> ErrorFrame {
         ErrorFrame {
             code: self.code,
@@ -56,6 +42,21 @@ impl ApiError {
             field: self.field.clone(),
             session: None,
             id: None,
+        }
+    }
+}
+
+impl From<HistoryError> for ApiError {
+    fn from(err: HistoryError) -> Self {
+        match err {
+            HistoryError::Valkey(e) => Self::unavailable("valkey", e),
+            HistoryError::Kafka(e) => Self::unavailable("kafka", e),
+            HistoryError::NoPartitions => {
+                Self::unavailable("kafka", "the log topic has no partitions")
+            }
+            retention @ HistoryError::Retention { .. } => {
+                Self::new(ErrorCode::HistoryUnavailable, retention.to_string())
+            }
         }
     }
 }

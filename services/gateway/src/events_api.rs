@@ -197,20 +197,9 @@ pub async fn history(
         )));
     }
     let after = query.after.map(Offset);
-    let window = state
-        .history()
-        .read_after(&session, after, limit)
-        .await
-        .map_err(|e| ApiError::unavailable("valkey", e))?;
-    if !window.covers(after) {
-        return Err(ApiError::history_unavailable(
-            &session,
-            after,
-            window.trimmed_through,
-        ));
-    }
-    let events = window
-        .entries
+    let page = state.history().read(&session, after, limit).await?;
+    let events = page
+        .events
         .into_iter()
         .map(|(offset, json)| {
             RawValue::from_string(json)
@@ -225,7 +214,7 @@ pub async fn history(
         .collect::<Result<_, _>>()?;
     Ok(Json(HistoryBody {
         session,
-        latest: window.latest,
+        latest: page.latest,
         events,
     }))
 }

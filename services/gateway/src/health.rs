@@ -21,7 +21,7 @@ pub async fn healthz() -> &'static str {
 /// `GET /readyz`: Kafka (the log topic's metadata) and Valkey (PING) both answer.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let kafka = state.log().check_reachable(READY_TIMEOUT).await;
-    let valkey = match tokio::time::timeout(READY_TIMEOUT, state.history().ping()).await {
+    let valkey = match tokio::time::timeout(READY_TIMEOUT, state.history().store().ping()).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {READY_TIMEOUT:?}")),
     };

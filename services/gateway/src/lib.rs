@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 mod events_api;
 mod health;
+pub mod history;
 pub mod hub;
 mod metrics;
 mod publish;
@@ -62,6 +63,8 @@ pub async fn run(
     let history = HistoryStore::connect(&config.valkey.url, config.valkey.history()).await?;
     let (hub, feed) =
         hub::Hub::start(&config.valkey.url, config.session_buffer, shutdown.clone()).await?;
+    let history =
+        history::HistoryReader::new(history, config.kafka.settings(), config.kafka.topic.clone());
     let state = AppState::new(config, log.clone(), history, hub, shutdown.clone());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, topic = %log.topic(), "gateway listening");

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use agentwire_kafka::EventLog;
-use agentwire_valkey::HistoryStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::GatewayConfig;
+use crate::history::HistoryReader;
 use crate::hub::Hub;
 
 /// Cheap to clone; one per process.
@@ -21,7 +21,7 @@ pub struct AppState {
 struct Inner {
     config: GatewayConfig,
     log: EventLog,
-    history: HistoryStore,
+    history: HistoryReader,
     hub: Hub,
     shutdown: CancellationToken,
     connections: TaskTracker,
@@ -31,7 +31,7 @@ impl AppState {
     pub fn new(
         config: GatewayConfig,
         log: EventLog,
-        history: HistoryStore,
+        history: HistoryReader,
         hub: Hub,
         shutdown: CancellationToken,
     ) -> Self {
@@ -55,7 +55,7 @@ impl AppState {
         &self.inner.log
     }
 
-    pub fn history(&self) -> &HistoryStore {
+    pub fn history(&self) -> &HistoryReader {
         &self.inner.history
     }
 
