@@ -31,6 +31,21 @@ pub struct GatewayConfig {
         default_value_t = 1000
     )]
     pub max_subscriptions: usize,
+    /// Seconds between the server's WebSocket pings.
+    #[arg(
+        long = "heartbeat-secs",
+        env = "AGENTWIRE_HEARTBEAT_SECS",
+        default_value_t = 15
+    )]
+    pub heartbeat_secs: u64,
+    /// Seconds without any message from a client (pongs included) after which its connection
+    /// is reaped; also the longest a single send to a client may take.
+    #[arg(
+        long = "idle-timeout-secs",
+        env = "AGENTWIRE_IDLE_TIMEOUT_SECS",
+        default_value_t = 45
+    )]
+    pub idle_timeout_secs: u64,
     /// Events read from history per catch-up page.
     #[arg(
         long = "catch-up-page",
@@ -63,6 +78,9 @@ impl GatewayConfig {
                 "--max-subscriptions (AGENTWIRE_MAX_SUBSCRIPTIONS) must be between 1 and 100000"
                     .into(),
             );
+        }
+        if self.heartbeat_secs == 0 || self.idle_timeout_secs <= self.heartbeat_secs {
+            return Err("--idle-timeout-secs (AGENTWIRE_IDLE_TIMEOUT_SECS) must be above --heartbeat-secs (AGENTWIRE_HEARTBEAT_SECS), which must be above 0".into());
         }
         if !(1..=10_000).contains(&self.catch_up_page) {
             return Err(

@@ -16,3 +16,8 @@ pub const LIVE_SESSIONS: &str = "agentwire_gateway_live_sessions";
 pub const FEED_RECONNECTS: &str = "agentwire_gateway_feed_reconnects_total";
 /// Error frames and error responses sent, by code.
 pub const ERRORS: &str = "agentwire_gateway_errors_total";
+/// History reads that had to go to Kafka (the window could not prove it held the range).
+pub const LOG_READS: &str = "agentwire_gateway_history_log_reads_total";
+/// Connections closed because the client stopped answering (no message within the idle
+/// timeout, or a send that could not complete within it).
+pub const REAPED: &str = "agentwire_gateway_ws_reaped_total";

@@ -27,6 +27,8 @@ pub struct Stack {
     pub topic: String,
     pub tenant: String,
     pub relay_group: String,
+    /// `AGENTWIRE_HISTORY_MAXLEN` of the relays this stack starts.
+    pub history_maxlen: u64,
     pub http_url: String,
     pub ws_url: String,
     shutdown: CancellationToken,
@@ -48,6 +50,15 @@ impl Stack {
 
     /// Like [`Stack::without_relay`] on servers of the test's own (e.g. a dedicated broker).
     pub async fn with_env(env: TestEnv, partitions: u32) -> Stack {
+        Stack::configured(env, partitions, |_| {}).await
+    }
+
+    /// Like [`Stack::with_env`], with the gateway's configuration adjusted by `tweak`.
+    pub async fn configured(
+        env: TestEnv,
+        partitions: u32,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Stack {
         let topic = unique("events");
         env.create_topic(&topic, partitions).await;
         let mut stack = Stack {
@@ -55,12 +66,15 @@ impl Stack {
             topic,
             tenant: unique("t"),
             relay_group: unique("relay"),
+            history_maxlen: 10_000,
             http_url: String::new(),
             ws_url: String::new(),
             shutdown: CancellationToken::new(),
             tasks: Vec::new(),
         };
-        stack.spawn_gateway(stack.gateway_config()).await;
+        let mut config = stack.gateway_config();
+        tweak(&mut config);
+        stack.spawn_gateway(config).await;
         stack
     }
 
@@ -80,7 +94,7 @@ impl Stack {
     pub fn valkey_args(&self) -> ValkeyArgs {
         ValkeyArgs {
             url: self.env.valkey_url.clone(),
-            history_maxlen: 10_000,
+            history_maxlen: self.history_maxlen,
             history_idle_ttl_secs: 3600,
         }
     }
@@ -94,6 +108,8 @@ impl Stack {
             session_buffer: 1024,
             max_subscriptions: 100,
             catch_up_page: 100,
+            heartbeat_secs: 15,
+            idle_timeout_secs: 45,
         }
     }
 

@@ -11,11 +11,13 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::stream::{FuturesOrdered, SplitSink};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::value::RawValue;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -83,15 +85,23 @@ pub async fn run(socket: WebSocket, state: AppState) {
         live: StreamMap::new(),
         acks: FuturesOrdered::new(),
     };
+    let heartbeat = Duration::from_secs(conn.state.config().heartbeat_secs);
+    let mut pings = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
     let end = loop {
         let step = tokio::select! {
             message = stream.next() => match message {
-                Some(Ok(message)) => conn.on_message(message).await,
+                Some(Ok(message)) => {
+                    last_heard = Instant::now();
+                    conn.on_message(message).await
+                }
                 Some(Err(err)) => Err(transport_error(&err)),
                 None => Err(End::Gone),
             },
             Some((session, item)) = conn.live.next() => conn.on_live(session, item).await,
             Some(answer) = conn.acks.next() => conn.on_ack(answer).await,
+            _ = pings.tick() => conn.heartbeat(last_heard.elapsed()).await,
             () = shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "the gateway is shutting down".into())),
         };
         if let Err(end) = step {
@@ -109,7 +119,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
             code,
             reason: reason.into(),
         };
-        let _ = conn.sink.send(Message::Close(Some(frame))).await;
+        let _ = conn.send_message(Message::Close(Some(frame))).await;
     }
     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
 }
@@ -200,7 +210,7 @@ impl Connection {
                 "live feed receiver missing".into(),
             ));
         };
-        let latest = match self.state.history().latest(&session).await {
+        let latest = match self.state.history().store().latest(&session).await {
             Ok(latest) => latest,
             Err(err) => {
                 let err = ApiError::unavailable("valkey", err);
@@ -236,15 +246,15 @@ impl Connection {
             let Some(cursor) = self.subs.cursor(session) else {
                 return Ok(());
             };
-            let window = match self
+            let read = match self
                 .state
                 .history()
-                .read_after(session, cursor.last(), page)
+                .read(session, cursor.last(), page)
                 .await
             {
-                Ok(window) => window,
+                Ok(read) => read,
                 Err(err) => {
-                    let err = ApiError::unavailable("valkey", err);
+                    let err = ApiError::from(err);
                     return self
                         .send_error(ErrorFrame {
                             session: Some(session.clone()),
@@ -253,17 +263,8 @@ impl Connection {
                         .await;
                 }
             };
-            if !window.covers(cursor.last()) {
-                let err =
-                    ApiError::history_unavailable(session, cursor.last(), window.trimmed_through);
-                self.send_error(ErrorFrame {
-                    session: Some(session.clone()),
-                    ..err.frame()
-                })
-                .await?;
-            }
-            let full = window.entries.len() >= page;
-            for (offset, json) in window.entries {
+            let full = read.events.len() >= page;
+            for (offset, json) in read.events {
                 self.deliver(session, offset, &json).await?;
             }
             if !full {
@@ -320,7 +321,7 @@ impl Connection {
             }
         };
         metrics::counter!(m::DELIVERIES).increment(1);
-        self.sink.send(message).await.map_err(|_| End::Gone)
+        self.send_message(message).await
     }
 
     async fn on_ack(&mut self, answer: Result<Ack, ErrorFrame>) -> Result<(), End> {
@@ -344,7 +345,36 @@ impl Connection {
                     .map_err(|_| End::Close(close::INTERNAL, "frame does not encode".into()))?,
             ),
         };
-        self.sink.send(message).await.map_err(|_| End::Gone)
+        self.send_message(message).await
+    }
+
+    /// Sends one message; a client that cannot take it within the idle timeout is reaped.
+    async fn send_message(&mut self, message: Message) -> Result<(), End> {
+        let limit = Duration::from_secs(self.state.config().idle_timeout_secs);
+        match tokio::time::timeout(limit, self.sink.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => {
+                metrics::counter!(m::REAPED, "reason" => "send_timeout").increment(1);
+                tracing::debug!(
+                    "a send did not complete within the idle timeout; reaping the connection"
+                );
+                Err(End::Gone)
+            }
+        }
+    }
+
+    /// Pings the client, or reaps it when it has been silent for longer than the idle timeout.
+    async fn heartbeat(&mut self, silent_for: Duration) -> Result<(), End> {
+        if silent_for > Duration::from_secs(self.state.config().idle_timeout_secs) {
+            metrics::counter!(m::REAPED, "reason" => "idle").increment(1);
+            tracing::debug!(
+                ?silent_for,
+                "client silent past the idle timeout; reaping the connection"
+            );
+            return Err(End::Gone);
+        }
+        self.send_message(Message::Ping(Default::default())).await
     }
 }
 
