@@ -130,7 +130,8 @@ pub fn up(demo: bool) -> anyhow::Result<()> {
             .args(["build", "--package", "agentwire"])
             .current_dir(&root),
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let agentwire = target.join("debug/agentwire");
 
     let stack_dir = root.join(".stack");

@@ -97,14 +97,19 @@ impl Event {
     }
 }
 
-/// Whether `content_type` names a JSON media type (`application/json`, `*/*+json`, `text/json`).
-pub fn is_json_media_type(content_type: &str) -> bool {
-    let essence = content_type
+/// The media type without parameters, lowercased: `Application/JSON; charset=utf-8` → `application/json`.
+pub fn media_type_essence(content_type: &str) -> String {
+    content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+/// Whether `content_type` names a JSON media type (`application/json`, `*/*+json`, `text/json`).
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let essence = media_type_essence(content_type);
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 

@@ -81,16 +81,7 @@ async fn a_relay_killed_mid_stream_resumes_without_loss_or_duplicates() {
     }
     assert_eq!(subscriber.dropped(), 0, "the server sent duplicates");
 
-    let mut expected: BTreeMap<SessionKey, Vec<Offset>> = BTreeMap::new();
-    for (session, ack) in &acks {
-        expected
-            .entry(session.clone())
-            .or_default()
-            .push(ack.offset);
-    }
-    for offsets in expected.values_mut() {
-        offsets.sort_unstable();
-    }
+    let expected = common::offsets_by_session(acks.iter().map(|(s, a)| (s, a.offset)));
     let mut seen: BTreeMap<SessionKey, Vec<Offset>> = BTreeMap::new();
     for d in &delivered {
         seen.entry(d.session.clone()).or_default().push(d.offset);

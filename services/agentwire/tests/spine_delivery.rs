@@ -138,16 +138,7 @@ async fn concurrent_producers_keep_each_session_in_order_without_gaps_or_duplica
         .flatten()
         .collect();
     assert_eq!(acks.len(), PRODUCERS * EVENTS);
-    let mut expected: BTreeMap<SessionKey, Vec<Offset>> = BTreeMap::new();
-    for (session, ack) in &acks {
-        expected
-            .entry(session.clone())
-            .or_default()
-            .push(ack.offset);
-    }
-    for offsets in expected.values_mut() {
-        offsets.sort_unstable();
-    }
+    let expected = common::offsets_by_session(acks.iter().map(|(s, a)| (s, a.offset)));
 
     for (followed, subscriber) in &mut subscribers {
         let want: usize = followed.iter().map(|s| expected[s].len()).sum();

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use agentwire_protocol::{ErrorCode, ErrorFrame, ProtocolError};
+use agentwire_protocol::{ErrorCode, ErrorFrame, ProtocolError, SessionKey};
 
 use crate::history::HistoryError;
 
@@ -33,6 +33,14 @@ impl ApiError {
             ErrorCode::Unavailable,
             format!("{what} is unavailable, nothing was written: {err}"),
         )
+    }
+
+    /// The error frame answering a request about `session`.
+    pub fn frame_for(&self, session: &SessionKey) -> ErrorFrame {
+        ErrorFrame {
+            session: Some(session.clone()),
+            ..self.frame()
+        }
     }
 
     pub fn frame(&self) -> ErrorFrame {

@@ -38,12 +38,7 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = agentwire_protocol::event::media_type_essence(content_type);
     match essence.as_str() {
         "application/json"
         | "application/cloudevents+json"

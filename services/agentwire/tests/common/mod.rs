@@ -221,3 +221,17 @@ pub fn event(session: &SessionKey, producer: &str, seq: u64, text: &str) -> Even
     event.text = Some(text.to_owned());
     event
 }
+
+/// Offsets per session, sorted: what a subscriber of each session must see.
+pub fn offsets_by_session<'a>(
+    pairs: impl IntoIterator<Item = (&'a SessionKey, Offset)>,
+) -> BTreeMap<SessionKey, Vec<Offset>> {
+    let mut map: BTreeMap<SessionKey, Vec<Offset>> = BTreeMap::new();
+    for (session, offset) in pairs {
+        map.entry(session.clone()).or_default().push(offset);
+    }
+    for offsets in map.values_mut() {
+        offsets.sort_unstable();
+    }
+    map
+}

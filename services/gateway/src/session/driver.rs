@@ -196,12 +196,7 @@ impl Connection {
             Ok(follow) => follow,
             Err(err) => {
                 let err = ApiError::unavailable("the live feed", err);
-                return self
-                    .send_error(ErrorFrame {
-                        session: Some(session),
-                        ..err.frame()
-                    })
-                    .await;
+                return self.send_error(err.frame_for(&session)).await;
             }
         };
         let Some(receiver) = follow.take_receiver() else {
@@ -214,12 +209,7 @@ impl Connection {
             Ok(latest) => latest,
             Err(err) => {
                 let err = ApiError::unavailable("valkey", err);
-                return self
-                    .send_error(ErrorFrame {
-                        session: Some(session),
-                        ..err.frame()
-                    })
-                    .await;
+                return self.send_error(err.frame_for(&session)).await;
             }
         };
         // "Only new events" starts after the latest event; a resume starts after `after`.
@@ -255,12 +245,7 @@ impl Connection {
                 Ok(read) => read,
                 Err(err) => {
                     let err = ApiError::from(err);
-                    return self
-                        .send_error(ErrorFrame {
-                            session: Some(session.clone()),
-                            ..err.frame()
-                        })
-                        .await;
+                    return self.send_error(err.frame_for(session)).await;
                 }
             };
             let full = read.events.len() >= page;
