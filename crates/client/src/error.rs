@@ -162,6 +162,7 @@ mod tests {
             field: Some("tenant".into()),
             session: None,
             id: None,
+            retry_after_ms: None,
         });
         assert_eq!(err.code(), Some(ErrorCode::InvalidField));
         assert_eq!(err.field(), Some("tenant"));

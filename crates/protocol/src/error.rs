@@ -30,6 +30,8 @@ pub enum ErrorCode {
     NotSubscribed,
     /// The connection already follows as many sessions as it may.
     TooManySubscriptions,
+    /// Over a rate limit; `retry_after_ms` says when to try again.
+    RateLimited,
     /// Kafka or Valkey is unreachable; nothing was written. Retry later.
     Unavailable,
     /// A bug or an unexpected failure inside agentwire.
@@ -37,7 +39,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::Malformed,
         ErrorCode::UnknownOp,
         ErrorCode::InvalidField,
@@ -48,6 +50,7 @@ impl ErrorCode {
         ErrorCode::AlreadySubscribed,
         ErrorCode::NotSubscribed,
         ErrorCode::TooManySubscriptions,
+        ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -65,6 +68,7 @@ impl ErrorCode {
             ErrorCode::AlreadySubscribed => "already_subscribed",
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -77,7 +81,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::AlreadySubscribed | ErrorCode::NotSubscribed => 409,
             ErrorCode::HistoryUnavailable => 410,
-            ErrorCode::TooManySubscriptions => 429,
+            ErrorCode::TooManySubscriptions | ErrorCode::RateLimited => 429,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Internal => 500,

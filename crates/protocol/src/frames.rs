@@ -161,6 +161,9 @@ pub struct ErrorFrame {
     /// The event id, when the error answers a publish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// With `rate_limited`: milliseconds until the request would be accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl From<&ProtocolError> for ErrorFrame {
@@ -171,6 +174,7 @@ impl From<&ProtocolError> for ErrorFrame {
             field: err.field().map(str::to_owned),
             session: None,
             id: None,
+            retry_after_ms: None,
         }
     }
 }
@@ -212,6 +216,7 @@ struct ServerFrameIn {
     code: Option<ErrorCode>,
     message: Option<String>,
     field: Option<String>,
+    retry_after_ms: Option<u64>,
 }
 
 /// The JSON `event` frame for a stored event, built without re-parsing the event.
@@ -265,6 +270,7 @@ impl ServerFrame {
                 field: raw.field,
                 session: raw.session,
                 id: raw.id,
+                retry_after_ms: raw.retry_after_ms,
             }),
             "pong" => ServerFrame::Pong,
             other => {
@@ -312,6 +318,7 @@ impl ServerFrame {
                     .map(ToString::to_string)
                     .unwrap_or_default(),
                 id: e.id.clone().unwrap_or_default(),
+                retry_after_ms: e.retry_after_ms.unwrap_or(0),
             }),
             ServerFrame::Pong => Op::Pong(pb::Pong {}),
         };

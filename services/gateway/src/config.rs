@@ -31,6 +31,30 @@ pub struct GatewayConfig {
         default_value_t = 1000
     )]
     pub max_subscriptions: usize,
+    /// Publishes per second one WebSocket connection may make (token bucket refill).
+    #[arg(
+        long = "ws-publish-rate",
+        env = "AGENTWIRE_WS_PUBLISH_RATE",
+        default_value_t = 1000
+    )]
+    pub ws_publish_rate: u32,
+    /// Publishes one WebSocket connection may make at once (token bucket size).
+    #[arg(
+        long = "ws-publish-burst",
+        env = "AGENTWIRE_WS_PUBLISH_BURST",
+        default_value_t = 1000
+    )]
+    pub ws_publish_burst: u32,
+    /// Inbound bytes per second one WebSocket connection may send.
+    #[arg(long = "ws-bytes-rate", env = "AGENTWIRE_WS_BYTES_RATE", default_value_t = 4 * 1024 * 1024)]
+    pub ws_bytes_rate: u32,
+    /// Refused messages in a row after which a connection is closed with 1008.
+    #[arg(
+        long = "ws-abuse-strikes",
+        env = "AGENTWIRE_WS_ABUSE_STRIKES",
+        default_value_t = 100
+    )]
+    pub ws_abuse_strikes: u32,
     /// Seconds between the server's WebSocket pings.
     #[arg(
         long = "heartbeat-secs",
@@ -56,6 +80,19 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The token buckets of one WebSocket connection.
+    pub fn rate_settings(&self) -> crate::session::limits::RateSettings {
+        crate::session::limits::RateSettings {
+            publishes_per_sec: self.ws_publish_rate,
+            publish_burst: self.ws_publish_burst,
+            bytes_per_sec: self.ws_bytes_rate,
+            bytes_burst: self
+                .ws_bytes_rate
+                .max(u32::try_from(self.max_frame_bytes).unwrap_or(u32::MAX)),
+            max_strikes: self.ws_abuse_strikes,
+        }
+    }
+
     /// Checks every setting at start-up, with a message naming the flag.
     pub fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
@@ -78,6 +115,9 @@ impl GatewayConfig {
                 "--max-subscriptions (AGENTWIRE_MAX_SUBSCRIPTIONS) must be between 1 and 100000"
                     .into(),
             );
+        }
+        if self.ws_publish_rate == 0 || self.ws_bytes_rate == 0 || self.ws_abuse_strikes == 0 {
+            return Err("--ws-publish-rate, --ws-bytes-rate and --ws-abuse-strikes (AGENTWIRE_WS_*) must be above 0".into());
         }
         if self.heartbeat_secs == 0 || self.idle_timeout_secs <= self.heartbeat_secs {
             return Err("--idle-timeout-secs (AGENTWIRE_IDLE_TIMEOUT_SECS) must be above --heartbeat-secs (AGENTWIRE_HEARTBEAT_SECS), which must be above 0".into());

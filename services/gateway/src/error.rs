@@ -17,6 +17,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
+    /// With `rate_limited`: when to retry (a `Retry-After` header over HTTP).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after_ms: None,
         }
     }
 
@@ -43,6 +46,18 @@ impl ApiError {
         }
     }
 
+    /// Over a rate limit; retry after `retry_after`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self {
+            retry_after_ms: Some(
+                u64::try_from(retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
+            ..Self::new(ErrorCode::RateLimited, message)
+        }
+    }
+
     pub fn frame(&self) -> ErrorFrame {
         ErrorFrame {
             code: self.code,
@@ -50,6 +65,7 @@ impl ApiError {
             field: self.field.clone(),
             session: None,
             id: None,
+            retry_after_ms: self.retry_after_ms,
         }
     }
 }
@@ -75,6 +91,7 @@ impl From<ProtocolError> for ApiError {
             code: err.code(),
             message: err.message().to_owned(),
             field: err.field().map(str::to_owned),
+            retry_after_ms: None,
         }
     }
 }
@@ -91,14 +108,21 @@ pub fn error_response(err: &ApiError, acks: Option<&[serde_json::Value]>) -> Res
     metrics::counter!(crate::metrics::ERRORS, "code" => err.code.as_str()).increment(1);
     let status =
         StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
+    let mut response = (
         status,
         Json(Body {
             error: err.frame(),
             acks,
         }),
     )
-        .into_response()
+        .into_response();
+    if let Some(ms) = err.retry_after_ms {
+        // Retry-After is in whole seconds; round up so a client never retries too early.
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, ms.div_ceil(1000).into());
+    }
+    response
 }
 
 impl IntoResponse for ApiError {

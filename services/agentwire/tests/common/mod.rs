@@ -108,6 +108,10 @@ impl Stack {
             session_buffer: 1024,
             max_subscriptions: 100,
             catch_up_page: 100,
+            ws_publish_rate: 1000,
+            ws_publish_burst: 1000,
+            ws_bytes_rate: 4 * 1024 * 1024,
+            ws_abuse_strikes: 100,
             heartbeat_secs: 15,
             idle_timeout_secs: 45,
         }

@@ -31,6 +31,7 @@ use crate::error::ApiError;
 use crate::hub::{Follow, Live};
 use crate::metrics as m;
 use crate::publish::{self, Transport};
+use crate::session::limits::{Admission, ConnectionLimits};
 use crate::session::state::{Subscriptions, Verdict};
 use crate::state::AppState;
 
@@ -38,6 +39,7 @@ use crate::state::AppState;
 mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
 }
@@ -68,6 +70,7 @@ struct Connection {
     follows: HashMap<SessionKey, Follow>,
     live: StreamMap<SessionKey, BroadcastStream<Live>>,
     acks: FuturesOrdered<AckFuture>,
+    limits: ConnectionLimits,
 }
 
 /// Serves one upgraded WebSocket until the client leaves or the gateway shuts down.
@@ -76,6 +79,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
     let (sink, mut stream) = socket.split();
     let shutdown = state.shutdown().clone();
     let max_subscriptions = state.config().max_subscriptions;
+    let rate_settings = state.config().rate_settings();
     let mut conn = Connection {
         state,
         sink,
@@ -84,6 +88,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
         follows: HashMap::new(),
         live: StreamMap::new(),
         acks: FuturesOrdered::new(),
+        limits: ConnectionLimits::new(rate_settings),
     };
     let heartbeat = Duration::from_secs(conn.state.config().heartbeat_secs);
     let mut pings = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -138,13 +143,16 @@ fn transport_error(err: &axum::Error) -> End {
 impl Connection {
     async fn on_message(&mut self, message: Message) -> Result<(), End> {
         let limit = self.state.config().max_frame_bytes;
+        let size;
         let frame = match message {
             Message::Text(text) => {
+                size = text.len();
                 self.encoding = Encoding::Json;
                 check_size(text.len(), limit)?;
                 ClientFrame::from_json(&text)
             }
             Message::Binary(bytes) => {
+                size = bytes.len();
                 self.encoding = Encoding::Protobuf;
                 check_size(bytes.len(), limit)?;
                 ClientFrame::from_protobuf(&bytes)
@@ -152,6 +160,26 @@ impl Connection {
             Message::Close(_) => return Err(End::Gone),
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
         };
+        // One verdict per message: its bytes, and for a publish one publish token.
+        let is_publish = matches!(frame, Ok(ClientFrame::Publish { .. }));
+        let refused = self
+            .limits
+            .take_bytes(size)
+            .map(|wait| (wait, "inbound bytes"))
+            .or_else(|| {
+                is_publish
+                    .then(|| self.limits.take_publish())
+                    .flatten()
+                    .map(|wait| (wait, "publishes"))
+            });
+        let what = refused.map_or("", |(_, what)| what);
+        if let Some(refused) = admission(self.limits.record(refused.map(|(wait, _)| wait)), what)? {
+            let id = match &frame {
+                Ok(ClientFrame::Publish { event }) => event.id.map(|id| id.to_string()),
+                _ => None,
+            };
+            return self.send_error(ErrorFrame { id, ..refused }).await;
+        }
         match frame {
             Ok(frame) => self.on_frame(frame).await,
             Err(err) => self.send_error(ErrorFrame::from(&err)).await,
@@ -360,6 +388,28 @@ impl Connection {
             return Err(End::Gone);
         }
         self.send_message(Message::Ping(Default::default())).await
+    }
+}
+
+/// Turns a bucket's verdict into nothing (accepted), a `rate_limited` frame to send, or
+/// the end of the connection.
+fn admission(admission: Admission, what: &str) -> Result<Option<ErrorFrame>, End> {
+    match admission {
+        Admission::Accept => Ok(None),
+        Admission::Refuse(wait) => {
+            let err = ApiError::rate_limited(
+                format!("over this connection's limit on {what}; nothing was done"),
+                wait,
+            );
+            Ok(Some(err.frame()))
+        }
+        Admission::Close => {
+            metrics::counter!(m::ERRORS, "code" => "policy_violation").increment(1);
+            Err(End::Close(
+                close::POLICY_VIOLATION,
+                format!("rate limit on {what} exceeded repeatedly"),
+            ))
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! One WebSocket connection: `state` is the pure delivery logic (cursors, subscription rules),
-//! `driver` does the I/O (socket, hub, history, publishes).
+//! `limits` its token buckets, `driver` does the I/O (socket, hub, history, publishes).
 
 pub mod driver;
+pub mod limits;
 pub mod state;
