@@ -13,10 +13,10 @@
 //! delivered), or the last failure of a reconnection round that used up
 //! [`SubscriberConfig::max_retries`] (the next call starts a new round).
 //!
-//! Known gap: a session subscribed with `after = None` that had no events at all when it
-//! was subscribed, and loses its connection before its first delivery, is re-subscribed with
-//! `after = None` again; events published during the outage are then missed, because the
-//! protocol has no way to say "from the session's first event".
+//! A session subscribed for new events only gets its cursor from the server's `subscribed`
+//! answer (the session's latest offset, or the end of its partition when it has none yet), so
+//! a connection lost before the first delivery still resumes without missing anything. Only
+//! while the log's partition is completely empty is there no cursor to resume from.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;

@@ -100,6 +100,21 @@ impl HistoryReader {
         })
     }
 
+    /// A cursor for "only new events": the session's latest offset, or, for a session with
+    /// no event in its window, the last offset of its partition now (every later event of the
+    /// session comes after it). `None` only for an empty partition. Clients resume from it.
+    pub async fn resume_point(&self, session: &SessionKey) -> Result<Option<Offset>, HistoryError> {
+        if let Some(latest) = self.store.latest(session).await? {
+            return Ok(Some(latest));
+        }
+        let partition = partition_for(session.to_string().as_bytes(), self.partitions().await?);
+        let (_, high) = watermarks(&self.kafka, &self.topic, partition).await?;
+        Ok(u64::try_from(high)
+            .ok()
+            .and_then(|h| h.checked_sub(1))
+            .map(Offset))
+    }
+
     async fn partitions(&self) -> Result<usize, HistoryError> {
         let count = self
             .partitions

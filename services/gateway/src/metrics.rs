@@ -21,3 +21,5 @@ pub const LOG_READS: &str = "agentwire_gateway_history_log_reads_total";
 /// Connections closed because the client stopped answering (no message within the idle
 /// timeout, or a send that could not complete within it).
 pub const REAPED: &str = "agentwire_gateway_ws_reaped_total";
+/// Catch-up reads that failed (Valkey or Kafka unreachable) and were retried.
+pub const CATCH_UP_RETRIES: &str = "agentwire_gateway_catch_up_retries_total";

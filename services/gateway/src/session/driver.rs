@@ -9,7 +9,7 @@
 //!
 //! Publishes are enqueued to Kafka in arrival order and acknowledged in that order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use agentwire_protocol::{
 };
 
 use crate::error::ApiError;
+use crate::history::HistoryError;
 use crate::hub::{Follow, Live};
 use crate::metrics as m;
 use crate::publish::{self, Transport};
@@ -43,6 +44,9 @@ mod close {
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
 }
+
+/// How often failed catch-ups are retried.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(250);
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<Ack, ErrorFrame>> + Send>>;
 
@@ -71,6 +75,8 @@ struct Connection {
     live: StreamMap<SessionKey, BroadcastStream<Live>>,
     acks: FuturesOrdered<AckFuture>,
     limits: ConnectionLimits,
+    /// Sessions whose catch-up failed and is retried on the next retry tick.
+    pending: BTreeSet<SessionKey>,
 }
 
 /// Serves one upgraded WebSocket until the client leaves or the gateway shuts down.
@@ -89,7 +95,10 @@ pub async fn run(socket: WebSocket, state: AppState) {
         live: StreamMap::new(),
         acks: FuturesOrdered::new(),
         limits: ConnectionLimits::new(rate_settings),
+        pending: BTreeSet::new(),
     };
+    let mut retries = tokio::time::interval(CATCH_UP_RETRY);
+    retries.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let heartbeat = Duration::from_secs(conn.state.config().heartbeat_secs);
     let mut pings = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -107,6 +116,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
             Some((session, item)) = conn.live.next() => conn.on_live(session, item).await,
             Some(answer) = conn.acks.next() => conn.on_ack(answer).await,
             _ = pings.tick() => conn.heartbeat(last_heard.elapsed()).await,
+            _ = retries.tick(), if !conn.pending.is_empty() => conn.retry_catch_ups().await,
             () = shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "the gateway is shutting down".into())),
         };
         if let Err(end) = step {
@@ -191,6 +201,7 @@ impl Connection {
             ClientFrame::Subscribe { session, after } => self.subscribe(session, after).await,
             ClientFrame::Unsubscribe { session } => match self.subs.remove(&session) {
                 Ok(()) => {
+                    self.pending.remove(&session);
                     self.live.remove(&session);
                     self.follows.remove(&session);
                     self.send(&ServerFrame::Unsubscribed { session }).await
@@ -233,11 +244,12 @@ impl Connection {
                 "live feed receiver missing".into(),
             ));
         };
-        let latest = match self.state.history().store().latest(&session).await {
+        let latest = match self.state.history().resume_point(&session).await {
             Ok(latest) => latest,
             Err(err) => {
-                let err = ApiError::unavailable("valkey", err);
-                return self.send_error(err.frame_for(&session)).await;
+                return self
+                    .send_error(ApiError::from(err).frame_for(&session))
+                    .await;
             }
         };
         // "Only new events" starts after the latest event; a resume starts after `after`.
@@ -271,9 +283,27 @@ impl Connection {
                 .await
             {
                 Ok(read) => read,
+                Err(HistoryError::Retention {
+                    after,
+                    first_retained,
+                }) => {
+                    // Retention deleted the range: say so, then go on from what is retained.
+                    let err = ApiError::from(HistoryError::Retention {
+                        after,
+                        first_retained,
+                    });
+                    self.send_error(err.frame_for(session)).await?;
+                    self.subs
+                        .skip_to(session, Offset(first_retained.0.saturating_sub(1)));
+                    continue;
+                }
                 Err(err) => {
-                    let err = ApiError::from(err);
-                    return self.send_error(err.frame_for(session)).await;
+                    // Transient (Valkey or Kafka unreachable): retry shortly. Until then live
+                    // events of this session are held back, so the cursor never skips the gap.
+                    tracing::warn!(%session, error = %err, "catch-up read failed; retrying");
+                    metrics::counter!(m::CATCH_UP_RETRIES).increment(1);
+                    self.pending.insert(session.clone());
+                    return Ok(());
                 }
             };
             let full = read.events.len() >= page;
@@ -281,9 +311,19 @@ impl Connection {
                 self.deliver(session, offset, &json).await?;
             }
             if !full {
+                self.pending.remove(session);
                 return Ok(());
             }
         }
+    }
+
+    /// Retries the catch-ups that failed.
+    async fn retry_catch_ups(&mut self) -> Result<(), End> {
+        let sessions: Vec<SessionKey> = self.pending.iter().cloned().collect();
+        for session in sessions {
+            self.catch_up(&session).await?;
+        }
+        Ok(())
     }
 
     async fn on_live(
@@ -292,6 +332,8 @@ impl Connection {
         item: Result<Live, BroadcastStreamRecvError>,
     ) -> Result<(), End> {
         match item {
+            // Held back while a catch-up is pending: that catch-up reads it from history.
+            Ok(Live::Event(_)) if self.pending.contains(&session) => Ok(()),
             Ok(Live::Event(message)) => {
                 self.deliver(&session, message.offset, &message.event_json)
                     .await

@@ -104,6 +104,14 @@ impl Subscriptions {
         }
     }
 
+    /// Moves the cursor of `session` forward to `offset` (never back): events up to it are
+    /// gone from the log and can no longer be delivered.
+    pub fn skip_to(&mut self, session: &SessionKey, offset: Offset) {
+        if let Some(cursor) = self.cursors.get_mut(session) {
+            let _ = cursor.admit(offset);
+        }
+    }
+
     /// Where a catch-up read of `session` starts (exclusive); `None` if not followed.
     pub fn cursor(&self, session: &SessionKey) -> Option<Cursor> {
         self.cursors.get(session).copied()
