@@ -202,6 +202,11 @@ impl HistoryStore {
         Ok(window.latest)
     }
 
+    /// The connection, shared with other Valkey-backed parts of the same process.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     /// Checks that Valkey answers.
     pub async fn ping(&self) -> Result<(), ValkeyError> {
         let pong: String = self.conn.clone().ping().await?;

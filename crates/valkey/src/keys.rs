@@ -5,7 +5,7 @@
 //! touches one slot. History entries use the id `<kafka offset>-1`: stream ids must be above
 //! `0-0`, and the sequence part is constant, so ordering by id is ordering by offset.
 
-use agentwire_protocol::{Offset, SessionKey};
+use agentwire_protocol::{Offset, SessionKey, Tenant};
 
 const PREFIX: &str = "aw:";
 
@@ -17,6 +17,11 @@ pub fn history(session: &SessionKey) -> String {
 /// The pub/sub channel announcing a session's new events.
 pub fn channel(session: &SessionKey) -> String {
     format!("{PREFIX}{{{session}}}:ch")
+}
+
+/// A tenant's publish-rate bucket (GCRA theoretical arrival time).
+pub fn tenant_rate(tenant: &Tenant) -> String {
+    format!("{PREFIX}tenant:{{{tenant}}}:rate")
 }
 
 /// The session a channel name belongs to, if it is one of ours.

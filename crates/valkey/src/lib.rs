@@ -8,11 +8,13 @@ mod args;
 mod error;
 mod history;
 pub mod keys;
+mod limits;
 mod live;
 
 pub use args::ValkeyArgs;
 pub use error::ValkeyError;
 pub use history::{Append, Gap, HistorySettings, HistoryStore, Link, Window};
+pub use limits::{TenantLimiter, TenantQuota};
 pub use live::{
     LiveMessage, LiveStream, LiveSubscriptions, connect as connect_live, parse_message,
 };

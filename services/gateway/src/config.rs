@@ -55,6 +55,20 @@ pub struct GatewayConfig {
         default_value_t = 100
     )]
     pub ws_abuse_strikes: u32,
+    /// Events per second one tenant may publish, across every gateway (a GCRA bucket in Valkey).
+    #[arg(
+        long = "tenant-publish-rate",
+        env = "AGENTWIRE_TENANT_PUBLISH_RATE",
+        default_value_t = 10_000
+    )]
+    pub tenant_publish_rate: u32,
+    /// Events one tenant may publish at once, across every gateway.
+    #[arg(
+        long = "tenant-publish-burst",
+        env = "AGENTWIRE_TENANT_PUBLISH_BURST",
+        default_value_t = 20_000
+    )]
+    pub tenant_publish_burst: u32,
     /// Seconds between the server's WebSocket pings.
     #[arg(
         long = "heartbeat-secs",
@@ -118,6 +132,9 @@ impl GatewayConfig {
         }
         if self.ws_publish_rate == 0 || self.ws_bytes_rate == 0 || self.ws_abuse_strikes == 0 {
             return Err("--ws-publish-rate, --ws-bytes-rate and --ws-abuse-strikes (AGENTWIRE_WS_*) must be above 0".into());
+        }
+        if self.tenant_publish_rate == 0 || self.tenant_publish_burst == 0 {
+            return Err("--tenant-publish-rate and --tenant-publish-burst (AGENTWIRE_TENANT_PUBLISH_*) must be above 0".into());
         }
         if self.heartbeat_secs == 0 || self.idle_timeout_secs <= self.heartbeat_secs {
             return Err("--idle-timeout-secs (AGENTWIRE_IDLE_TIMEOUT_SECS) must be above --heartbeat-secs (AGENTWIRE_HEARTBEAT_SECS), which must be above 0".into());

@@ -18,6 +18,7 @@ use agentwire_protocol::{ErrorCode, Event, Offset, ProtocolError, SessionKey, cl
 use crate::error::{ApiError, error_response};
 use crate::publish::{self, Transport};
 use crate::state::AppState;
+use crate::tenant_limits;
 
 /// Most events one history request returns.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
@@ -113,6 +114,10 @@ pub async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bo
         for event in events.iter_mut().filter(|e| e.traceparent.is_none()) {
             event.traceparent = Some(tp.to_owned());
         }
+    }
+
+    if let Err(err) = tenant_limits::charge(state.tenants(), &events).await {
+        return err.into_response();
     }
 
     // Enqueue in order (one session keeps its order within a batch), then await together.

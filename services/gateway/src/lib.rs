@@ -20,6 +20,7 @@ mod publish;
 pub mod routes;
 pub mod session;
 mod state;
+mod tenant_limits;
 mod ws;
 
 use std::time::Duration;
@@ -63,9 +64,14 @@ pub async fn run(
     let history = HistoryStore::connect(&config.valkey.url, config.valkey.history()).await?;
     let (hub, feed) =
         hub::Hub::start(&config.valkey.url, config.session_buffer, shutdown.clone()).await?;
+    let quota = agentwire_valkey::TenantQuota {
+        per_second: config.tenant_publish_rate,
+        burst: config.tenant_publish_burst,
+    };
+    let tenants = agentwire_valkey::TenantLimiter::new(history.connection(), quota);
     let history =
         history::HistoryReader::new(history, config.kafka.settings(), config.kafka.topic.clone());
-    let state = AppState::new(config, log.clone(), history, hub, shutdown.clone());
+    let state = AppState::new(config, log.clone(), history, hub, tenants, shutdown.clone());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, topic = %log.topic(), "gateway listening");
     }

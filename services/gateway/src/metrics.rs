@@ -23,3 +23,7 @@ pub const LOG_READS: &str = "agentwire_gateway_history_log_reads_total";
 pub const REAPED: &str = "agentwire_gateway_ws_reaped_total";
 /// Catch-up reads that failed (Valkey or Kafka unreachable) and were retried.
 pub const CATCH_UP_RETRIES: &str = "agentwire_gateway_catch_up_retries_total";
+/// Events refused because their tenant was over its quota.
+pub const TENANT_LIMITED: &str = "agentwire_gateway_tenant_limited_total";
+/// Tenant quota checks that could not reach Valkey (the publish was allowed).
+pub const TENANT_LIMITER_ERRORS: &str = "agentwire_gateway_tenant_limiter_errors_total";

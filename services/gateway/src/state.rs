@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use agentwire_kafka::EventLog;
+use agentwire_valkey::TenantLimiter;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +24,7 @@ struct Inner {
     log: EventLog,
     history: HistoryReader,
     hub: Hub,
+    tenants: TenantLimiter,
     shutdown: CancellationToken,
     connections: TaskTracker,
 }
@@ -33,6 +35,7 @@ impl AppState {
         log: EventLog,
         history: HistoryReader,
         hub: Hub,
+        tenants: TenantLimiter,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -41,6 +44,7 @@ impl AppState {
                 log,
                 history,
                 hub,
+                tenants,
                 shutdown,
                 connections: TaskTracker::new(),
             }),
@@ -61,6 +65,11 @@ impl AppState {
 
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// The per-tenant publish quota.
+    pub fn tenants(&self) -> &TenantLimiter {
+        &self.inner.tenants
     }
 
     pub fn shutdown(&self) -> &CancellationToken {

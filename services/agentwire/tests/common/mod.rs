@@ -112,6 +112,8 @@ impl Stack {
             ws_publish_burst: 1000,
             ws_bytes_rate: 4 * 1024 * 1024,
             ws_abuse_strikes: 100,
+            tenant_publish_rate: 10_000,
+            tenant_publish_burst: 20_000,
             heartbeat_secs: 15,
             idle_timeout_secs: 45,
         }
@@ -140,6 +142,17 @@ impl Stack {
                 .await
                 .expect("gateway run");
         }));
+    }
+
+    /// A second gateway on the same topic and Valkey; returns its base URL.
+    pub async fn spawn_extra_gateway(&mut self, tweak: impl FnOnce(&mut GatewayConfig)) -> String {
+        let (http_url, ws_url) = (self.http_url.clone(), self.ws_url.clone());
+        let mut config = self.gateway_config();
+        tweak(&mut config);
+        self.spawn_gateway(config).await;
+        let extra = std::mem::replace(&mut self.http_url, http_url);
+        self.ws_url = ws_url;
+        extra
     }
 
     pub fn spawn_relay(&mut self) {

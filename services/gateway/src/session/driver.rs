@@ -35,6 +35,7 @@ use crate::publish::{self, Transport};
 use crate::session::limits::{Admission, ConnectionLimits};
 use crate::session::state::{Subscriptions, Verdict};
 use crate::state::AppState;
+use crate::tenant_limits;
 
 /// WebSocket close codes the driver uses (RFC 6455 §7.4.1).
 mod close {
@@ -210,7 +211,13 @@ impl Connection {
             },
             ClientFrame::Publish { event } => {
                 let id = event.id.map(|id| id.to_string());
-                match publish::enqueue(self.state.log(), *event, Transport::Ws).await {
+                let event = *event;
+                if let Err(err) =
+                    tenant_limits::charge(self.state.tenants(), std::slice::from_ref(&event)).await
+                {
+                    return self.send_error(ErrorFrame { id, ..err.frame() }).await;
+                }
+                match publish::enqueue(self.state.log(), event, Transport::Ws).await {
                     Ok(ack) => {
                         let id = id.clone();
                         self.acks.push_back(Box::pin(async move {
