@@ -4,8 +4,10 @@
 //! - `latency`: publish→deliver latency through the real stack (HTTP publish → Kafka → relay
 //!   → Valkey → WebSocket) next to the raw broker produce→consume floor measured in the same
 //!   run on the same broker with the same client settings.
+//! - `idle`: the gateway's resident memory per idle WebSocket connection.
 
 mod floor;
+mod idle;
 mod latency;
 mod stats;
 
@@ -22,11 +24,14 @@ struct Cli {
 enum Scenario {
     /// Publish→deliver latency vs the raw Kafka produce→consume floor.
     Latency(latency::Args),
+    /// Gateway memory per idle WebSocket connection.
+    Idle(idle::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Latency(args) => latency::run(args).await,
+        Scenario::Idle(args) => idle::run(args).await,
     }
 }

@@ -7,12 +7,19 @@ use axum::response::Response;
 use crate::session::driver;
 use crate::state::AppState;
 
+/// Initial read and write buffer of each connection.
+const CONNECTION_BUFFER: usize = 4 * 1024;
+
 /// Upgrades to a WebSocket and runs the connection under the gateway's task tracker.
 pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
     // Messages up to twice the limit reach the driver, which closes with 1009 and a reason
     // above the limit itself; larger ones are cut off by the WebSocket layer.
     let transport_limit = state.config().max_frame_bytes.saturating_mul(2);
-    ws.max_message_size(transport_limit)
+    // Small per-connection buffers: tungstenite's defaults (128 KiB each way) would cost about
+    // 140 KiB for every idle connection; 4 KiB grows on demand for larger messages.
+    ws.read_buffer_size(CONNECTION_BUFFER)
+        .write_buffer_size(CONNECTION_BUFFER)
+        .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| {
             let tracker = state.connections().clone();

@@ -46,6 +46,9 @@ mod close {
     pub const INTERNAL: u16 = 1011;
 }
 
+/// How long the server waits for the client's answer to its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// How often failed catch-ups are retried.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(250);
 
@@ -135,7 +138,19 @@ pub async fn run(socket: WebSocket, state: AppState) {
             code,
             reason: reason.into(),
         };
-        let _ = conn.send_message(Message::Close(Some(frame))).await;
+        if conn.send_message(Message::Close(Some(frame))).await.is_ok() {
+            // The closing handshake: read (and discard) until the client's close, so closing
+            // the socket with its unread frames pending does not reset the connection and lose
+            // our close frame on the client's side.
+            let drain = async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+        }
     }
     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
 }
