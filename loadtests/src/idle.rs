@@ -35,6 +35,21 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS line")
 }
 
+/// The RSS once two readings 250 ms apart agree within 1% (at most 20 readings).
+async fn settled_rss(pid: u32) -> anyhow::Result<u64> {
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
+    let mut last = rss_kib(pid)?;
+    for _ in 0..20 {
+        ticks.tick().await;
+        let now = rss_kib(pid)?;
+        if now.abs_diff(last) * 100 <= last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let ws_url = format!("{}/v1/ws", args.gateway.replacen("http", "ws", 1));
     let before = rss_kib(args.pid)?;
@@ -54,9 +69,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .collect()
         .await;
     let connections: Vec<WsConnection> = opened.into_iter().collect::<Result<_, _>>()?;
-    // Let the allocator settle before reading RSS (a measurement pause, not a synchronisation).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(args.pid)?;
+    let after = settled_rss(args.pid).await?;
     let per = (after.saturating_sub(before) as f64 * 1024.0) / connections.len().max(1) as f64;
     println!(
         "idle: {} connections over {} sessions: gateway RSS {} KiB before, {} KiB after, {:.0} bytes ({:.1} KiB) per connection",
