@@ -40,3 +40,33 @@ async fn openapi() -> impl IntoResponse {
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route; see /v1/openapi.json")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI_JSON;
+
+    #[test]
+    fn the_openapi_document_parses_and_names_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("valid JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        for path in [
+            "/v1/events",
+            "/v1/sessions/{tenant}/{agent_type}/{session_id}/events",
+            "/v1/ws",
+            "/v1/openapi.json",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
+        }
+        for status in ["200", "400", "413", "415", "429", "503"] {
+            assert!(
+                doc["paths"]["/v1/events"]["post"]["responses"]
+                    .get(status)
+                    .is_some(),
+                "POST /v1/events {status}"
+            );
+        }
+    }
+}
