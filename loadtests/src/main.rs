@@ -5,10 +5,12 @@
 //!   → Valkey → WebSocket) next to the raw broker produce→consume floor measured in the same
 //!   run on the same broker with the same client settings.
 //! - `idle`: the gateway's resident memory per idle WebSocket connection.
+//! - `slow`: fast readers' latency with and without a share of clients that stop reading.
 
 mod floor;
 mod idle;
 mod latency;
+mod slow;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +28,8 @@ enum Scenario {
     Latency(latency::Args),
     /// Gateway memory per idle WebSocket connection.
     Idle(idle::Args),
+    /// Fast readers' latency while some clients stop reading, next to none stopping.
+    Slow(slow::Args),
 }
 
 #[tokio::main]
@@ -33,5 +37,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Latency(args) => latency::run(args).await,
         Scenario::Idle(args) => idle::run(args).await,
+        Scenario::Slow(args) => slow::run(args).await,
     }
 }
