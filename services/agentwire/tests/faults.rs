@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use agentwire_client::{Subscriber, SubscriberConfig};
 use agentwire_protocol::{Offset, SessionKey};
-use agentwire_test_support::{ChildProcess, TestEnv, ValkeyServer, wait_until};
-use common::{LIMIT, Stack, event};
+use agentwire_test_support::{ChildProcess, wait_until};
+use common::{Stack, event};
 use futures::future::join_all;
 
 /// Publishes `count` events round-robin over `sessions` in batches, returning (session, offset).
@@ -52,26 +52,16 @@ fn publisher(
 
 /// Reads until `subscriber` delivered `count` events; returns (session, offset) in order.
 async fn drain(subscriber: &mut Subscriber, count: usize) -> Vec<(SessionKey, Offset)> {
-    let mut got = Vec::with_capacity(count);
-    while got.len() < count {
-        match tokio::time::timeout(LIMIT, subscriber.next()).await {
-            Ok(Ok(d)) => got.push((d.session, d.offset)),
-            Ok(Err(err)) => panic!("subscriber error after {} deliveries: {err}", got.len()),
-            Err(_) => panic!("only {} of {count} delivered", got.len()),
-        }
-    }
-    got
+    common::receive(subscriber, count)
+        .await
+        .into_iter()
+        .map(|d| (d.session, d.offset))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_killed_mid_stream_loses_nothing_for_connected_clients() {
-    let mut valkey = ValkeyServer::start().await;
-    let env = TestEnv {
-        valkey_url: valkey.url(),
-        ..TestEnv::from_env()
-    };
-    let mut stack = Stack::with_env(env, 2).await;
-    stack.spawn_relay();
+    let (stack, mut valkey) = Stack::with_own_valkey(2).await;
     let sessions: Vec<SessionKey> = (0..4).map(|i| stack.session(&format!("v{i}"))).collect();
     let mut subscriber = Subscriber::connect(
         &stack.ws_url,

@@ -48,6 +48,18 @@ impl Stack {
         Stack::with_env(TestEnv::from_env(), partitions).await
     }
 
+    /// A stack with a relay on a Valkey of its own, for tests that kill or restart Valkey.
+    pub async fn with_own_valkey(partitions: u32) -> (Stack, agentwire_test_support::ValkeyServer) {
+        let valkey = agentwire_test_support::ValkeyServer::start().await;
+        let env = TestEnv {
+            valkey_url: valkey.url(),
+            ..TestEnv::from_env()
+        };
+        let mut stack = Stack::with_env(env, partitions).await;
+        stack.spawn_relay();
+        (stack, valkey)
+    }
+
     /// Like [`Stack::without_relay`] on servers of the test's own (e.g. a dedicated broker).
     pub async fn with_env(env: TestEnv, partitions: u32) -> Stack {
         Stack::configured(env, partitions, |_| {}).await
@@ -251,4 +263,21 @@ pub fn offsets_by_session<'a>(
         offsets.sort_unstable();
     }
     map
+}
+
+/// Reads until `subscriber` delivered `count` events, failing on an error frame or after
+/// [`LIMIT`] without progress.
+pub async fn receive(
+    subscriber: &mut agentwire_client::Subscriber,
+    count: usize,
+) -> Vec<agentwire_client::Delivery> {
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count {
+        match tokio::time::timeout(LIMIT, subscriber.next()).await {
+            Ok(Ok(delivery)) => got.push(delivery),
+            Ok(Err(err)) => panic!("subscriber error after {} deliveries: {err}", got.len()),
+            Err(_) => panic!("only {} of {count} delivered", got.len()),
+        }
+    }
+    got
 }
