@@ -48,6 +48,7 @@ pub async fn kafka(
     }
     // One warm-up record, so the measured ones do not include the consumer's first fetches.
     let warm_up = LogRecord {
+        content_type: agentwire_kafka::CLOUDEVENTS_JSON,
         key: "floor:warm-up".into(),
         value: now_micros().to_string(),
         traceparent: None,
@@ -67,6 +68,7 @@ pub async fn kafka(
         for i in 0..events {
             tick.tick().await;
             let record = LogRecord {
+                content_type: agentwire_kafka::CLOUDEVENTS_JSON,
                 key: format!("floor:{}", i % 20),
                 value: now_micros().to_string(),
                 traceparent: None,

@@ -43,6 +43,10 @@ pub struct ConsumerSettings {
     pub topic: String,
     /// Largest batch handed to the downstream writer.
     pub batch_max: usize,
+    /// After the first record of a batch, how long to wait for more before handing the batch
+    /// on (dynamic batching: `batch_max` records or `batch_linger`, whichever comes first).
+    /// Zero hands on whatever is already fetched.
+    pub batch_linger: Duration,
     /// `fetch.wait.max.ms`: how long the broker may hold a Fetch. Small values keep latency
     /// low (tansu sleeps half of it per Fetch).
     pub fetch_wait: Duration,
@@ -56,6 +60,7 @@ impl ConsumerSettings {
             group: group.into(),
             topic: topic.into(),
             batch_max: 512,
+            batch_linger: Duration::ZERO,
             fetch_wait: Duration::from_millis(4),
             session_timeout: Duration::from_secs(6),
         }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentwire_protocol::Offset;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
@@ -209,10 +209,13 @@ impl LogConsumer {
             consumer: consumer.clone(),
             topic: settings.topic.clone(),
         };
-        let batch_max = settings.batch_max.max(1);
+        let batching = Batching {
+            max: settings.batch_max.max(1),
+            linger: settings.batch_linger,
+        };
         let thread = std::thread::Builder::new()
             .name("kafka-poll".into())
-            .spawn(move || poll_loop(&consumer, batch_max, &events, &shutdown))
+            .spawn(move || poll_loop(&consumer, batching, &events, &shutdown))
             .map_err(|e| KafkaError::Admin(format!("cannot start the poll thread: {e}")))?;
         Ok((Self { thread }, store))
     }
@@ -223,9 +226,15 @@ impl LogConsumer {
     }
 }
 
+#[derive(Clone, Copy)]
+struct Batching {
+    max: usize,
+    linger: Duration,
+}
+
 fn poll_loop(
     consumer: &Inner,
-    batch_max: usize,
+    batching: Batching,
     events: &mpsc::Sender<ConsumerEvent>,
     shutdown: &CancellationToken,
 ) {
@@ -233,7 +242,8 @@ fn poll_loop(
     while !shutdown.is_cancelled() {
         let mut batch = Vec::new();
         let mut timeout = POLL;
-        while batch.len() < batch_max {
+        let mut deadline = None;
+        while batch.len() < batching.max {
             match consumer.poll(timeout) {
                 Some(Ok(message)) => batch.push(LogMessage::from_kafka_message(&message)),
                 Some(Err(err)) => {
@@ -242,8 +252,9 @@ fn poll_loop(
                 }
                 None => break,
             }
-            // After the first record, take only what is already fetched.
-            timeout = Duration::ZERO;
+            // After the first record, wait only until the batch's linger runs out.
+            let until = *deadline.get_or_insert_with(|| Instant::now() + batching.linger);
+            timeout = until.saturating_duration_since(Instant::now());
         }
         if !batch.is_empty() && events.blocking_send(ConsumerEvent::Batch(batch)).is_err() {
             return;

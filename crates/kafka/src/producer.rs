@@ -11,17 +11,21 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::time::Instant;
 
+#[cfg(doc)]
+use crate::CLOUDEVENTS_JSON;
 use crate::config::KafkaSettings;
 use crate::error::KafkaError;
-use crate::{CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, TRACEPARENT_HEADER};
+use crate::{CONTENT_TYPE_HEADER, TRACEPARENT_HEADER};
 
-/// One record for the log: a CloudEvents JSON event in structured mode.
+/// One record for a topic: in `agent.events` a CloudEvents JSON event in structured mode.
 #[derive(Clone, Debug)]
 pub struct LogRecord {
     /// `tenant:agent_type:session_id`.
     pub key: String,
-    /// The CloudEvents JSON event.
+    /// The record's JSON.
     pub value: String,
+    /// The `content-type` header: [`CLOUDEVENTS_JSON`] for events.
+    pub content_type: &'static str,
     pub traceparent: Option<String>,
 }
 
@@ -144,7 +148,7 @@ impl EventLog {
         loop {
             let mut headers = OwnedHeaders::new().insert(Header {
                 key: CONTENT_TYPE_HEADER,
-                value: Some(CLOUDEVENTS_JSON),
+                value: Some(record.content_type),
             });
             if let Some(tp) = &record.traceparent {
                 headers = headers.insert(Header {

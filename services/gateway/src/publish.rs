@@ -38,6 +38,7 @@ pub async fn enqueue(
     let id = event.id.map(|id| id.to_string()).unwrap_or_default();
     let producer_seq = event.producer_seq;
     let record = LogRecord {
+        content_type: agentwire_kafka::CLOUDEVENTS_JSON,
         key: event.session.to_string(),
         value: cloudevents::to_json(&event),
         traceparent: event.traceparent.clone(),
