@@ -200,6 +200,15 @@ pub enum ServerFrame {
     Ack(Ack),
     Error(ErrorFrame),
     Pong,
+    /// The enricher's annotation of the event at `offset` (labels, near duplicate, model),
+    /// sent after that event. `annotation` is the whole JSON frame
+    /// (`{"op":"enriched",…}`, see [`crate::Enrichment::annotation_json`]).
+    #[serde(skip_serializing)]
+    Enriched {
+        session: SessionKey,
+        offset: Offset,
+        annotation: Box<RawValue>,
+    },
 }
 
 /// The flat JSON shape of every server frame (serde cannot buffer a `RawValue` inside an
@@ -227,6 +236,9 @@ pub fn event_frame_json(session: &SessionKey, offset: Offset, event_json: &str) 
 
 impl ServerFrame {
     pub fn to_json(&self) -> String {
+        if let ServerFrame::Enriched { annotation, .. } = self {
+            return annotation.get().to_owned();
+        }
         serde_json::to_string(self).unwrap_or_default()
     }
 
@@ -273,6 +285,12 @@ impl ServerFrame {
                 retry_after_ms: raw.retry_after_ms,
             }),
             "pong" => ServerFrame::Pong,
+            "enriched" => ServerFrame::Enriched {
+                session: session(raw.session)?,
+                offset: offset(raw.offset)?,
+                annotation: RawValue::from_string(text.to_owned())
+                    .map_err(|e| ProtocolError::malformed(format!("not a server frame: {e}")))?,
+            },
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownOp,
@@ -321,6 +339,15 @@ impl ServerFrame {
                 retry_after_ms: e.retry_after_ms.unwrap_or(0),
             }),
             ServerFrame::Pong => Op::Pong(pb::Pong {}),
+            ServerFrame::Enriched {
+                session,
+                offset,
+                annotation,
+            } => Op::Enriched(pb::Enriched {
+                session: session.to_string(),
+                offset: offset.0,
+                annotation_json: annotation.get().to_owned(),
+            }),
         };
         Ok(pb::ServerFrame { op: Some(op) }.encode_to_vec())
     }

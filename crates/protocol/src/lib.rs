@@ -6,12 +6,14 @@
 //! runtime, broker or database client.
 
 pub mod cloudevents;
+pub mod enrichment;
 pub mod error;
 pub mod event;
 pub mod frames;
 pub mod ids;
 pub mod pb;
 
+pub use enrichment::{Enrichment, LabelScore, SourceRef};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{Data, Event};
 pub use frames::{Ack, ClientFrame, ErrorFrame, ServerFrame};
