@@ -12,6 +12,8 @@ use crate::keys;
 
 static APPEND: std::sync::LazyLock<Script> =
     std::sync::LazyLock::new(|| Script::new(include_str!("lua/append.lua")));
+static ANNOTATE: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(include_str!("lua/annotate.lua")));
 static READ: std::sync::LazyLock<Script> =
     std::sync::LazyLock::new(|| Script::new(include_str!("lua/read.lua")));
 
@@ -94,6 +96,16 @@ impl Window {
     }
 }
 
+/// What [`HistoryStore::annotate`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Annotated {
+    Published,
+    /// This offset (or a later one) was annotated before: nothing published.
+    Replay,
+    /// The annotated event is not in the session's window yet: try again shortly.
+    EventNotYetAnnounced,
+}
+
 /// Reads and writes session windows.
 #[derive(Clone)]
 pub struct HistoryStore {
@@ -148,6 +160,37 @@ impl HistoryStore {
         }
         let written: Vec<i64> = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(written.iter().filter(|w| **w == 1).count())
+    }
+
+    /// Announces an enrichment of the event at `offset` to the session's subscribers and to
+    /// `label_channels`, once per offset (see `lua/annotate.lua`). With `force` false it
+    /// waits for the event itself to be in the window, so subscribers see the event first.
+    pub async fn annotate(
+        &self,
+        session: &SessionKey,
+        offset: Offset,
+        annotation_json: &str,
+        label_channels: &[String],
+        force: bool,
+    ) -> Result<Annotated, ValkeyError> {
+        let ttl = self.settings.idle_ttl.as_secs().max(1);
+        let mut invocation = ANNOTATE.key(keys::annotated(session));
+        invocation
+            .key(keys::history(session))
+            .arg(offset.0)
+            .arg(annotation_json)
+            .arg(keys::channel(session))
+            .arg(ttl)
+            .arg(if force { "1" } else { "0" });
+        for channel in label_channels {
+            invocation.arg(channel);
+        }
+        let outcome: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(match outcome {
+            1 => Annotated::Published,
+            0 => Annotated::Replay,
+            _ => Annotated::EventNotYetAnnounced,
+        })
     }
 
     /// Reads up to `limit` events after `after` (all of the window when `None`).

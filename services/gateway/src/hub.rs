@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use agentwire_protocol::SessionKey;
-use agentwire_valkey::{LiveMessage, LiveStream, LiveSubscriptions, connect_live};
+use agentwire_valkey::{
+    Announcement, LiveAnnotation, LiveMessage, LiveStream, LiveSubscriptions, connect_live,
+};
 use backon::{ExponentialBuilder, Retryable as _};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,9 @@ const COMMAND_QUEUE: usize = 1024;
 pub enum Live {
     /// A new event of the session, as the relay announced it.
     Event(Arc<LiveMessage>),
+    /// The enricher's annotation of an event of the session (realtime only; the durable
+    /// copy is in `agent.enriched`).
+    Annotation(Arc<LiveAnnotation>),
     /// The feed was interrupted: events may have been missed; read history after the cursor.
     Resync,
 }
@@ -198,11 +203,15 @@ impl Hub {
         self.shared.sessions().len()
     }
 
-    fn dispatch(&self, message: LiveMessage) {
+    fn dispatch(&self, announcement: Announcement) {
+        let (session, live) = match announcement {
+            Announcement::Event(m) => (m.session.clone(), Live::Event(Arc::new(m))),
+            Announcement::Annotation(a) => (a.session.clone(), Live::Annotation(Arc::new(a))),
+        };
         let sessions = self.shared.sessions();
-        if let Some(entry) = sessions.get(&message.session) {
+        if let Some(entry) = sessions.get(&session) {
             // No receivers is fine: the last follower is leaving.
-            let _ = entry.sender.send(Live::Event(Arc::new(message)));
+            let _ = entry.sender.send(live);
         }
     }
 

@@ -8,6 +8,8 @@ pub const PUBLISHES: &str = "agentwire_gateway_publishes_total";
 pub const PUBLISH_SECONDS: &str = "agentwire_gateway_publish_seconds";
 /// Events delivered to WebSocket clients.
 pub const DELIVERIES: &str = "agentwire_gateway_deliveries_total";
+/// Enrichment annotations sent to clients.
+pub const ANNOTATIONS: &str = "agentwire_gateway_annotations_total";
 /// Catch-up reads from history, by reason (`subscribe`, `lagged`, `resync`).
 pub const CATCH_UPS: &str = "agentwire_gateway_catch_ups_total";
 /// Sessions this gateway holds a Valkey subscription for.

@@ -26,6 +26,20 @@ pub struct RelayConfig {
         default_value_t = 512
     )]
     pub batch_max: usize,
+    /// The enricher's topic, carried into Valkey as `enriched` annotations.
+    #[arg(
+        long = "enriched-topic",
+        env = "AGENTWIRE_ENRICHED_TOPIC",
+        default_value = "agent.enriched"
+    )]
+    pub enriched_topic: String,
+    /// Kafka consumer group of the relays' enrichment carriers.
+    #[arg(
+        long = "relay-enriched-group",
+        env = "AGENTWIRE_RELAY_ENRICHED_GROUP",
+        default_value = "agentwire-relay-enriched"
+    )]
+    pub enriched_group: String,
     /// `fetch.wait.max.ms` of the relay's consumer.
     #[arg(
         long = "kafka-fetch-wait-ms",
@@ -42,6 +56,15 @@ impl RelayConfig {
         self.valkey.validate()?;
         if self.group.is_empty() {
             return Err("--relay-group (AGENTWIRE_RELAY_GROUP) must not be empty".into());
+        }
+        if self.enriched_topic.is_empty() || self.enriched_topic == self.kafka.topic {
+            return Err(
+                "--enriched-topic (AGENTWIRE_ENRICHED_TOPIC) must be set and differ from --topic"
+                    .into(),
+            );
+        }
+        if self.enriched_group.is_empty() || self.enriched_group == self.group {
+            return Err("--relay-enriched-group must be set and differ from --relay-group".into());
         }
         if !(1..=10_000).contains(&self.batch_max) {
             return Err(
@@ -62,6 +85,14 @@ impl RelayConfig {
             batch_max: self.batch_max,
             fetch_wait: Duration::from_millis(self.fetch_wait_ms),
             ..ConsumerSettings::new(&self.group, &self.kafka.topic)
+        }
+    }
+
+    pub(crate) fn enriched_consumer(&self) -> ConsumerSettings {
+        ConsumerSettings {
+            batch_max: self.batch_max,
+            fetch_wait: Duration::from_millis(self.fetch_wait_ms),
+            ..ConsumerSettings::new(&self.enriched_group, &self.enriched_topic)
         }
     }
 }

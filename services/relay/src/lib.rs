@@ -9,6 +9,7 @@
 //! - A Valkey outage stalls the relay (retrying with backoff); it never drops a durable event.
 
 pub mod config;
+mod enriched;
 mod metrics;
 mod pipeline;
 

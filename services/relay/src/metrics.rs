@@ -12,3 +12,5 @@ pub const BATCH_SIZE: &str = "agentwire_relay_batch_size";
 pub const BATCH_SECONDS: &str = "agentwire_relay_batch_seconds";
 /// Failed Valkey writes (each is retried).
 pub const VALKEY_ERRORS: &str = "agentwire_relay_valkey_errors_total";
+/// Enrichment annotations, by outcome (`after_event`, `event_not_seen`, `replay_skipped`).
+pub const ANNOTATIONS: &str = "agentwire_relay_annotations_total";

@@ -33,6 +33,11 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
         poll_stop.clone(),
     )?;
     tracing::info!(topic = %config.kafka.topic, group = %config.group, "relay started");
+    let carrier = tokio::spawn(crate::enriched::run(
+        config.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
 
     loop {
         let event = tokio::select! {
@@ -65,6 +70,11 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
     let _ = tokio::task::spawn_blocking(move || consumer.join()).await;
     if let Err(err) = offsets.commit_sync() {
         tracing::warn!(error = %err, "final offset commit failed; the next relay re-reads a little");
+    }
+    match carrier.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "the enrichment carrier failed"),
+        Err(err) => tracing::warn!(error = %err, "the enrichment carrier panicked"),
     }
     tracing::info!("relay stopped");
     Ok(())

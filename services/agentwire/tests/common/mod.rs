@@ -27,6 +27,8 @@ pub struct Stack {
     pub topic: String,
     pub tenant: String,
     pub relay_group: String,
+    /// The enricher's output topic for this stack (the relay creates it).
+    pub enriched_topic: String,
     /// `AGENTWIRE_HISTORY_MAXLEN` of the relays this stack starts.
     pub history_maxlen: u64,
     pub http_url: String,
@@ -78,6 +80,7 @@ impl Stack {
             topic,
             tenant: unique("t"),
             relay_group: unique("relay"),
+            enriched_topic: unique("enriched"),
             history_maxlen: 10_000,
             http_url: String::new(),
             ws_url: String::new(),
@@ -136,6 +139,8 @@ impl Stack {
             kafka: self.kafka_args(),
             valkey: self.valkey_args(),
             group: self.relay_group.clone(),
+            enriched_topic: self.enriched_topic.clone(),
+            enriched_group: format!("{}-enriched", self.relay_group),
             batch_max: 256,
             fetch_wait_ms: 4,
         }
@@ -185,6 +190,11 @@ impl Stack {
             .env("AGENTWIRE_TOPIC", &self.topic)
             .env("AGENTWIRE_VALKEY_URL", &self.env.valkey_url)
             .env("AGENTWIRE_RELAY_GROUP", &self.relay_group)
+            .env("AGENTWIRE_ENRICHED_TOPIC", &self.enriched_topic)
+            .env(
+                "AGENTWIRE_RELAY_ENRICHED_GROUP",
+                format!("{}-enriched", self.relay_group),
+            )
             .env("AGENTWIRE_RELAY_BATCH_MAX", "64");
         ChildProcess::spawn("relay", command)
     }

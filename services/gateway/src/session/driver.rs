@@ -36,6 +36,7 @@ use crate::session::limits::{Admission, ConnectionLimits};
 use crate::session::state::{Subscriptions, Verdict};
 use crate::state::AppState;
 use crate::tenant_limits;
+use agentwire_valkey::LiveAnnotation;
 
 /// WebSocket close codes the driver uses (RFC 6455 §7.4.1).
 mod close {
@@ -360,6 +361,7 @@ impl Connection {
                 self.deliver(&session, message.offset, &message.event_json)
                     .await
             }
+            Ok(Live::Annotation(annotation)) => self.annotate(&annotation).await,
             Ok(Live::Resync) => {
                 metrics::counter!(m::CATCH_UPS, "reason" => "resync").increment(1);
                 self.catch_up(&session).await
@@ -398,6 +400,34 @@ impl Connection {
             }
         };
         metrics::counter!(m::DELIVERIES).increment(1);
+        self.send_message(message).await
+    }
+
+    /// Forwards an enrichment once its event was delivered on this connection: annotations
+    /// are realtime extras, so one for an event the connection has not seen (still catching
+    /// up, or before its cursor) is skipped rather than sent ahead of the event.
+    async fn annotate(&mut self, annotation: &LiveAnnotation) -> Result<(), End> {
+        if self.pending.contains(&annotation.session)
+            || !self.subs.delivered(&annotation.session, annotation.offset)
+        {
+            return Ok(());
+        }
+        let message = match self.encoding {
+            Encoding::Json => Message::text(annotation.json.clone()),
+            Encoding::Protobuf => {
+                let frame = ServerFrame::Enriched {
+                    session: annotation.session.clone(),
+                    offset: annotation.offset,
+                    annotation: RawValue::from_string(annotation.json.clone()).map_err(|_| {
+                        End::Close(close::INTERNAL, "annotation is not JSON".into())
+                    })?,
+                };
+                Message::binary(frame.to_protobuf().map_err(|_| {
+                    End::Close(close::INTERNAL, "annotation does not encode".into())
+                })?)
+            }
+        };
+        metrics::counter!(m::ANNOTATIONS).increment(1);
         self.send_message(message).await
     }
 

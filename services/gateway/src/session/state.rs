@@ -104,6 +104,15 @@ impl Subscriptions {
         }
     }
 
+    /// Whether the connection's cursor for `session` has reached `offset` (that event, or a
+    /// later one, was delivered or lies before the cursor it resumed from).
+    pub fn delivered(&self, session: &SessionKey, offset: Offset) -> bool {
+        self.cursors
+            .get(session)
+            .and_then(Cursor::last)
+            .is_some_and(|last| last >= offset)
+    }
+
     /// Moves the cursor of `session` forward to `offset` (never back): events up to it are
     /// gone from the log and can no longer be delivered.
     pub fn skip_to(&mut self, session: &SessionKey, offset: Offset) {

@@ -1,0 +1,148 @@
+//! Carries `agent.enriched` into Valkey: each enrichment becomes an `enriched` annotation on
+//! its session's channel (after the event it annotates, once per source offset) and on the
+//! tenant's label feeds. Valkey stays a view of the log: the annotation is derived from the
+//! durable record, never produced by the enricher straight into Valkey.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use agentwire_kafka::{ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
+use agentwire_protocol::{Enrichment, Offset};
+use agentwire_valkey::{Annotated, HistoryStore, keys};
+use backon::{ExponentialBuilder, Retryable as _};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+use crate::{RelayError, metrics as m};
+
+/// How long an annotation waits for its event to be announced before it is sent anyway
+/// (the event's window was lost, e.g. Valkey restarted empty, or its relay is far behind).
+const EVENT_WAIT: Duration = Duration::from_secs(5);
+const EVENT_POLL: Duration = Duration::from_millis(20);
+
+/// Runs the enrichment carrier until `shutdown` is cancelled.
+pub async fn run(
+    config: RelayConfig,
+    store: HistoryStore,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let kafka = config.kafka.settings();
+    let partitions = agentwire_kafka::partition_count(&kafka, &config.kafka.topic).await?;
+    agentwire_kafka::ensure_topic(
+        &kafka,
+        &config.enriched_topic,
+        i32::try_from(partitions.max(1)).unwrap_or(i32::MAX),
+    )
+    .await?;
+    let (tx, mut rx) = mpsc::channel(4);
+    let poll_stop = CancellationToken::new();
+    let (consumer, offsets) =
+        LogConsumer::start(&kafka, &config.enriched_consumer(), tx, poll_stop.clone())?;
+    tracing::info!(topic = %config.enriched_topic, group = %config.enriched_group, "enrichment carrier started");
+    loop {
+        let event = tokio::select! {
+            event = rx.recv() => event,
+            () = shutdown.cancelled() => break,
+        };
+        match event {
+            Some(ConsumerEvent::Batch(batch)) => carry(&store, &offsets, &batch, &shutdown).await,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    poll_stop.cancel();
+    let _ = tokio::task::spawn_blocking(move || consumer.join()).await;
+    if let Err(err) = offsets.commit_sync() {
+        tracing::warn!(error = %err, "final enrichment offset commit failed");
+    }
+    Ok(())
+}
+
+async fn carry(
+    store: &HistoryStore,
+    offsets: &OffsetStore,
+    batch: &[LogMessage],
+    stop: &CancellationToken,
+) {
+    for message in batch {
+        let Some(enrichment) = parse(message) else {
+            continue;
+        };
+        if !announce(store, &enrichment, stop).await {
+            // Stopping: the offset stays unstored and is read again by the next relay.
+            return;
+        }
+    }
+    let mut highest: BTreeMap<i32, Offset> = BTreeMap::new();
+    for message in batch {
+        let entry = highest.entry(message.partition).or_insert(message.offset);
+        *entry = (*entry).max(message.offset);
+    }
+    for (partition, offset) in highest {
+        let _ = offsets.store(partition, offset);
+    }
+}
+
+/// Announces one enrichment, waiting up to [`EVENT_WAIT`] for its event to be announced
+/// first; retries Valkey failures until `stop`. `false` when stopped before it was done.
+async fn announce(store: &HistoryStore, e: &Enrichment, stop: &CancellationToken) -> bool {
+    let json = e.annotation_json();
+    let labels: Vec<String> = e
+        .labels
+        .iter()
+        .map(|l| keys::label_channel(&e.session.tenant, &l.label))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let force = started.elapsed() >= EVENT_WAIT;
+        let attempt = || store.annotate(&e.session, e.source.offset, &json, &labels, force);
+        let outcome = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_max_delay(Duration::from_secs(2))
+                    .without_max_times()
+                    .with_jitter(),
+            )
+            .notify(|err, after| {
+                metrics::counter!(m::VALKEY_ERRORS).increment(1);
+                tracing::warn!(error = %err, retry_in = ?after, "valkey annotate failed; retrying");
+            })
+            .when(|_| !stop.is_cancelled())
+            .await;
+        match outcome {
+            Ok(Annotated::Published) => {
+                let reason = if force {
+                    "event_not_seen"
+                } else {
+                    "after_event"
+                };
+                metrics::counter!(m::ANNOTATIONS, "how" => reason).increment(1);
+                return true;
+            }
+            Ok(Annotated::Replay) => {
+                metrics::counter!(m::ANNOTATIONS, "how" => "replay_skipped").increment(1);
+                return true;
+            }
+            Ok(Annotated::EventNotYetAnnounced) => {
+                tokio::select! {
+                    () = tokio::time::sleep(EVENT_POLL) => {}
+                    () = stop.cancelled() => return false,
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+fn parse(message: &LogMessage) -> Option<Enrichment> {
+    let value = message.value.as_deref()?;
+    match serde_json::from_slice::<Enrichment>(value) {
+        Ok(e) => Some(e),
+        Err(error) => {
+            metrics::counter!(m::RECORDS_SKIPPED, "reason" => "not_an_enrichment").increment(1);
+            tracing::warn!(partition = message.partition, offset = %message.offset, %error, "skipping an enrichment record");
+            None
+        }
+    }
+}
