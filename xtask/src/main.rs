@@ -5,7 +5,9 @@
 //!   relay and the gateway on loopback, runs the demo, then keeps the stack up until Ctrl-C.
 //! - `cargo xtask test`: the whole test suite against a fresh Valkey and broker (`.ci/run`).
 //! - `cargo xtask deps`: only the installs.
+//! - `cargo xtask bench-enricher`: inference throughput, burn next to sentence-transformers.
 
+mod bench;
 mod deps;
 mod procs;
 mod stack;
@@ -14,7 +16,10 @@ mod test;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "xtask", about = "agentwire's tasks: up, test, deps")]
+#[command(
+    name = "xtask",
+    about = "agentwire's tasks: up, test, deps, bench-enricher"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +41,15 @@ enum Command {
     },
     /// Install the servers the stack and the tests need (cached under ~/.cache/agentwire).
     Deps,
+    /// Enricher throughput (sentences/s, batch p50/p99) in burn and in sentence-transformers.
+    BenchEnricher {
+        /// burn devices to measure (cpu, gpu, auto).
+        #[arg(long, value_delimiter = ',', default_value = "cpu")]
+        devices: Vec<String>,
+        /// Passed to both benchmarks, e.g. `-- --max-chars 200 --min-seconds 5`.
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::Up { no_demo } => stack::up(!no_demo),
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Deps => deps::ensure_all().map(|_| ()),
+        Command::BenchEnricher { devices, extra } => bench::run(&devices, &extra),
     }
 }

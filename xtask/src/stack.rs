@@ -1,5 +1,5 @@
 //! The local stack on loopback: Valkey, the tansu broker (SQLite storage under `.stack/`),
-//! the event topic, the relay and the gateway, then the demo.
+//! the event topic, the relay, the gateway and the enricher, then the demo.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ pub const VALKEY_PORT: u16 = 6379;
 pub const KAFKA_PORT: u16 = 9092;
 pub const GATEWAY_PORT: u16 = 8080;
 pub const RELAY_ADMIN_PORT: u16 = 9464;
+pub const ENRICHER_ADMIN_PORT: u16 = 9465;
 /// Partitions of `agent.events` in the local stack.
 pub const PARTITIONS: u32 = 8;
 pub const TOPIC: &str = "agent.events";
@@ -116,7 +117,13 @@ pub fn up(demo: bool) -> anyhow::Result<()> {
         ctrlc::set_handler(move || stopping.store(true, Ordering::SeqCst))
             .context("install the Ctrl-C handler")?;
     }
-    for port in [VALKEY_PORT, KAFKA_PORT, GATEWAY_PORT, RELAY_ADMIN_PORT] {
+    for port in [
+        VALKEY_PORT,
+        KAFKA_PORT,
+        GATEWAY_PORT,
+        RELAY_ADMIN_PORT,
+        ENRICHER_ADMIN_PORT,
+    ] {
         if std::net::TcpStream::connect_timeout(&loopback(port), Duration::from_millis(200)).is_ok()
         {
             bail!("port {port} is already in use (a previous stack still running?); stop it first");
@@ -124,20 +131,27 @@ pub fn up(demo: bool) -> anyhow::Result<()> {
     }
     println!("xtask: [1/4] installing Valkey and the broker (cached after the first run)");
     let servers = deps::ensure_all()?;
-    println!("xtask: [2/4] building agentwire");
+    println!("xtask: [2/4] building agentwire and the enricher");
     deps::run(
         Command::new("cargo")
-            .args(["build", "--package", "agentwire"])
+            .args([
+                "build",
+                "--package",
+                "agentwire",
+                "--package",
+                "agentwire-enricher",
+            ])
             .current_dir(&root),
     )?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let agentwire = target.join("debug/agentwire");
+    let enricher_bin = target.join("debug/agentwire-enricher");
 
     let stack_dir = root.join(".stack");
     let broker_dir = stack_dir.join("tansu");
     std::fs::create_dir_all(&broker_dir)?;
-    println!("xtask: [3/4] starting Valkey, the broker, the relay and the gateway");
+    println!("xtask: [3/4] starting Valkey, the broker, the relay, the gateway and the enricher");
     let _valkey = start_valkey(&servers, VALKEY_PORT, &stack_dir)?;
     let _broker = start_broker(&servers, KAFKA_PORT, &broker_dir)?;
     create_topic(&servers, KAFKA_PORT, TOPIC, PARTITIONS)?;
@@ -154,12 +168,26 @@ pub fn up(demo: bool) -> anyhow::Result<()> {
         .env("AGENTWIRE_LISTEN", loopback(GATEWAY_PORT).to_string());
     let mut gateway = Service::start("gateway", gateway, &stack_dir.join("gateway.log"))?;
     gateway.wait_for_port(loopback(GATEWAY_PORT), START_TIMEOUT)?;
+    let mut enricher = Command::new(&enricher_bin);
+    enricher
+        .arg("run")
+        .env(
+            "AGENTWIRE_ADMIN_LISTEN",
+            loopback(ENRICHER_ADMIN_PORT).to_string(),
+        )
+        .env("AGENTWIRE_MODEL_DIR", &servers.model)
+        .env("AGENTWIRE_ENRICHER_LABELS", root.join("infra/labels.toml"));
+    let mut enricher = Service::start("enricher", enricher, &stack_dir.join("enricher.log"))?;
+    enricher.wait_for_port(loopback(ENRICHER_ADMIN_PORT), START_TIMEOUT)?;
 
     println!("xtask: the stack is up");
     println!(
         "  gateway   http://127.0.0.1:{GATEWAY_PORT}  (WebSocket ws://127.0.0.1:{GATEWAY_PORT}/v1/ws, /metrics, /readyz)"
     );
     println!("  relay     http://127.0.0.1:{RELAY_ADMIN_PORT}/metrics");
+    println!(
+        "  enricher  http://127.0.0.1:{ENRICHER_ADMIN_PORT}/metrics  (agent.enriched; `enriched` frames)"
+    );
     println!("  kafka     127.0.0.1:{KAFKA_PORT} (tansu, topic {TOPIC}, {PARTITIONS} partitions)");
     println!("  valkey    redis://127.0.0.1:{VALKEY_PORT}");
     println!("  logs      {}", stack_dir.display());
@@ -181,7 +209,7 @@ pub fn up(demo: bool) -> anyhow::Result<()> {
     }
     println!("xtask: the stack stays up; press Ctrl-C to stop it");
     while !stopping.load(Ordering::SeqCst) {
-        if !gateway.is_running() || !relay.is_running() {
+        if !gateway.is_running() || !relay.is_running() || !enricher.is_running() {
             bail!("a service exited; see the logs in {}", stack_dir.display());
         }
         std::thread::sleep(Duration::from_millis(200));
