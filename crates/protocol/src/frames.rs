@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use crate::cloudevents;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::event::Event;
-use crate::ids::{Offset, SessionKey};
+use crate::ids::{Label, Offset, SessionKey, Tenant};
 use crate::pb;
 
 /// A frame from a client.
@@ -27,6 +27,16 @@ pub enum ClientFrame {
         event: Box<Event>,
     },
     Ping,
+    /// Follow a tenant's label feed: the `enriched` annotations of every session of the
+    /// tenant whose event scored that label (semantic routing). Realtime only, no cursor.
+    FollowLabel {
+        tenant: Tenant,
+        label: Label,
+    },
+    UnfollowLabel {
+        tenant: Tenant,
+        label: Label,
+    },
 }
 
 /// The JSON shape of a client frame; unknown fields are rejected so typos surface.
@@ -35,6 +45,8 @@ pub enum ClientFrame {
 struct ClientFrameIn {
     op: String,
     session: Option<String>,
+    label: Option<String>,
+    tenant: Option<String>,
     after: Option<u64>,
     event: Option<Box<RawValue>>,
 }
@@ -49,6 +61,21 @@ impl ClientFrame {
             s.ok_or_else(|| ProtocolError::invalid("session", "is required"))?
                 .parse()
         };
+        if let Some(label) = raw.label {
+            let label = Label::new(label)?;
+            let tenant = Tenant::new(
+                raw.tenant
+                    .ok_or_else(|| ProtocolError::invalid("tenant", "is required with label"))?,
+            )?;
+            return match raw.op.as_str() {
+                "subscribe" => Ok(ClientFrame::FollowLabel { tenant, label }),
+                "unsubscribe" => Ok(ClientFrame::UnfollowLabel { tenant, label }),
+                other => Err(ProtocolError::new(
+                    ErrorCode::UnknownOp,
+                    format!("op {other:?} takes no label; expected subscribe or unsubscribe"),
+                )),
+            };
+        }
         match raw.op.as_str() {
             "subscribe" => Ok(ClientFrame::Subscribe {
                 session: session(raw.session)?,
@@ -79,6 +106,18 @@ impl ClientFrame {
             ProtocolError::malformed(format!("frame is not a valid protobuf ClientFrame: {e}"))
         })?;
         match frame.op {
+            Some(pb::client_frame::Op::Subscribe(s)) if !s.label.is_empty() => {
+                Ok(ClientFrame::FollowLabel {
+                    tenant: Tenant::new(s.tenant)?,
+                    label: Label::new(s.label)?,
+                })
+            }
+            Some(pb::client_frame::Op::Unsubscribe(u)) if !u.label.is_empty() => {
+                Ok(ClientFrame::UnfollowLabel {
+                    tenant: Tenant::new(u.tenant)?,
+                    label: Label::new(u.label)?,
+                })
+            }
             Some(pb::client_frame::Op::Subscribe(s)) => Ok(ClientFrame::Subscribe {
                 session: s.session.parse()?,
                 after: s.after.map(Offset),
@@ -116,6 +155,12 @@ impl ClientFrame {
                 cloudevents::to_json(event)
             ),
             ClientFrame::Ping => r#"{"op":"ping"}"#.to_owned(),
+            ClientFrame::FollowLabel { tenant, label } => {
+                format!(r#"{{"op":"subscribe","tenant":"{tenant}","label":"{label}"}}"#)
+            }
+            ClientFrame::UnfollowLabel { tenant, label } => {
+                format!(r#"{{"op":"unsubscribe","tenant":"{tenant}","label":"{label}"}}"#)
+            }
         }
     }
 
@@ -126,9 +171,21 @@ impl ClientFrame {
             ClientFrame::Subscribe { session, after } => Op::Subscribe(pb::Subscribe {
                 session: session.to_string(),
                 after: after.map(|a| a.0),
+                ..Default::default()
             }),
             ClientFrame::Unsubscribe { session } => Op::Unsubscribe(pb::Unsubscribe {
                 session: session.to_string(),
+                ..Default::default()
+            }),
+            ClientFrame::FollowLabel { tenant, label } => Op::Subscribe(pb::Subscribe {
+                tenant: tenant.to_string(),
+                label: label.to_string(),
+                ..Default::default()
+            }),
+            ClientFrame::UnfollowLabel { tenant, label } => Op::Unsubscribe(pb::Unsubscribe {
+                tenant: tenant.to_string(),
+                label: label.to_string(),
+                ..Default::default()
             }),
             ClientFrame::Publish { event } => Op::Publish(pb::Publish {
                 event: Some(pb::Event::from(event.as_ref())),
@@ -191,6 +248,17 @@ pub enum ServerFrame {
     Unsubscribed {
         session: SessionKey,
     },
+    /// A label feed is followed (`{"op":"subscribed","tenant":…,"label":…}`).
+    #[serde(rename = "subscribed")]
+    LabelSubscribed {
+        tenant: Tenant,
+        label: Label,
+    },
+    #[serde(rename = "unsubscribed")]
+    LabelUnsubscribed {
+        tenant: Tenant,
+        label: Label,
+    },
     /// One durable event; `event` is the CloudEvents JSON exactly as stored in the log.
     Event {
         session: SessionKey,
@@ -217,6 +285,8 @@ pub enum ServerFrame {
 struct ServerFrameIn {
     op: String,
     session: Option<SessionKey>,
+    label: Option<String>,
+    tenant: Option<String>,
     offset: Option<Offset>,
     event: Option<Box<RawValue>>,
     id: Option<String>,
@@ -251,7 +321,21 @@ impl ServerFrame {
         };
         let offset =
             |o: Option<Offset>| o.ok_or_else(|| ProtocolError::invalid("offset", "is required"));
+        let label_feed = || -> Result<(Tenant, Label), ProtocolError> {
+            Ok((
+                Tenant::new(raw.tenant.clone().unwrap_or_default())?,
+                Label::new(raw.label.clone().unwrap_or_default())?,
+            ))
+        };
         Ok(match raw.op.as_str() {
+            "subscribed" if raw.label.is_some() => {
+                let (tenant, label) = label_feed()?;
+                ServerFrame::LabelSubscribed { tenant, label }
+            }
+            "unsubscribed" if raw.label.is_some() => {
+                let (tenant, label) = label_feed()?;
+                ServerFrame::LabelUnsubscribed { tenant, label }
+            }
             "subscribed" => ServerFrame::Subscribed {
                 session: session(raw.session)?,
                 offset: raw.offset,
@@ -307,10 +391,24 @@ impl ServerFrame {
             ServerFrame::Subscribed { session, offset } => Op::Subscribed(pb::Subscribed {
                 session: session.to_string(),
                 offset: offset.map(|o| o.0),
+                ..Default::default()
             }),
             ServerFrame::Unsubscribed { session } => Op::Unsubscribed(pb::Unsubscribed {
                 session: session.to_string(),
+                ..Default::default()
             }),
+            ServerFrame::LabelSubscribed { tenant, label } => Op::Subscribed(pb::Subscribed {
+                tenant: tenant.to_string(),
+                label: label.to_string(),
+                ..Default::default()
+            }),
+            ServerFrame::LabelUnsubscribed { tenant, label } => {
+                Op::Unsubscribed(pb::Unsubscribed {
+                    tenant: tenant.to_string(),
+                    label: label.to_string(),
+                    ..Default::default()
+                })
+            }
             ServerFrame::Event {
                 session,
                 offset,
@@ -379,6 +477,14 @@ mod tests {
                 event: Box::new(event),
             },
             ClientFrame::Ping,
+            ClientFrame::FollowLabel {
+                tenant: Tenant::new("t").expect("tenant"),
+                label: Label::new("billing").expect("label"),
+            },
+            ClientFrame::UnfollowLabel {
+                tenant: Tenant::new("t").expect("tenant"),
+                label: Label::new("billing").expect("label"),
+            },
         ];
         for frame in frames {
             assert_eq!(
@@ -411,6 +517,18 @@ mod tests {
                 ErrorCode::InvalidField,
             ),
             (r#"{"op":"ping","extra":true}"#, ErrorCode::Malformed),
+            (
+                r#"{"op":"subscribe","label":"billing"}"#,
+                ErrorCode::InvalidField,
+            ),
+            (
+                r#"{"op":"subscribe","tenant":"t","label":"no spaces"}"#,
+                ErrorCode::InvalidField,
+            ),
+            (
+                r#"{"op":"publish","tenant":"t","label":"x"}"#,
+                ErrorCode::UnknownOp,
+            ),
         ];
         for (text, code) in cases {
             assert_eq!(
@@ -425,6 +543,24 @@ mod tests {
                 .code(),
             ErrorCode::Malformed
         );
+    }
+
+    #[test]
+    fn label_feed_answers_round_trip_through_json() {
+        let frame = ServerFrame::LabelSubscribed {
+            tenant: Tenant::new("t").expect("tenant"),
+            label: Label::new("billing").expect("label"),
+        };
+        let json = frame.to_json();
+        assert_eq!(
+            json,
+            r#"{"op":"subscribed","tenant":"t","label":"billing"}"#
+        );
+        assert!(matches!(
+            ServerFrame::from_json(&json).expect("parse"),
+            ServerFrame::LabelSubscribed { .. }
+        ));
+        assert!(!frame.to_protobuf().expect("pb").is_empty());
     }
 
     #[test]

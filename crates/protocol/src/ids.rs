@@ -50,6 +50,12 @@ macro_rules! name_newtype {
                 f.write_str(&self.0)
             }
         }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
     };
 }
 
@@ -67,6 +73,11 @@ name_newtype!(
     /// One run of one agent within a tenant.
     SessionId,
     "sessionid"
+);
+name_newtype!(
+    /// A zero-shot label of the enricher (`billing`, `incident`, …): a tenant's label feed.
+    Label,
+    "label"
 );
 name_newtype!(
     /// A producer that numbers its events with `producer_seq`.

@@ -17,4 +17,4 @@ pub use enrichment::{Enrichment, LabelScore, SourceRef};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{Data, Event};
 pub use frames::{Ack, ClientFrame, ErrorFrame, ServerFrame};
-pub use ids::{AgentType, EventType, Offset, ProducerId, SessionId, SessionKey, Tenant};
+pub use ids::{AgentType, EventType, Label, Offset, ProducerId, SessionId, SessionKey, Tenant};

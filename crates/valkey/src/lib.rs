@@ -17,5 +17,5 @@ pub use history::{Annotated, Append, Gap, HistorySettings, HistoryStore, Link, W
 pub use limits::{TenantLimiter, TenantQuota};
 pub use live::{
     Announcement, LiveAnnotation, LiveMessage, LiveStream, LiveSubscriptions,
-    connect as connect_live, parse_message,
+    connect as connect_live, parse_label_message, parse_message,
 };

@@ -62,6 +62,23 @@ pub fn parse_message(channel: &str, payload: &[u8]) -> Option<Announcement> {
     }))
 }
 
+/// Parses a label-feed message (`a\n<annotation json>`, see `lua/annotate.lua`); the
+/// session and offset come from the annotation itself.
+pub fn parse_label_message(payload: &[u8]) -> Option<LiveAnnotation> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        session: SessionKey,
+        offset: Offset,
+    }
+    let json = std::str::from_utf8(payload).ok()?.strip_prefix("a\n")?;
+    let head: Head = serde_json::from_str(json).ok()?;
+    Some(LiveAnnotation {
+        session: head.session,
+        offset: head.offset,
+        json: json.to_owned(),
+    })
+}
+
 /// Adds and removes session subscriptions on the shared connection.
 #[derive(Clone)]
 pub struct LiveSubscriptions {
@@ -101,9 +118,28 @@ impl LiveSubscriptions {
     pub async fn unsubscribe(&mut self, session: &SessionKey) -> Result<(), ValkeyError> {
         Ok(self.sink.unsubscribe(keys::channel(session)).await?)
     }
+
+    /// Subscribes to any channel by name (label feeds: [`keys::label_channel`]).
+    pub async fn subscribe_channel(&mut self, channel: &str) -> Result<(), ValkeyError> {
+        Ok(self.sink.subscribe(channel).await?)
+    }
+
+    pub async fn unsubscribe_channel(&mut self, channel: &str) -> Result<(), ValkeyError> {
+        Ok(self.sink.unsubscribe(channel).await?)
+    }
 }
 
 impl LiveStream {
+    /// The next message as `(channel, payload)`, for feeds that parse their own messages;
+    /// `None` once the connection is lost.
+    pub async fn next_raw(&mut self) -> Option<(String, Vec<u8>)> {
+        let msg = self.stream.next().await?;
+        Some((
+            msg.get_channel_name().to_owned(),
+            msg.get_payload_bytes().to_vec(),
+        ))
+    }
+
     /// The next announcement; `None` once the connection is lost (the caller reconnects and
     /// treats every followed session as possibly behind).
     pub async fn next(&mut self) -> Option<Announcement> {
@@ -135,6 +171,15 @@ mod tests {
         assert_eq!(parsed.event_json, "{\"x\":\"a\nb\"}");
         assert_eq!(parse_message("aw:{t:a:s}:ch", b"nan\n{}"), None);
         assert_eq!(parse_message("elsewhere", b"1\n{}"), None);
+    }
+
+    #[test]
+    fn label_messages_name_their_session() {
+        let json = r#"{"op":"enriched","session":"t:a:s","offset":9,"labels":[]}"#;
+        let parsed = parse_label_message(format!("a\n{json}").as_bytes()).expect("parse");
+        assert_eq!(parsed.offset, Offset(9));
+        assert_eq!(parsed.session.to_string(), "t:a:s");
+        assert_eq!(parse_label_message(b"9\n{}"), None);
     }
 
     #[test]

@@ -65,6 +65,21 @@ impl Enricher {
     }
 }
 
+/// A connection following `tenant`'s label feed `label`.
+async fn follow_label(stack: &Stack, tenant: &str, label: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(&stack.ws_url)
+        .await
+        .expect("connect");
+    let frame = serde_json::json!({"op": "subscribe", "tenant": tenant, "label": label});
+    ws.send(Message::text(frame.to_string()))
+        .await
+        .expect("send");
+    let subscribed = next_frame(&mut ws).await;
+    assert_eq!(subscribed["op"], "subscribed", "{subscribed}");
+    assert_eq!(subscribed["label"], label, "{subscribed}");
+    ws
+}
+
 async fn subscribe(stack: &Stack, session: &SessionKey) -> Ws {
     let (mut ws, _) = tokio_tungstenite::connect_async(&stack.ws_url)
         .await
@@ -150,6 +165,11 @@ async fn a_text_event_reaches_subscribers_then_its_enrichment() {
     let enricher = Enricher::start(enricher_config(&stack, &unique("enricher")));
     let session = stack.session("billing");
     let mut ws = subscribe(&stack, &session).await;
+    // Label feeds: this tenant's billing and sports feeds, and another tenant's billing feed.
+    let mut billing = follow_label(&stack, &stack.tenant, "billing").await;
+    let mut sports = follow_label(&stack, &stack.tenant, "sports").await;
+    let other_tenant = unique("t");
+    let mut other_billing = follow_label(&stack, &other_tenant, "billing").await;
     let http = stack.http();
 
     let first = http
@@ -242,6 +262,44 @@ async fn a_text_event_reaches_subscribers_then_its_enrichment() {
         assert!((norm - 1.0).abs() < 1e-3, "unit length, got {norm}");
     }
     assert_eq!(records[0].source.partition, first.partition);
+
+    // Semantic routing: the billing feed got the two billing events, the sports feed the
+    // sports one, each with the session it came from.
+    let routed: Vec<Value> = vec![
+        next_frame(&mut billing).await,
+        next_frame(&mut billing).await,
+    ];
+    let offsets: Vec<u64> = routed
+        .iter()
+        .map(|a| a["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(offsets, vec![first.offset.0, second.offset.0]);
+    assert!(
+        routed
+            .iter()
+            .all(|a| a["op"] == "enriched" && a["session"] == session.to_string())
+    );
+    let sport = next_frame(&mut sports).await;
+    assert_eq!(sport["offset"], fourth.offset.0, "{sport}");
+    // Tenant isolation: another tenant's billing feed sees only its own tenant's events.
+    let theirs = agentwire_protocol::SessionKey::parse_parts(&other_tenant, "planner", "s")
+        .expect("session");
+    let their_ack = http
+        .publish(&event(
+            &theirs,
+            "p",
+            1,
+            "Please refund the duplicate charge on my invoice.",
+        ))
+        .await
+        .expect("publish");
+    let got = next_frame(&mut other_billing).await;
+    assert_eq!(
+        got["session"],
+        theirs.to_string(),
+        "first frame on the other tenant's feed: {got}"
+    );
+    assert_eq!(got["offset"], their_ack.offset.0);
     enricher.stop().await;
 }
 

@@ -47,8 +47,14 @@ pub enum Live {
 
 /// The feed is down or did not confirm a subscription in time.
 #[derive(Debug, thiserror::Error)]
-#[error("the live feed could not subscribe to the session: {0}")]
+#[error("the live feed could not subscribe: {0}")]
 pub struct HubError(String);
+
+impl HubError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
 
 enum Command {
     Subscribe(SessionKey),

@@ -15,6 +15,7 @@ mod events_api;
 mod health;
 pub mod history;
 pub mod hub;
+pub mod label_feeds;
 mod metrics;
 mod publish;
 pub mod routes;
@@ -71,7 +72,17 @@ pub async fn run(
     let tenants = agentwire_valkey::TenantLimiter::new(history.connection(), quota);
     let history =
         history::HistoryReader::new(history, config.kafka.settings(), config.kafka.topic.clone());
-    let state = AppState::new(config, log.clone(), history, hub, tenants, shutdown.clone());
+    let (labels, label_task) =
+        label_feeds::LabelFeeds::start(&config.valkey.url, config.session_buffer, shutdown.clone());
+    let state = AppState::new(
+        config,
+        log.clone(),
+        history,
+        hub,
+        labels,
+        tenants,
+        shutdown.clone(),
+    );
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, topic = %log.topic(), "gateway listening");
     }
@@ -94,6 +105,7 @@ pub async fn run(
         tracing::warn!(error = %err, "producer flush at shutdown failed");
     }
     feed.abort();
+    label_task.abort();
     tracing::info!("gateway stopped");
     Ok(())
 }

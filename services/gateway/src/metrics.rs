@@ -8,6 +8,8 @@ pub const PUBLISHES: &str = "agentwire_gateway_publishes_total";
 pub const PUBLISH_SECONDS: &str = "agentwire_gateway_publish_seconds";
 /// Events delivered to WebSocket clients.
 pub const DELIVERIES: &str = "agentwire_gateway_deliveries_total";
+/// Label-feed annotations a lagging connection skipped.
+pub const LABEL_FEED_SKIPPED: &str = "agentwire_gateway_label_feed_skipped_total";
 /// Enrichment annotations sent to clients.
 pub const ANNOTATIONS: &str = "agentwire_gateway_annotations_total";
 /// Catch-up reads from history, by reason (`subscribe`, `lagged`, `resync`).

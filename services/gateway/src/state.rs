@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::GatewayConfig;
 use crate::history::HistoryReader;
 use crate::hub::Hub;
+use crate::label_feeds::LabelFeeds;
 
 /// Cheap to clone; one per process.
 #[derive(Clone, Debug)]
@@ -24,6 +25,7 @@ struct Inner {
     log: EventLog,
     history: HistoryReader,
     hub: Hub,
+    labels: LabelFeeds,
     tenants: TenantLimiter,
     shutdown: CancellationToken,
     connections: TaskTracker,
@@ -35,6 +37,7 @@ impl AppState {
         log: EventLog,
         history: HistoryReader,
         hub: Hub,
+        labels: LabelFeeds,
         tenants: TenantLimiter,
         shutdown: CancellationToken,
     ) -> Self {
@@ -44,6 +47,7 @@ impl AppState {
                 log,
                 history,
                 hub,
+                labels,
                 tenants,
                 shutdown,
                 connections: TaskTracker::new(),
@@ -65,6 +69,11 @@ impl AppState {
 
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// The label feeds (enrichment annotations routed by label).
+    pub fn labels(&self) -> &LabelFeeds {
+        &self.inner.labels
     }
 
     /// The per-tenant publish quota.

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -24,12 +25,14 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use agentwire_protocol::frames::event_frame_json;
 use agentwire_protocol::{
-    Ack, ClientFrame, ErrorFrame, Offset, ProtocolError, ServerFrame, SessionKey,
+    Ack, ClientFrame, ErrorCode, ErrorFrame, Label, Offset, ProtocolError, ServerFrame, SessionKey,
+    Tenant,
 };
 
 use crate::error::ApiError;
 use crate::history::HistoryError;
 use crate::hub::{Follow, Live};
+use crate::label_feeds::LabelFollow;
 use crate::metrics as m;
 use crate::publish::{self, Transport};
 use crate::session::limits::{Admission, ConnectionLimits};
@@ -78,6 +81,8 @@ struct Connection {
     subs: Subscriptions,
     follows: HashMap<SessionKey, Follow>,
     live: StreamMap<SessionKey, BroadcastStream<Live>>,
+    label_follows: HashMap<(Tenant, Label), LabelFollow>,
+    labels: StreamMap<(Tenant, Label), BroadcastStream<Arc<LiveAnnotation>>>,
     acks: FuturesOrdered<AckFuture>,
     limits: ConnectionLimits,
     /// Sessions whose catch-up failed and is retried on the next retry tick.
@@ -98,6 +103,8 @@ pub async fn run(socket: WebSocket, state: AppState) {
         subs: Subscriptions::new(max_subscriptions),
         follows: HashMap::new(),
         live: StreamMap::new(),
+        label_follows: HashMap::new(),
+        labels: StreamMap::new(),
         acks: FuturesOrdered::new(),
         limits: ConnectionLimits::new(rate_settings),
         pending: BTreeSet::new(),
@@ -119,6 +126,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
                 None => Err(End::Gone),
             },
             Some((session, item)) = conn.live.next() => conn.on_live(session, item).await,
+            Some((_, item)) = conn.labels.next() => conn.on_label(item).await,
             Some(answer) = conn.acks.next() => conn.on_ack(answer).await,
             _ = pings.tick() => conn.heartbeat(last_heard.elapsed()).await,
             _ = retries.tick(), if !conn.pending.is_empty() => conn.retry_catch_ups().await,
@@ -245,6 +253,64 @@ impl Connection {
                 }
             }
             ClientFrame::Ping => self.send(&ServerFrame::Pong).await,
+            ClientFrame::FollowLabel { tenant, label } => self.follow_label(tenant, label).await,
+            ClientFrame::UnfollowLabel { tenant, label } => {
+                let feed = (tenant, label);
+                self.labels.remove(&feed);
+                self.label_follows.remove(&feed);
+                let (tenant, label) = feed;
+                self.send(&ServerFrame::LabelUnsubscribed { tenant, label })
+                    .await
+            }
+        }
+    }
+
+    /// Follows a tenant's label feed. Counts against the connection's subscription limit.
+    async fn follow_label(&mut self, tenant: Tenant, label: Label) -> Result<(), End> {
+        let feed = (tenant, label);
+        if self.label_follows.contains_key(&feed) {
+            let (tenant, label) = feed;
+            return self
+                .send(&ServerFrame::LabelSubscribed { tenant, label })
+                .await;
+        }
+        let max = self.state.config().max_subscriptions;
+        if self.subs.len() + self.label_follows.len() >= max {
+            return self
+                .send_error(ErrorFrame::from(&ProtocolError::new(
+                    ErrorCode::TooManySubscriptions,
+                    format!("at most {max} subscriptions (sessions and labels) per connection"),
+                )))
+                .await;
+        }
+        match self.state.labels().follow(&feed).await {
+            Ok((follow, receiver)) => {
+                self.label_follows.insert(feed.clone(), follow);
+                self.labels
+                    .insert(feed.clone(), BroadcastStream::new(receiver));
+                let (tenant, label) = feed;
+                self.send(&ServerFrame::LabelSubscribed { tenant, label })
+                    .await
+            }
+            Err(err) => {
+                let err = ApiError::unavailable("the label feed", err);
+                self.send_error(err.frame()).await
+            }
+        }
+    }
+
+    /// Forwards one label-feed annotation; a lagging reader skips what it missed (the feed
+    /// is realtime only; the durable copy is in `agent.enriched`).
+    async fn on_label(
+        &mut self,
+        item: Result<Arc<LiveAnnotation>, BroadcastStreamRecvError>,
+    ) -> Result<(), End> {
+        match item {
+            Ok(annotation) => self.send_annotation(&annotation).await,
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                metrics::counter!(m::LABEL_FEED_SKIPPED).increment(missed);
+                Ok(())
+            }
         }
     }
 
@@ -412,6 +478,10 @@ impl Connection {
         {
             return Ok(());
         }
+        self.send_annotation(annotation).await
+    }
+
+    async fn send_annotation(&mut self, annotation: &LiveAnnotation) -> Result<(), End> {
         let message = match self.encoding {
             Encoding::Json => Message::text(annotation.json.clone()),
             Encoding::Protobuf => {
