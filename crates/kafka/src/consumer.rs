@@ -5,6 +5,7 @@
 //! Offsets are stored only by the downstream writer ([`OffsetStore::store`]) after its write
 //! succeeded (`enable.auto.offset.store=false`), and auto-committed from there.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -147,6 +148,22 @@ impl OffsetStore {
         self.consumer
             .store_offset(&self.topic, partition, offset)
             .map_err(KafkaError::Read)
+    }
+
+    /// Stores, for each partition in `batch`, its highest offset: the whole batch is done.
+    /// Returns what was stored (partitions no longer assigned are skipped, see [`Self::store`]).
+    pub fn store_batch(&self, batch: &[LogMessage]) -> BTreeMap<i32, Offset> {
+        let mut highest: BTreeMap<i32, Offset> = BTreeMap::new();
+        for message in batch {
+            let entry = highest.entry(message.partition).or_insert(message.offset);
+            *entry = (*entry).max(message.offset);
+        }
+        for (&partition, &offset) in &highest {
+            if let Err(err) = self.store(partition, offset) {
+                tracing::debug!(partition, error = %err, "offset not stored (partition revoked?)");
+            }
+        }
+        highest
     }
 
     /// Commits stored offsets now and waits for the broker (used at shutdown).

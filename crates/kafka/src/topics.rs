@@ -36,6 +36,22 @@ pub async fn ensure_topic(
     Ok(())
 }
 
+/// Creates `topic` (if missing) with as many partitions as `source`, so a record keyed like a
+/// source record lands in the same partition number (derived topics such as `agent.enriched`).
+pub async fn ensure_topic_like(
+    settings: &KafkaSettings,
+    source: &str,
+    topic: &str,
+) -> Result<(), KafkaError> {
+    let partitions = partition_count(settings, source).await?;
+    ensure_topic(
+        settings,
+        topic,
+        i32::try_from(partitions.max(1)).unwrap_or(i32::MAX),
+    )
+    .await
+}
+
 /// How many partitions `topic` has (0 if the broker does not know it).
 pub async fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<usize, KafkaError> {
     let client: rdkafka::producer::BaseProducer =

@@ -44,14 +44,8 @@ pub async fn run(config: EnricherConfig, shutdown: CancellationToken) -> Result<
     tracing::info!(adapter = %worker.adapter(), "enricher inference ready");
 
     let kafka = config.kafka.settings();
-    let partitions = agentwire_kafka::partition_count(&kafka, &config.kafka.topic).await?;
     // Same partition count as the source, so an enrichment shares its event's partition number.
-    agentwire_kafka::ensure_topic(
-        &kafka,
-        &config.enriched_topic,
-        i32::try_from(partitions.max(1)).unwrap_or(i32::MAX),
-    )
-    .await?;
+    agentwire_kafka::ensure_topic_like(&kafka, &config.kafka.topic, &config.enriched_topic).await?;
     let log = EventLog::new(&kafka, &config.enriched_topic)?;
 
     let (tx, mut rx) = mpsc::channel(CHANNEL_BATCHES);
@@ -129,16 +123,7 @@ impl BatchContext<'_> {
                 }
             }
         }
-        let mut highest: BTreeMap<i32, Offset> = BTreeMap::new();
-        for message in batch {
-            let entry = highest.entry(message.partition).or_insert(message.offset);
-            *entry = (*entry).max(message.offset);
-        }
-        for (&partition, &offset) in &highest {
-            if let Err(err) = self.offsets.store(partition, offset) {
-                tracing::debug!(partition, error = %err, "offset not stored (partition revoked?)");
-            }
-        }
+        let highest = self.offsets.store_batch(batch);
         self.record_lag(&highest).await;
     }
 

@@ -3,11 +3,10 @@
 //! tenant's label feeds. Valkey stays a view of the log: the annotation is derived from the
 //! durable record, never produced by the enricher straight into Valkey.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use agentwire_kafka::{ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
-use agentwire_protocol::{Enrichment, Offset};
+use agentwire_protocol::Enrichment;
 use agentwire_valkey::{Annotated, HistoryStore, keys};
 use backon::{ExponentialBuilder, Retryable as _};
 use tokio::sync::mpsc;
@@ -28,13 +27,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let kafka = config.kafka.settings();
-    let partitions = agentwire_kafka::partition_count(&kafka, &config.kafka.topic).await?;
-    agentwire_kafka::ensure_topic(
-        &kafka,
-        &config.enriched_topic,
-        i32::try_from(partitions.max(1)).unwrap_or(i32::MAX),
-    )
-    .await?;
+    agentwire_kafka::ensure_topic_like(&kafka, &config.kafka.topic, &config.enriched_topic).await?;
     let (tx, mut rx) = mpsc::channel(4);
     let poll_stop = CancellationToken::new();
     let (consumer, offsets) =
@@ -74,14 +67,7 @@ async fn carry(
             return;
         }
     }
-    let mut highest: BTreeMap<i32, Offset> = BTreeMap::new();
-    for message in batch {
-        let entry = highest.entry(message.partition).or_insert(message.offset);
-        *entry = (*entry).max(message.offset);
-    }
-    for (partition, offset) in highest {
-        let _ = offsets.store(partition, offset);
-    }
+    offsets.store_batch(batch);
 }
 
 /// Announces one enrichment, waiting up to [`EVENT_WAIT`] for its event to be announced

@@ -1,7 +1,6 @@
 //! The relay pipeline, wired downstream first: Valkey store, then the Kafka poll loop that
 //! feeds it through a bounded channel.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use agentwire_kafka::{ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
@@ -116,16 +115,7 @@ async fn write_batch(
     metrics::counter!(m::EVENTS_WRITTEN).increment(written as u64);
     metrics::counter!(m::EVENTS_REPLAYED).increment((appends.len() - written) as u64);
 
-    let mut highest: BTreeMap<i32, Offset> = BTreeMap::new();
-    for message in batch {
-        let entry = highest.entry(message.partition).or_insert(message.offset);
-        *entry = (*entry).max(message.offset);
-    }
-    for (partition, offset) in highest {
-        if let Err(err) = offsets.store(partition, offset) {
-            tracing::debug!(partition, error = %err, "offset not stored (partition revoked?)");
-        }
-    }
+    offsets.store_batch(batch);
 }
 
 /// Decodes a record into its event and stored JSON; records that are not agentwire events
