@@ -300,6 +300,20 @@ async fn a_text_event_reaches_subscribers_then_its_enrichment() {
         "first frame on the other tenant's feed: {got}"
     );
     assert_eq!(got["offset"], their_ack.offset.0);
+
+    // The enricher's metrics (same process: the tests share one Prometheus recorder).
+    let metrics = agentwire_runtime::metrics::handle().render();
+    for name in [
+        "agentwire_enricher_batch_size",
+        "agentwire_enricher_batch_seconds",
+        "agentwire_enricher_embeddings_total",
+        "agentwire_enricher_embeddings_per_second",
+        "agentwire_enricher_consumer_lag",
+        "agentwire_enricher_gpu_active 0",
+        "agentwire_enricher_records_skipped_total{reason=\"no_text\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
     enricher.stop().await;
 }
 
