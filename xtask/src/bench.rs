@@ -18,7 +18,7 @@ pub fn run(devices: &[String], extra: &[String]) -> anyhow::Result<()> {
     let root = workspace_root();
     deps::run(
         Command::new("cargo")
-            .args(["build", "--package", "agentwire-enricher"])
+            .args(["build", "--workspace", "--all-targets"])
             .current_dir(&root),
     )?;
     let target =

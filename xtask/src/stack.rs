@@ -132,15 +132,11 @@ pub fn up(demo: bool) -> anyhow::Result<()> {
     println!("xtask: [1/4] installing Valkey and the broker (cached after the first run)");
     let servers = deps::ensure_all()?;
     println!("xtask: [2/4] building agentwire and the enricher");
+    // The whole workspace with every target, as the test command builds it: cargo unifies
+    // features per build, so building only the binaries would compile burn a second time.
     deps::run(
         Command::new("cargo")
-            .args([
-                "build",
-                "--package",
-                "agentwire",
-                "--package",
-                "agentwire-enricher",
-            ])
+            .args(["build", "--workspace", "--all-targets"])
             .current_dir(&root),
     )?;
     let target =
