@@ -3,27 +3,19 @@
 //! sentence-transformers goes into a throwaway venv under `~/.cache/agentwire/st-venv`
 //! (PyTorch from PyPI: a large download, the first time only).
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::Context as _;
 
 use crate::deps;
-use crate::stack::workspace_root;
+use crate::stack::{build_workspace, workspace_root};
 
 const ST_VERSION: &str = "sentence-transformers==6.2.0";
 
 pub fn run(devices: &[String], extra: &[String]) -> anyhow::Result<()> {
     let servers = deps::ensure_all()?;
     let root = workspace_root();
-    deps::run(
-        Command::new("cargo")
-            .args(["build", "--workspace", "--all-targets"])
-            .current_dir(&root),
-    )?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
-    let enricher = Path::new(&target).join("debug/agentwire-enricher");
+    let enricher = build_workspace()?.join("agentwire-enricher");
     let fixture = root.join("../shared/fixtures/minilm_golden.json");
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     for device in devices {

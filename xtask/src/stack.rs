@@ -108,6 +108,21 @@ pub fn create_topic(
     bail!("tansu topic create {topic} failed: {text}")
 }
 
+/// Builds the whole workspace with every target, as the test command builds it (cargo unifies
+/// features per build, so building only the binaries would compile burn a second time), and
+/// returns the folder holding the binaries.
+pub fn build_workspace() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    deps::run(
+        Command::new("cargo")
+            .args(["build", "--workspace", "--all-targets"])
+            .current_dir(&root),
+    )?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target.join("debug"))
+}
+
 /// `cargo xtask up`.
 pub fn up(demo: bool) -> anyhow::Result<()> {
     let root = workspace_root();
@@ -132,17 +147,9 @@ pub fn up(demo: bool) -> anyhow::Result<()> {
     println!("xtask: [1/4] installing Valkey and the broker (cached after the first run)");
     let servers = deps::ensure_all()?;
     println!("xtask: [2/4] building agentwire and the enricher");
-    // The whole workspace with every target, as the test command builds it: cargo unifies
-    // features per build, so building only the binaries would compile burn a second time.
-    deps::run(
-        Command::new("cargo")
-            .args(["build", "--workspace", "--all-targets"])
-            .current_dir(&root),
-    )?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let agentwire = target.join("debug/agentwire");
-    let enricher_bin = target.join("debug/agentwire-enricher");
+    let binaries = build_workspace()?;
+    let agentwire = binaries.join("agentwire");
+    let enricher_bin = binaries.join("agentwire-enricher");
 
     let stack_dir = root.join(".stack");
     let broker_dir = stack_dir.join("tansu");
