@@ -163,6 +163,7 @@ mod tests {
             session: None,
             id: None,
             retry_after_ms: None,
+            expected_seq: None,
         });
         assert_eq!(err.code(), Some(ErrorCode::InvalidField));
         assert_eq!(err.field(), Some("tenant"));

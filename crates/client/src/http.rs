@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use agentwire_protocol::{ErrorCode, Event, Offset, SessionKey, cloudevents};
+use agentwire_protocol::{ErrorCode, Event, Offset, ProducerId, SessionKey, Tenant, cloudevents};
 use reqwest::header::CONTENT_TYPE;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -29,6 +29,15 @@ pub struct PublishAck {
     pub partition: i32,
     /// The event's Kafka offset within `partition`: the cursor a subscriber resumes from.
     pub offset: Offset,
+    /// A retry of an already accepted `(producer_id, producer_seq)`: the original partition
+    /// and offset, nothing appended.
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+#[derive(Deserialize)]
+struct EpochBody {
+    epoch: u64,
 }
 
 /// A client for the gateway's HTTP endpoints. Cheap to clone (the connection pool is shared).
@@ -102,6 +111,17 @@ impl HttpClient {
             .header(CONTENT_TYPE, "application/cloudevents+json")
             .body(cloudevents::to_json(event));
         self.send(request).await
+    }
+
+    /// Starts a new epoch for `producer` in `tenant`, fencing off its older epochs: publish
+    /// with `producer_epoch` set to it and `producer_seq` from 1.
+    pub async fn new_epoch(&self, tenant: &Tenant, producer: &ProducerId) -> Result<u64> {
+        let request = self.http.post(format!(
+            "{}/v1/producers/{tenant}/{producer}/epoch",
+            self.base
+        ));
+        let body: EpochBody = self.send(request).await?;
+        Ok(body.epoch)
     }
 
     /// Publishes a CloudEvents batch; the acks come back in the order of `events`.

@@ -27,6 +27,18 @@ enum SeqInput {
     Text(String),
 }
 
+/// An unsigned 64-bit attribute given as a JSON number or a decimal string.
+fn unsigned(value: Option<SeqInput>, field: &'static str) -> Result<Option<u64>, ProtocolError> {
+    match value {
+        None => Ok(None),
+        Some(SeqInput::Number(n)) => Ok(Some(n)),
+        Some(SeqInput::Text(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ProtocolError::invalid(field, "must be an unsigned 64-bit integer")),
+    }
+}
+
 /// The permissive input shape: every attribute optional, so validation can name the field.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +57,7 @@ struct CloudEventIn {
     partitionkey: Option<String>,
     producerid: Option<String>,
     producerseq: Option<SeqInput>,
+    producerepoch: Option<SeqInput>,
     correlationid: Option<String>,
     causationid: Option<String>,
     text: Option<String>,
@@ -75,6 +88,8 @@ struct CloudEventOut<'a> {
     producerid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     producerseq: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    producerepoch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     correlationid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,6 +125,7 @@ pub fn to_json(event: &Event) -> String {
         partitionkey: event.session.to_string(),
         producerid: event.producer_id.as_ref().map(ProducerId::as_str),
         producerseq: event.producer_seq.map(|s| s.to_string()),
+        producerepoch: event.producer_epoch.map(|e| e.to_string()),
         correlationid: event.correlation_id.as_deref(),
         causationid: event.causation_id.as_deref(),
         traceparent: event.traceparent.as_deref(),
@@ -184,17 +200,24 @@ fn validate(raw: CloudEventIn) -> Result<Event, ProtocolError> {
         ),
     };
     let producer_id = raw.producerid.map(ProducerId::new).transpose()?;
-    let producer_seq = match raw.producerseq {
-        None => None,
-        Some(SeqInput::Number(n)) => Some(n),
-        Some(SeqInput::Text(s)) => Some(s.parse().map_err(|_| {
-            ProtocolError::invalid("producerseq", "must be an unsigned 64-bit integer")
-        })?),
-    };
-    if producer_seq.is_some() && producer_id.is_none() {
+    let producer_seq = unsigned(raw.producerseq, "producerseq")?;
+    let producer_epoch = unsigned(raw.producerepoch, "producerepoch")?;
+    if (producer_seq.is_some() || producer_epoch.is_some()) && producer_id.is_none() {
         return Err(ProtocolError::invalid(
             "producerid",
-            "is required when producerseq is set",
+            "is required when producerseq or producerepoch is set",
+        ));
+    }
+    if producer_seq == Some(0) {
+        return Err(ProtocolError::invalid(
+            "producerseq",
+            "starts at 1 (0 means unsequenced; leave it out)",
+        ));
+    }
+    if producer_epoch.is_some() && producer_seq.is_none() {
+        return Err(ProtocolError::invalid(
+            "producerseq",
+            "is required when producerepoch is set",
         ));
     }
     let traceparent = raw.traceparent;
@@ -238,6 +261,7 @@ fn validate(raw: CloudEventIn) -> Result<Event, ProtocolError> {
         subject: bounded("subject", raw.subject)?,
         producer_id,
         producer_seq,
+        producer_epoch,
         correlation_id: bounded("correlationid", raw.correlationid)?,
         causation_id: bounded("causationid", raw.causationid)?,
         time,

@@ -32,6 +32,13 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// Over a rate limit; `retry_after_ms` says when to try again.
     RateLimited,
+    /// A `producer_seq` skipped ahead of the next expected one (`expected_seq`); nothing was written.
+    SequenceGap,
+    /// A publish from an older `producer_epoch` than the producer's current one; nothing was written.
+    StaleEpoch,
+    /// A retry of a `producer_seq` accepted so long ago that its ack left the dedupe window:
+    /// it was written once, nothing more was written, but its offset is no longer known.
+    SequenceTooOld,
     /// Kafka or Valkey is unreachable; nothing was written. Retry later.
     Unavailable,
     /// A bug or an unexpected failure inside agentwire.
@@ -39,7 +46,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::Malformed,
         ErrorCode::UnknownOp,
         ErrorCode::InvalidField,
@@ -51,6 +58,9 @@ impl ErrorCode {
         ErrorCode::NotSubscribed,
         ErrorCode::TooManySubscriptions,
         ErrorCode::RateLimited,
+        ErrorCode::SequenceGap,
+        ErrorCode::StaleEpoch,
+        ErrorCode::SequenceTooOld,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -69,6 +79,9 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::SequenceGap => "sequence_gap",
+            ErrorCode::StaleEpoch => "stale_epoch",
+            ErrorCode::SequenceTooOld => "sequence_too_old",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -79,7 +92,11 @@ impl ErrorCode {
         match self {
             ErrorCode::Malformed | ErrorCode::UnknownOp | ErrorCode::InvalidField => 400,
             ErrorCode::NotFound => 404,
-            ErrorCode::AlreadySubscribed | ErrorCode::NotSubscribed => 409,
+            ErrorCode::AlreadySubscribed
+            | ErrorCode::NotSubscribed
+            | ErrorCode::SequenceGap
+            | ErrorCode::StaleEpoch
+            | ErrorCode::SequenceTooOld => 409,
             ErrorCode::HistoryUnavailable => 410,
             ErrorCode::TooManySubscriptions | ErrorCode::RateLimited => 429,
             ErrorCode::PayloadTooLarge => 413,

@@ -40,6 +40,9 @@ pub struct Event {
     pub producer_id: Option<ProducerId>,
     /// Per-producer sequence number; `None` for unsequenced producers.
     pub producer_seq: Option<u64>,
+    /// The producer's epoch (from `POST /v1/producers/…/epoch`); 0 when absent. A newer
+    /// epoch fences off every older one.
+    pub producer_epoch: Option<u64>,
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
     pub time: Option<Timestamp>,
@@ -62,6 +65,7 @@ impl Event {
             subject: None,
             producer_id: None,
             producer_seq: None,
+            producer_epoch: None,
             correlation_id: None,
             causation_id: None,
             time: None,

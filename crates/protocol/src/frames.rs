@@ -204,6 +204,10 @@ pub struct Ack {
     pub producer_seq: Option<u64>,
     pub partition: i32,
     pub offset: Offset,
+    /// A retry of an already accepted `(producer_id, producer_seq)`: `partition` and `offset`
+    /// are the original ones and nothing was appended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// An error reported to a client without closing the connection.
@@ -221,6 +225,9 @@ pub struct ErrorFrame {
     /// With `rate_limited`: milliseconds until the request would be accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// With `sequence_gap`: the `producer_seq` the server expects next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_seq: Option<u64>,
 }
 
 impl From<&ProtocolError> for ErrorFrame {
@@ -232,6 +239,7 @@ impl From<&ProtocolError> for ErrorFrame {
             session: None,
             id: None,
             retry_after_ms: None,
+            expected_seq: None,
         }
     }
 }
@@ -296,6 +304,9 @@ struct ServerFrameIn {
     message: Option<String>,
     field: Option<String>,
     retry_after_ms: Option<u64>,
+    expected_seq: Option<u64>,
+    #[serde(default)]
+    duplicate: bool,
 }
 
 /// The JSON `event` frame for a stored event, built without re-parsing the event.
@@ -357,6 +368,7 @@ impl ServerFrame {
                     .partition
                     .ok_or_else(|| ProtocolError::invalid("partition", "is required"))?,
                 offset: offset(raw.offset)?,
+                duplicate: raw.duplicate,
             }),
             "error" => ServerFrame::Error(ErrorFrame {
                 code: raw
@@ -367,6 +379,7 @@ impl ServerFrame {
                 session: raw.session,
                 id: raw.id,
                 retry_after_ms: raw.retry_after_ms,
+                expected_seq: raw.expected_seq,
             }),
             "pong" => ServerFrame::Pong,
             "enriched" => ServerFrame::Enriched {
@@ -423,6 +436,7 @@ impl ServerFrame {
                 producer_seq: ack.producer_seq.unwrap_or(0),
                 partition: ack.partition,
                 offset: ack.offset.0,
+                duplicate: ack.duplicate,
             }),
             ServerFrame::Error(e) => Op::Error(pb::Error {
                 code: e.code.as_str().to_owned(),
@@ -435,6 +449,7 @@ impl ServerFrame {
                     .unwrap_or_default(),
                 id: e.id.clone().unwrap_or_default(),
                 retry_after_ms: e.retry_after_ms.unwrap_or(0),
+                expected_seq: e.expected_seq.unwrap_or(0),
             }),
             ServerFrame::Pong => Op::Pong(pb::Pong {}),
             ServerFrame::Enriched {

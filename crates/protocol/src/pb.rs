@@ -36,10 +36,17 @@ impl TryFrom<generated::Event> for DomainEvent {
         };
         let producer_id = non_empty(pb.producer_id).map(ProducerId::new).transpose()?;
         let producer_seq = (pb.producer_seq != 0).then_some(pb.producer_seq);
-        if producer_seq.is_some() && producer_id.is_none() {
+        let producer_epoch = pb.producer_epoch;
+        if (producer_seq.is_some() || producer_epoch.is_some()) && producer_id.is_none() {
             return Err(ProtocolError::invalid(
                 "producerid",
-                "is required when producerseq is set",
+                "is required when producerseq or producerepoch is set",
+            ));
+        }
+        if producer_epoch.is_some() && producer_seq.is_none() {
+            return Err(ProtocolError::invalid(
+                "producerseq",
+                "is required when producerepoch is set",
             ));
         }
         let traceparent = non_empty(pb.traceparent);
@@ -71,6 +78,7 @@ impl TryFrom<generated::Event> for DomainEvent {
             subject: None,
             producer_id,
             producer_seq,
+            producer_epoch,
             correlation_id: non_empty(pb.correlation_id),
             causation_id: non_empty(pb.causation_id),
             time: pb.time,
@@ -101,6 +109,7 @@ impl From<&DomainEvent> for generated::Event {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             producer_seq: event.producer_seq.unwrap_or(0),
+            producer_epoch: event.producer_epoch,
             correlation_id: event.correlation_id.clone().unwrap_or_default(),
             causation_id: event.causation_id.clone().unwrap_or_default(),
             time: event.time,

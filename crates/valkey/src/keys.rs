@@ -5,7 +5,7 @@
 //! touches one slot. History entries use the id `<kafka offset>-1`: stream ids must be above
 //! `0-0`, and the sequence part is constant, so ordering by id is ordering by offset.
 
-use agentwire_protocol::{Offset, SessionKey, Tenant};
+use agentwire_protocol::{Offset, ProducerId, SessionKey, Tenant};
 
 const PREFIX: &str = "aw:";
 
@@ -32,6 +32,22 @@ pub fn label_channel(tenant: &Tenant, label: &str) -> String {
 /// A tenant's publish-rate bucket (GCRA theoretical arrival time).
 pub fn tenant_rate(tenant: &Tenant) -> String {
     format!("{PREFIX}tenant:{{{tenant}}}:rate")
+}
+
+/// A producer's sequence state (epoch, next sequence, recent outcomes) for idempotent publishing.
+pub fn producer(tenant: &Tenant, producer: &ProducerId) -> String {
+    format!("{PREFIX}tenant:{{{tenant}}}:producer:{producer}")
+}
+
+/// Present once the tenant's producer states were rebuilt from the log since Valkey started
+/// empty; sequenced publishes wait for it.
+pub fn producers_ready(tenant: &Tenant) -> String {
+    format!("{PREFIX}tenant:{{{tenant}}}:producers-ready")
+}
+
+/// Held by the one gateway rebuilding a tenant's producer states from the log.
+pub fn producers_rebuild_lock(tenant: &Tenant) -> String {
+    format!("{PREFIX}tenant:{{{tenant}}}:producers-rebuild")
 }
 
 /// The session a channel name belongs to, if it is one of ours.

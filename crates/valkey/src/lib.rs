@@ -10,6 +10,7 @@ mod history;
 pub mod keys;
 mod limits;
 mod live;
+mod producers;
 
 pub use args::ValkeyArgs;
 pub use error::ValkeyError;
@@ -19,3 +20,4 @@ pub use live::{
     Announcement, LiveAnnotation, LiveMessage, LiveStream, LiveSubscriptions,
     connect as connect_live, parse_label_message, parse_message,
 };
+pub use producers::{Outcome, ProducerSettings, ProducerStore, Reserve, Restored};

@@ -39,11 +39,13 @@ fn event(
     kind: &str,
     text: String,
     producer: &ProducerId,
+    epoch: u64,
     seq: u64,
 ) -> anyhow::Result<Event> {
     let mut event = Event::new(session.clone(), EventType::new(kind)?);
     event.text = Some(text);
     event.producer_id = Some(producer.clone());
+    event.producer_epoch = Some(epoch);
     event.producer_seq = Some(seq);
     Ok(event)
 }
@@ -79,13 +81,15 @@ async fn agent(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let producer = ProducerId::new(format!("demo-{}", session.session_id))?;
+    // A new epoch per run: the sequence restarts at 1 without colliding with an earlier run's.
+    let epoch = http.new_epoch(&session.tenant, &producer).await?;
     let mut seq = 0;
     let mut task = 1;
     while (args.tasks == 0 || task <= args.tasks) && !stop.is_cancelled() {
         let tool_calls = rand::rng().random_range(1..=3);
         for (kind, text) in script(task, tool_calls) {
             seq += 1;
-            http.publish(&event(&session, kind, text, &producer, seq)?)
+            http.publish(&event(&session, kind, text, &producer, epoch, seq)?)
                 .await
                 .with_context(|| format!("publish into {session}"))?;
             let pause = Duration::from_millis(

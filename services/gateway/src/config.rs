@@ -91,6 +91,37 @@ pub struct GatewayConfig {
         default_value_t = 500
     )]
     pub catch_up_page: usize,
+    /// Acks kept per producer for duplicate answers (the dedupe window, in sequences).
+    #[arg(
+        long = "dedupe-window",
+        env = "AGENTWIRE_DEDUPE_WINDOW",
+        default_value_t = 256
+    )]
+    pub dedupe_window: u64,
+    /// Seconds a producer's dedupe state outlives its last publish.
+    #[arg(
+        long = "dedupe-ttl-secs",
+        env = "AGENTWIRE_DEDUPE_TTL_SECS",
+        default_value_t = 86_400
+    )]
+    pub dedupe_ttl_secs: u64,
+    /// Milliseconds after which an append whose gateway never recorded the outcome is taken
+    /// over by a retry (which first looks for it in the log). Keep it above the producer's
+    /// delivery timeout.
+    #[arg(
+        long = "dedupe-pending-stale-ms",
+        env = "AGENTWIRE_DEDUPE_PENDING_STALE_MS",
+        default_value_t = 60_000
+    )]
+    pub dedupe_pending_stale_ms: u64,
+    /// Records per partition read back from the log to rebuild producer states after Valkey
+    /// lost them, and to look for an abandoned append.
+    #[arg(
+        long = "dedupe-rebuild-depth",
+        env = "AGENTWIRE_DEDUPE_REBUILD_DEPTH",
+        default_value_t = 100_000
+    )]
+    pub dedupe_rebuild_depth: u64,
 }
 
 impl GatewayConfig {
@@ -104,6 +135,15 @@ impl GatewayConfig {
                 .ws_bytes_rate
                 .max(u32::try_from(self.max_frame_bytes).unwrap_or(u32::MAX)),
             max_strikes: self.ws_abuse_strikes,
+        }
+    }
+
+    /// The producer dedupe state's size and lifetimes.
+    pub fn producer_settings(&self) -> agentwire_valkey::ProducerSettings {
+        agentwire_valkey::ProducerSettings {
+            window: self.dedupe_window,
+            ttl: std::time::Duration::from_secs(self.dedupe_ttl_secs),
+            pending_stale: std::time::Duration::from_millis(self.dedupe_pending_stale_ms),
         }
     }
 
@@ -143,6 +183,17 @@ impl GatewayConfig {
             return Err(
                 "--catch-up-page (AGENTWIRE_CATCH_UP_PAGE) must be between 1 and 10000".into(),
             );
+        }
+        if !(1..=100_000).contains(&self.dedupe_window) {
+            return Err(
+                "--dedupe-window (AGENTWIRE_DEDUPE_WINDOW) must be between 1 and 100000".into(),
+            );
+        }
+        if self.dedupe_ttl_secs == 0
+            || self.dedupe_pending_stale_ms == 0
+            || self.dedupe_rebuild_depth == 0
+        {
+            return Err("--dedupe-ttl-secs, --dedupe-pending-stale-ms and --dedupe-rebuild-depth (AGENTWIRE_DEDUPE_*) must be above 0".into());
         }
         Ok(())
     }

@@ -19,6 +19,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// With `rate_limited`: when to retry (a `Retry-After` header over HTTP).
     pub retry_after_ms: Option<u64>,
+    /// With `sequence_gap`: the `producer_seq` expected next.
+    pub expected_seq: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after_ms: None,
+            expected_seq: None,
         }
     }
 
@@ -66,6 +69,7 @@ impl ApiError {
             session: None,
             id: None,
             retry_after_ms: self.retry_after_ms,
+            expected_seq: self.expected_seq,
         }
     }
 }
@@ -92,6 +96,7 @@ impl From<ProtocolError> for ApiError {
             message: err.message().to_owned(),
             field: err.field().map(str::to_owned),
             retry_after_ms: None,
+            expected_seq: None,
         }
     }
 }

@@ -124,7 +124,7 @@ pub async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bo
     let mut pending = Vec::with_capacity(events.len());
     let mut enqueue_error = None;
     for event in events {
-        match publish::enqueue(state.log(), event, Transport::Http).await {
+        match publish::enqueue(&state, event, Transport::Http).await {
             Ok(ack) => pending.push(ack),
             Err(err) => {
                 enqueue_error = Some(err);

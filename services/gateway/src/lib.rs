@@ -15,8 +15,10 @@ mod events_api;
 mod health;
 pub mod history;
 pub mod hub;
+mod idempotency;
 pub mod label_feeds;
 mod metrics;
+mod producers_api;
 mod publish;
 pub mod routes;
 pub mod session;
@@ -70,19 +72,26 @@ pub async fn run(
         burst: config.tenant_publish_burst,
     };
     let tenants = agentwire_valkey::TenantLimiter::new(history.connection(), quota);
+    let idempotency = idempotency::Idempotency::new(
+        agentwire_valkey::ProducerStore::new(history.connection(), config.producer_settings()),
+        config.kafka.settings(),
+        config.kafka.topic.clone(),
+        config.dedupe_rebuild_depth,
+    );
     let history =
         history::HistoryReader::new(history, config.kafka.settings(), config.kafka.topic.clone());
     let (labels, label_task) =
         label_feeds::LabelFeeds::start(&config.valkey.url, config.session_buffer, shutdown.clone());
-    let state = AppState::new(
+    let state = AppState::new(state::Parts {
         config,
-        log.clone(),
+        log: log.clone(),
         history,
         hub,
         labels,
         tenants,
-        shutdown.clone(),
-    );
+        idempotency,
+        shutdown: shutdown.clone(),
+    });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, topic = %log.topic(), "gateway listening");
     }

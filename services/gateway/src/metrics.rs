@@ -31,3 +31,9 @@ pub const CATCH_UP_RETRIES: &str = "agentwire_gateway_catch_up_retries_total";
 pub const TENANT_LIMITED: &str = "agentwire_gateway_tenant_limited_total";
 /// Tenant quota checks that could not reach Valkey (the publish was allowed).
 pub const TENANT_LIMITER_ERRORS: &str = "agentwire_gateway_tenant_limiter_errors_total";
+/// Publishes answered with the original ack of an already accepted producer sequence.
+pub const DUPLICATE_PUBLISHES: &str = "agentwire_gateway_duplicate_publishes_total";
+/// Tenants whose producer states were rebuilt from the log (Valkey had lost them).
+pub const PRODUCER_REBUILDS: &str = "agentwire_gateway_producer_rebuilds_total";
+/// Abandoned appends (their gateway died before recording the outcome) taken over by a retry.
+pub const PRODUCER_TAKEOVERS: &str = "agentwire_gateway_producer_takeovers_total";

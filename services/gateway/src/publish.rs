@@ -1,14 +1,19 @@
-//! The durable publish path shared by HTTP and WebSocket: stamp the event, encode it once
-//! as CloudEvents JSON, append it to Kafka keyed by session, acknowledge after Kafka did.
+//! The durable publish path shared by HTTP and WebSocket: claim the producer sequence (see
+//! `idempotency`), stamp the event, encode it once as CloudEvents JSON, append it to Kafka
+//! keyed by session, acknowledge after Kafka did.
 
 use std::future::Future;
 use std::time::{Instant, SystemTime};
 
-use agentwire_kafka::{EventLog, LogRecord};
+use agentwire_kafka::LogRecord;
 use agentwire_protocol::{Ack, Event, cloudevents};
+use agentwire_valkey::Outcome;
+use futures::future::{Either, ready};
 
 use crate::error::ApiError;
+use crate::idempotency::Claim;
 use crate::metrics as m;
+use crate::state::AppState;
 
 /// Which API a publish came through (a metric label).
 #[derive(Clone, Copy, Debug)]
@@ -26,14 +31,32 @@ impl Transport {
     }
 }
 
+fn count(transport: Transport, outcome: &'static str) {
+    metrics::counter!(m::PUBLISHES, "transport" => transport.label(), "outcome" => outcome)
+        .increment(1);
+}
+
 /// Hands `event` to Kafka now (so successive calls keep their order) and returns the
-/// acknowledgement to await.
+/// acknowledgement to await. A retry of an accepted sequence is answered from the producer
+/// state without touching Kafka.
 pub async fn enqueue(
-    log: &EventLog,
+    state: &AppState,
     mut event: Event,
     transport: Transport,
 ) -> Result<impl Future<Output = Result<Ack, ApiError>> + Send + use<>, ApiError> {
     let started = Instant::now();
+    let ticket = match state.idempotency().claim(&event).await {
+        Ok(Claim::Duplicate(ack)) => {
+            count(transport, "duplicate");
+            return Ok(Either::Left(ready(Ok(ack))));
+        }
+        Ok(Claim::Append(ticket)) => Some(ticket),
+        Ok(Claim::Unsequenced) => None,
+        Err(err) => {
+            count(transport, "refused");
+            return Err(err);
+        }
+    };
     event.stamp(SystemTime::now());
     let id = event.id.map(|id| id.to_string()).unwrap_or_default();
     let producer_seq = event.producer_seq;
@@ -44,17 +67,31 @@ pub async fn enqueue(
         traceparent: event.traceparent.clone(),
     };
     let span = tracing::debug_span!("publish", session = %event.session, event_id = %id);
-    let pending = log.enqueue(&record).await.map_err(|e| {
-        metrics::counter!(m::PUBLISHES, "transport" => transport.label(), "outcome" => "error")
-            .increment(1);
-        ApiError::unavailable("kafka", e)
-    })?;
-    Ok(async move {
+    let state = state.clone();
+    let pending = match state.log().enqueue(&record).await {
+        Ok(pending) => pending,
+        Err(e) => {
+            count(transport, "error");
+            if let Some(ticket) = &ticket {
+                state.idempotency().settle(ticket, Err(())).await;
+            }
+            return Err(ApiError::unavailable("kafka", e));
+        }
+    };
+    Ok(Either::Right(async move {
         let result = pending.await;
+        if let Some(ticket) = &ticket {
+            let outcome = result.as_ref().map(|a| Outcome {
+                partition: a.partition,
+                offset: a.offset,
+            });
+            state
+                .idempotency()
+                .settle(ticket, outcome.map_err(|_| ()))
+                .await;
+        }
         let _entered = span.enter();
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!(m::PUBLISHES, "transport" => transport.label(), "outcome" => outcome)
-            .increment(1);
+        count(transport, if result.is_ok() { "ok" } else { "error" });
         metrics::histogram!(m::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
         let appended = result.map_err(|e| ApiError::unavailable("kafka", e))?;
         tracing::debug!(partition = appended.partition, offset = %appended.offset, "appended");
@@ -63,6 +100,7 @@ pub async fn enqueue(
             producer_seq,
             partition: appended.partition,
             offset: appended.offset,
+            duplicate: false,
         })
-    })
+    }))
 }

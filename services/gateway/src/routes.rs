@@ -9,7 +9,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{events_api, health, ws};
+use crate::{events_api, health, producers_api, ws};
 use agentwire_protocol::ErrorCode;
 
 /// The OpenAPI 3.1 description of the HTTP API.
@@ -22,6 +22,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/sessions/{tenant}/{agent_type}/{session_id}/events",
             get(events_api::history),
+        )
+        .route(
+            "/v1/producers/{tenant}/{producer_id}/epoch",
+            post(producers_api::new_epoch),
         )
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/openapi.json", get(openapi))
@@ -52,6 +56,7 @@ mod tests {
         for path in [
             "/v1/events",
             "/v1/sessions/{tenant}/{agent_type}/{session_id}/events",
+            "/v1/producers/{tenant}/{producer_id}/epoch",
             "/v1/ws",
             "/v1/openapi.json",
             "/healthz",

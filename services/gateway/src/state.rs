@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::GatewayConfig;
 use crate::history::HistoryReader;
 use crate::hub::Hub;
+use crate::idempotency::Idempotency;
 use crate::label_feeds::LabelFeeds;
 
 /// Cheap to clone; one per process.
@@ -19,70 +20,68 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
+/// Everything a gateway process shares, built once at start-up.
+#[derive(Debug)]
+pub struct Parts {
+    pub config: GatewayConfig,
+    pub log: EventLog,
+    pub history: HistoryReader,
+    pub hub: Hub,
+    pub labels: LabelFeeds,
+    pub tenants: TenantLimiter,
+    pub idempotency: Idempotency,
+    pub shutdown: CancellationToken,
+}
+
 #[derive(Debug)]
 struct Inner {
-    config: GatewayConfig,
-    log: EventLog,
-    history: HistoryReader,
-    hub: Hub,
-    labels: LabelFeeds,
-    tenants: TenantLimiter,
-    shutdown: CancellationToken,
+    parts: Parts,
     connections: TaskTracker,
 }
 
 impl AppState {
-    pub fn new(
-        config: GatewayConfig,
-        log: EventLog,
-        history: HistoryReader,
-        hub: Hub,
-        labels: LabelFeeds,
-        tenants: TenantLimiter,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
         Self {
             inner: Arc::new(Inner {
-                config,
-                log,
-                history,
-                hub,
-                labels,
-                tenants,
-                shutdown,
+                parts,
                 connections: TaskTracker::new(),
             }),
         }
     }
 
     pub fn config(&self) -> &GatewayConfig {
-        &self.inner.config
+        &self.inner.parts.config
     }
 
     pub fn log(&self) -> &EventLog {
-        &self.inner.log
+        &self.inner.parts.log
     }
 
     pub fn history(&self) -> &HistoryReader {
-        &self.inner.history
+        &self.inner.parts.history
     }
 
     pub fn hub(&self) -> &Hub {
-        &self.inner.hub
+        &self.inner.parts.hub
     }
 
     /// The label feeds (enrichment annotations routed by label).
     pub fn labels(&self) -> &LabelFeeds {
-        &self.inner.labels
+        &self.inner.parts.labels
     }
 
     /// The per-tenant publish quota.
     pub fn tenants(&self) -> &TenantLimiter {
-        &self.inner.tenants
+        &self.inner.parts.tenants
+    }
+
+    /// Producer sequence deduplication.
+    pub fn idempotency(&self) -> &Idempotency {
+        &self.inner.parts.idempotency
     }
 
     pub fn shutdown(&self) -> &CancellationToken {
-        &self.inner.shutdown
+        &self.inner.parts.shutdown
     }
 
     /// Tracks WebSocket connections, which outlive axum's graceful shutdown of HTTP.

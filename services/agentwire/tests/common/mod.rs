@@ -131,6 +131,10 @@ impl Stack {
             tenant_publish_burst: 20_000,
             heartbeat_secs: 15,
             idle_timeout_secs: 45,
+            dedupe_window: 256,
+            dedupe_ttl_secs: 3600,
+            dedupe_pending_stale_ms: 60_000,
+            dedupe_rebuild_depth: 100_000,
         }
     }
 
@@ -249,15 +253,25 @@ impl Drop for Stack {
     }
 }
 
-/// An `agent.message` event with `text`, numbered by `producer`/`seq`.
-pub fn event(session: &SessionKey, producer: &str, seq: u64, text: &str) -> Event {
+/// An unsequenced `agent.message` event with `text` (no `producer_seq`, so no deduplication): `n` only tells events
+/// apart, as the correlation id `<producer>-<n>`. Sequenced publishing is tested with
+/// [`sequenced`].
+pub fn event(session: &SessionKey, producer: &str, n: u64, text: &str) -> Event {
     let mut event = Event::new(
         session.clone(),
         EventType::new("agent.message").expect("type"),
     );
     event.producer_id = Some(ProducerId::new(producer).expect("producer"));
-    event.producer_seq = Some(seq);
+    event.correlation_id = Some(format!("{producer}-{n}"));
     event.text = Some(text.to_owned());
+    event
+}
+
+/// An event numbered `(epoch, seq)` by `producer`: deduplicated by the gateway.
+pub fn sequenced(session: &SessionKey, producer: &str, epoch: u64, seq: u64, text: &str) -> Event {
+    let mut event = event(session, producer, seq, text);
+    event.producer_epoch = Some(epoch);
+    event.producer_seq = Some(seq);
     event
 }
 

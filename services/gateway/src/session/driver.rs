@@ -241,7 +241,7 @@ impl Connection {
                 {
                     return self.send_error(ErrorFrame { id, ..err.frame() }).await;
                 }
-                match publish::enqueue(self.state.log(), event, Transport::Ws).await {
+                match publish::enqueue(&self.state, event, Transport::Ws).await {
                     Ok(ack) => {
                         let id = id.clone();
                         self.acks.push_back(Box::pin(async move {
