@@ -166,9 +166,12 @@ pub fn up(demo: bool) -> anyhow::Result<()> {
     let mut relay = Service::start("relay", relay, &stack_dir.join("relay.log"))?;
     relay.wait_for_port(loopback(RELAY_ADMIN_PORT), START_TIMEOUT)?;
     let mut gateway = Command::new(&agentwire);
+    // The local stack runs without authentication (the gateway logs so, loudly): the demo and
+    // the load tool talk to it without tokens.
     gateway
         .arg("gateway")
-        .env("AGENTWIRE_LISTEN", loopback(GATEWAY_PORT).to_string());
+        .env("AGENTWIRE_LISTEN", loopback(GATEWAY_PORT).to_string())
+        .env("AGENTWIRE_AUTH", "off");
     let mut gateway = Service::start("gateway", gateway, &stack_dir.join("gateway.log"))?;
     gateway.wait_for_port(loopback(GATEWAY_PORT), START_TIMEOUT)?;
     let mut enricher = Command::new(&enricher_bin);

@@ -45,6 +45,8 @@ struct EpochBody {
 pub struct HttpClient {
     base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer …` with every request.
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -95,7 +97,14 @@ impl HttpClient {
         Ok(Self {
             base: url.trim_end_matches('/').to_owned(),
             http,
+            token: None,
         })
+    }
+
+    /// The same client, authenticating every request with the JWT `token`.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// The base URL requests go to, without a trailing slash.
@@ -200,6 +209,10 @@ impl HttpClient {
     }
 
     async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await?;
         let status = response.status();
         let body = response.bytes().await?;

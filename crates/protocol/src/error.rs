@@ -16,6 +16,12 @@ pub enum ErrorCode {
     UnknownOp,
     /// A field is missing or has an invalid value; the error names the field.
     InvalidField,
+    /// No valid token (missing, malformed, badly signed or expired).
+    Unauthorized,
+    /// The token does not allow this tenant, session or origin.
+    Forbidden,
+    /// The tenant already has as many WebSocket connections on this gateway as it may.
+    TooManyConnections,
     /// The body or frame exceeds the configured size limit.
     PayloadTooLarge,
     /// The request's Content-Type is not one the endpoint accepts.
@@ -46,10 +52,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::Malformed,
         ErrorCode::UnknownOp,
         ErrorCode::InvalidField,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::TooManyConnections,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::NotFound,
@@ -71,6 +80,9 @@ impl ErrorCode {
             ErrorCode::Malformed => "malformed",
             ErrorCode::UnknownOp => "unknown_op",
             ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::NotFound => "not_found",
@@ -92,13 +104,17 @@ impl ErrorCode {
         match self {
             ErrorCode::Malformed | ErrorCode::UnknownOp | ErrorCode::InvalidField => 400,
             ErrorCode::NotFound => 404,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::AlreadySubscribed
             | ErrorCode::NotSubscribed
             | ErrorCode::SequenceGap
             | ErrorCode::StaleEpoch
             | ErrorCode::SequenceTooOld => 409,
             ErrorCode::HistoryUnavailable => 410,
-            ErrorCode::TooManySubscriptions | ErrorCode::RateLimited => 429,
+            ErrorCode::TooManySubscriptions
+            | ErrorCode::TooManyConnections
+            | ErrorCode::RateLimited => 429,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Internal => 500,
@@ -111,6 +127,7 @@ impl ErrorCode {
     pub fn ws_close_code(self) -> Option<u16> {
         match self {
             ErrorCode::PayloadTooLarge => Some(1009),
+            ErrorCode::Unauthorized => Some(4001),
             ErrorCode::Internal => Some(1011),
             _ => None,
         }

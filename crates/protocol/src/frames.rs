@@ -37,6 +37,15 @@ pub enum ClientFrame {
         tenant: Tenant,
         label: Label,
     },
+    /// An ephemeral message (token stream, typing, progress): fanned out to the session's
+    /// subscribers now, never written to the log, no offset, no ack; shed first under load.
+    Ephemeral {
+        event: Box<Event>,
+    },
+    /// Replaces the connection's token before it expires.
+    Refresh {
+        token: String,
+    },
 }
 
 /// The JSON shape of a client frame; unknown fields are rejected so typos surface.
@@ -49,6 +58,7 @@ struct ClientFrameIn {
     tenant: Option<String>,
     after: Option<u64>,
     event: Option<Box<RawValue>>,
+    token: Option<String>,
 }
 
 impl ClientFrame {
@@ -84,18 +94,29 @@ impl ClientFrame {
             "unsubscribe" => Ok(ClientFrame::Unsubscribe {
                 session: session(raw.session)?,
             }),
-            "publish" => {
+            "publish" | "ephemeral" => {
                 let event = raw
                     .event
                     .ok_or_else(|| ProtocolError::invalid("event", "is required"))?;
-                Ok(ClientFrame::Publish {
-                    event: Box::new(cloudevents::from_json(event.get())?),
+                let event = Box::new(cloudevents::from_json(event.get())?);
+                Ok(if raw.op == "publish" {
+                    ClientFrame::Publish { event }
+                } else {
+                    ClientFrame::Ephemeral { event }
                 })
             }
             "ping" => Ok(ClientFrame::Ping),
+            "refresh" => Ok(ClientFrame::Refresh {
+                token: raw
+                    .token
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| ProtocolError::invalid("token", "is required"))?,
+            }),
             other => Err(ProtocolError::new(
                 ErrorCode::UnknownOp,
-                format!("unknown op {other:?}; expected subscribe, unsubscribe, publish or ping"),
+                format!(
+                    "unknown op {other:?}; expected subscribe, unsubscribe, publish, ephemeral, refresh or ping"
+                ),
             )),
         }
     }
@@ -134,6 +155,20 @@ impl ClientFrame {
                 })
             }
             Some(pb::client_frame::Op::Ping(_)) => Ok(ClientFrame::Ping),
+            Some(pb::client_frame::Op::Ephemeral(p)) => {
+                let event = p
+                    .event
+                    .ok_or_else(|| ProtocolError::invalid("event", "is required"))?;
+                Ok(ClientFrame::Ephemeral {
+                    event: Box::new(Event::try_from(event)?),
+                })
+            }
+            Some(pb::client_frame::Op::Refresh(r)) if !r.token.is_empty() => {
+                Ok(ClientFrame::Refresh { token: r.token })
+            }
+            Some(pb::client_frame::Op::Refresh(_)) => {
+                Err(ProtocolError::invalid("token", "is required"))
+            }
             None => Err(ProtocolError::new(ErrorCode::UnknownOp, "frame has no op")),
         }
     }
@@ -160,6 +195,13 @@ impl ClientFrame {
             }
             ClientFrame::UnfollowLabel { tenant, label } => {
                 format!(r#"{{"op":"unsubscribe","tenant":"{tenant}","label":"{label}"}}"#)
+            }
+            ClientFrame::Ephemeral { event } => format!(
+                r#"{{"op":"ephemeral","event":{}}}"#,
+                cloudevents::to_json(event)
+            ),
+            ClientFrame::Refresh { token } => {
+                serde_json::json!({"op": "refresh", "token": token}).to_string()
             }
         }
     }
@@ -191,6 +233,12 @@ impl ClientFrame {
                 event: Some(pb::Event::from(event.as_ref())),
             }),
             ClientFrame::Ping => Op::Ping(pb::Ping {}),
+            ClientFrame::Ephemeral { event } => Op::Ephemeral(pb::Publish {
+                event: Some(pb::Event::from(event.as_ref())),
+            }),
+            ClientFrame::Refresh { token } => Op::Refresh(pb::Refresh {
+                token: token.clone(),
+            }),
         };
         pb::ClientFrame { op: Some(op) }.encode_to_vec()
     }
@@ -285,6 +333,15 @@ pub enum ServerFrame {
         offset: Offset,
         annotation: Box<RawValue>,
     },
+    /// An ephemeral message of a followed session: no offset, never in history.
+    Ephemeral {
+        session: SessionKey,
+        event: Box<RawValue>,
+    },
+    /// The connection's token was replaced; it now expires at `exp` (Unix seconds).
+    Refreshed {
+        exp: u64,
+    },
 }
 
 /// The flat JSON shape of every server frame (serde cannot buffer a `RawValue` inside an
@@ -307,6 +364,7 @@ struct ServerFrameIn {
     expected_seq: Option<u64>,
     #[serde(default)]
     duplicate: bool,
+    exp: Option<u64>,
 }
 
 /// The JSON `event` frame for a stored event, built without re-parsing the event.
@@ -382,6 +440,17 @@ impl ServerFrame {
                 expected_seq: raw.expected_seq,
             }),
             "pong" => ServerFrame::Pong,
+            "ephemeral" => ServerFrame::Ephemeral {
+                session: session(raw.session)?,
+                event: raw
+                    .event
+                    .ok_or_else(|| ProtocolError::invalid("event", "is required"))?,
+            },
+            "refreshed" => ServerFrame::Refreshed {
+                exp: raw
+                    .exp
+                    .ok_or_else(|| ProtocolError::invalid("exp", "is required"))?,
+            },
             "enriched" => ServerFrame::Enriched {
                 session: session(raw.session)?,
                 offset: offset(raw.offset)?,
@@ -461,6 +530,11 @@ impl ServerFrame {
                 offset: offset.0,
                 annotation_json: annotation.get().to_owned(),
             }),
+            ServerFrame::Ephemeral { session, event } => Op::Ephemeral(pb::EphemeralDelivery {
+                session: session.to_string(),
+                event: Some(pb::Event::from(&cloudevents::from_json(event.get())?)),
+            }),
+            ServerFrame::Refreshed { exp } => Op::Refreshed(pb::Refreshed { exp: *exp }),
         };
         Ok(pb::ServerFrame { op: Some(op) }.encode_to_vec())
     }
@@ -499,6 +573,9 @@ mod tests {
             ClientFrame::UnfollowLabel {
                 tenant: Tenant::new("t").expect("tenant"),
                 label: Label::new("billing").expect("label"),
+            },
+            ClientFrame::Refresh {
+                token: "a.b.c".into(),
             },
         ];
         for frame in frames {

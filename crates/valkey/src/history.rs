@@ -245,6 +245,21 @@ impl HistoryStore {
         Ok(window.latest)
     }
 
+    /// Publishes an ephemeral event on the session's channel: fanned out to whoever follows
+    /// the session now, never stored. Returns how many gateway feeds received it.
+    pub async fn publish_ephemeral(
+        &self,
+        session: &SessionKey,
+        event_json: &str,
+    ) -> Result<u64, ValkeyError> {
+        let receivers: u64 = redis::cmd("PUBLISH")
+            .arg(keys::channel(session))
+            .arg(crate::live::ephemeral_message(event_json))
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(receivers)
+    }
+
     /// The connection, shared with other Valkey-backed parts of the same process.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()

@@ -17,7 +17,7 @@ pub use error::ValkeyError;
 pub use history::{Annotated, Append, Gap, HistorySettings, HistoryStore, Link, Window};
 pub use limits::{TenantLimiter, TenantQuota};
 pub use live::{
-    Announcement, LiveAnnotation, LiveMessage, LiveStream, LiveSubscriptions,
-    connect as connect_live, parse_label_message, parse_message,
+    Announcement, LiveAnnotation, LiveEphemeral, LiveMessage, LiveStream, LiveSubscriptions,
+    connect as connect_live, ephemeral_message, parse_label_message, parse_message,
 };
 pub use producers::{Outcome, ProducerSettings, ProducerStore, Reserve, Restored};

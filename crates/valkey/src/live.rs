@@ -30,19 +30,38 @@ pub struct LiveAnnotation {
     pub json: String,
 }
 
+/// An ephemeral message published on a session's channel: never stored, no offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveEphemeral {
+    pub session: SessionKey,
+    pub event_json: String,
+}
+
 /// What arrives on a session channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Announcement {
     Event(LiveMessage),
     Annotation(LiveAnnotation),
+    Ephemeral(LiveEphemeral),
 }
 
-/// Parses a channel message: `<offset>\n<event json>` (`lua/append.lua`) or
-/// `a\n<annotation json>` (`lua/annotate.lua`).
+/// The channel message of an ephemeral event.
+pub fn ephemeral_message(event_json: &str) -> String {
+    format!("e\n{event_json}")
+}
+
+/// Parses a channel message: `<offset>\n<event json>` (`lua/append.lua`),
+/// `a\n<annotation json>` (`lua/annotate.lua`) or `e\n<event json>` ([`ephemeral_message`]).
 pub fn parse_message(channel: &str, payload: &[u8]) -> Option<Announcement> {
     let session = keys::session_of_channel(channel)?;
     let text = std::str::from_utf8(payload).ok()?;
     let (head, json) = text.split_once('\n')?;
+    if head == "e" {
+        return Some(Announcement::Ephemeral(LiveEphemeral {
+            session,
+            event_json: json.to_owned(),
+        }));
+    }
     if head == "a" {
         #[derive(serde::Deserialize)]
         struct Head {

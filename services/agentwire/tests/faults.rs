@@ -105,7 +105,8 @@ fn gateway_process(stack: &Stack, port: u16) -> ChildProcess {
         .args(["gateway", "--listen", &format!("127.0.0.1:{port}")])
         .env("AGENTWIRE_KAFKA_BROKERS", &stack.env.kafka_brokers)
         .env("AGENTWIRE_TOPIC", &stack.topic)
-        .env("AGENTWIRE_VALKEY_URL", &stack.env.valkey_url);
+        .env("AGENTWIRE_VALKEY_URL", &stack.env.valkey_url)
+        .env("AGENTWIRE_AUTH", "off");
     ChildProcess::spawn("gateway", command)
 }
 

@@ -10,6 +10,24 @@ pub struct GatewayConfig {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub valkey: ValkeyArgs,
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
+    /// WebSocket connections one tenant may hold on this gateway (429 `too_many_connections`
+    /// before the upgrade above it). Counted only with authentication on.
+    #[arg(
+        long = "max-connections-per-tenant",
+        env = "AGENTWIRE_MAX_CONNECTIONS_PER_TENANT",
+        default_value_t = 10_000
+    )]
+    pub max_connections_per_tenant: usize,
+    /// Ephemeral messages buffered per session per gateway; a connection further behind has
+    /// the excess shed (counted in `agentwire_gateway_ephemeral_shed_total`).
+    #[arg(
+        long = "ephemeral-buffer",
+        env = "AGENTWIRE_EPHEMERAL_BUFFER",
+        default_value_t = 256
+    )]
+    pub ephemeral_buffer: usize,
     /// Largest accepted `POST /v1/events` body, in bytes (413 above it).
     #[arg(long = "max-body-bytes", env = "AGENTWIRE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -182,6 +200,15 @@ impl GatewayConfig {
         if !(1..=10_000).contains(&self.catch_up_page) {
             return Err(
                 "--catch-up-page (AGENTWIRE_CATCH_UP_PAGE) must be between 1 and 10000".into(),
+            );
+        }
+        if self.max_connections_per_tenant == 0 {
+            return Err("--max-connections-per-tenant (AGENTWIRE_MAX_CONNECTIONS_PER_TENANT) must be above 0".into());
+        }
+        if !(1..=1_000_000).contains(&self.ephemeral_buffer) {
+            return Err(
+                "--ephemeral-buffer (AGENTWIRE_EPHEMERAL_BUFFER) must be between 1 and 1000000"
+                    .into(),
             );
         }
         if !(1..=100_000).contains(&self.dedupe_window) {

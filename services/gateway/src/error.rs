@@ -121,6 +121,12 @@ pub fn error_response(err: &ApiError, acks: Option<&[serde_json::Value]>) -> Res
         }),
     )
         .into_response();
+    if err.code == ErrorCode::Unauthorized {
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
     if let Some(ms) = err.retry_after_ms {
         // Retry-After is in whole seconds; round up so a client never retries too early.
         response

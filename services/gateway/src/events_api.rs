@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 
 use agentwire_protocol::{ErrorCode, Event, Offset, ProtocolError, SessionKey, cloudevents, pb};
 
+use crate::auth::Principal;
 use crate::error::{ApiError, error_response};
 use crate::publish::{self, Transport};
 use crate::state::AppState;
@@ -86,7 +87,16 @@ fn decode(format: BodyFormat, body: &[u8]) -> Result<(Vec<Event>, bool), Protoco
 /// A single JSON event gets one ack object; a batch gets an array in request order. Every
 /// event is validated before any is written, so bad input writes nothing. If Kafka fails part
 /// way through a batch the answer is 503 with the acks of the events that were written.
-pub async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn publish(
+    State(state): State<AppState>,
+    principal: Result<Principal, ApiError>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let principal = match principal {
+        Ok(principal) => principal,
+        Err(err) => return err.into_response(),
+    };
     let format = match body_format(&headers) {
         Ok(format) => format,
         Err(err) => return err.into_response(),
@@ -105,6 +115,13 @@ pub async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bo
     };
     if events.is_empty() {
         return ApiError::new(ErrorCode::InvalidField, "the batch holds no event").into_response();
+    }
+    // Every event must be allowed before any is written.
+    if let Some(err) = events
+        .iter()
+        .find_map(|e| principal.check_publish(&e.session).err())
+    {
+        return err.into_response();
     }
     let header_traceparent = headers
         .get("traceparent")
@@ -163,6 +180,9 @@ pub struct HistoryQuery {
     /// Exclusive cursor: events with offsets strictly greater. Absent: from the oldest retained.
     after: Option<u64>,
     limit: Option<usize>,
+    /// The JWT, when not sent as a bearer header; read by the authentication extractor.
+    #[serde(rename = "token")]
+    _token: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -182,12 +202,14 @@ struct HistoryBody {
 /// `GET /v1/sessions/{tenant}/{agent_type}/{session_id}/events?after=N&limit=M`.
 pub async fn history(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<(String, String, String)>, PathRejection>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<impl Serialize>, ApiError> {
     let Path((tenant, agent_type, session_id)) =
         path.map_err(|e| ApiError::new(ErrorCode::InvalidField, e.body_text()))?;
     let session = SessionKey::parse_parts(&tenant, &agent_type, &session_id)?;
+    principal.check_subscribe(&session)?;
     let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::InvalidField, e.body_text()))?;
     let limit = query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use agentwire_protocol::SessionKey;
 use agentwire_valkey::{
-    Announcement, LiveAnnotation, LiveMessage, LiveStream, LiveSubscriptions, connect_live,
+    Announcement, LiveAnnotation, LiveEphemeral, LiveMessage, LiveStream, LiveSubscriptions,
+    connect_live,
 };
 use backon::{ExponentialBuilder, Retryable as _};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -63,6 +64,9 @@ enum Command {
 
 struct Entry {
     sender: broadcast::Sender<Live>,
+    /// Ephemeral messages have their own, smaller channel: a slow reader sheds them first,
+    /// and they never push durable events out of the durable channel.
+    ephemeral: broadcast::Sender<Arc<LiveEphemeral>>,
     followers: usize,
     /// `true` once Valkey confirmed the subscription on the current feed connection.
     confirmed: watch::Sender<bool>,
@@ -72,6 +76,7 @@ struct Shared {
     sessions: Mutex<HashMap<SessionKey, Entry>>,
     commands: mpsc::Sender<Command>,
     capacity: usize,
+    ephemeral_capacity: usize,
 }
 
 impl Shared {
@@ -102,6 +107,7 @@ impl std::fmt::Debug for Hub {
 pub struct Follow {
     session: SessionKey,
     receiver: Option<broadcast::Receiver<Live>>,
+    ephemeral: Option<broadcast::Receiver<Arc<LiveEphemeral>>>,
     hub: Hub,
 }
 
@@ -109,6 +115,11 @@ impl Follow {
     /// Takes the receiver (once); the hold stays until this value is dropped.
     pub fn take_receiver(&mut self) -> Option<broadcast::Receiver<Live>> {
         self.receiver.take()
+    }
+
+    /// Takes the ephemeral messages' receiver (once).
+    pub fn take_ephemeral(&mut self) -> Option<broadcast::Receiver<Arc<LiveEphemeral>>> {
+        self.ephemeral.take()
     }
 }
 
@@ -124,6 +135,7 @@ impl Hub {
     pub async fn start(
         url: &str,
         capacity: usize,
+        ephemeral_capacity: usize,
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), agentwire_valkey::ValkeyError> {
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
@@ -132,6 +144,7 @@ impl Hub {
                 sessions: Mutex::new(HashMap::new()),
                 commands,
                 capacity: capacity.max(1),
+                ephemeral_capacity: ephemeral_capacity.max(1),
             }),
         };
         let first = connect_live(url).await?;
@@ -141,26 +154,34 @@ impl Hub {
 
     /// Follows `session`, returning once Valkey confirmed the subscription.
     pub async fn follow(&self, session: &SessionKey) -> Result<Follow, HubError> {
-        let (receiver, mut confirmed, subscribe) = {
+        let (receiver, ephemeral, mut confirmed, subscribe) = {
             let mut sessions = self.shared.sessions();
             match sessions.get_mut(session) {
                 Some(entry) => {
                     entry.followers += 1;
-                    (entry.sender.subscribe(), entry.confirmed.subscribe(), false)
+                    (
+                        entry.sender.subscribe(),
+                        entry.ephemeral.subscribe(),
+                        entry.confirmed.subscribe(),
+                        false,
+                    )
                 }
                 None => {
                     let (sender, receiver) = broadcast::channel(self.shared.capacity);
+                    let (ephemeral_sender, ephemeral) =
+                        broadcast::channel(self.shared.ephemeral_capacity);
                     let (confirmed, watch) = watch::channel(false);
                     sessions.insert(
                         session.clone(),
                         Entry {
                             sender,
+                            ephemeral: ephemeral_sender,
                             followers: 1,
                             confirmed,
                         },
                     );
                     metrics::gauge!(m::LIVE_SESSIONS).set(sessions.len() as f64);
-                    (receiver, watch, true)
+                    (receiver, ephemeral, watch, true)
                 }
             }
         };
@@ -168,6 +189,7 @@ impl Hub {
         let follow = Follow {
             session: session.clone(),
             receiver: Some(receiver),
+            ephemeral: Some(ephemeral),
             hub: self.clone(),
         };
         if subscribe {
@@ -213,6 +235,12 @@ impl Hub {
         let (session, live) = match announcement {
             Announcement::Event(m) => (m.session.clone(), Live::Event(Arc::new(m))),
             Announcement::Annotation(a) => (a.session.clone(), Live::Annotation(Arc::new(a))),
+            Announcement::Ephemeral(e) => {
+                if let Some(entry) = self.shared.sessions().get(&e.session) {
+                    let _ = entry.ephemeral.send(Arc::new(e));
+                }
+                return;
+            }
         };
         let sessions = self.shared.sessions();
         if let Some(entry) = sessions.get(&session) {

@@ -9,6 +9,7 @@
 //!
 //! The gateway holds no state that another instance needs: any number can run side by side.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 mod events_api;
@@ -61,12 +62,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     config.validate().map_err(GatewayError::Config)?;
+    let auth = auth::Authenticator::new(&config.auth).map_err(GatewayError::Config)?;
+    let tenant_connections = auth::TenantConnections::new(config.max_connections_per_tenant);
     // Install the recorder before the first metric is recorded, not at the first scrape.
     agentwire_runtime::metrics::handle();
     let log = EventLog::new(&config.kafka.settings(), &config.kafka.topic)?;
     let history = HistoryStore::connect(&config.valkey.url, config.valkey.history()).await?;
-    let (hub, feed) =
-        hub::Hub::start(&config.valkey.url, config.session_buffer, shutdown.clone()).await?;
+    let (hub, feed) = hub::Hub::start(
+        &config.valkey.url,
+        config.session_buffer,
+        config.ephemeral_buffer,
+        shutdown.clone(),
+    )
+    .await?;
     let quota = agentwire_valkey::TenantQuota {
         per_second: config.tenant_publish_rate,
         burst: config.tenant_publish_burst,
@@ -90,6 +98,8 @@ pub async fn run(
         labels,
         tenants,
         idempotency,
+        auth,
+        tenant_connections,
         shutdown: shutdown.clone(),
     });
     if let Ok(addr) = listener.local_addr() {

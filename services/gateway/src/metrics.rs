@@ -37,3 +37,12 @@ pub const DUPLICATE_PUBLISHES: &str = "agentwire_gateway_duplicate_publishes_tot
 pub const PRODUCER_REBUILDS: &str = "agentwire_gateway_producer_rebuilds_total";
 /// Abandoned appends (their gateway died before recording the outcome) taken over by a retry.
 pub const PRODUCER_TAKEOVERS: &str = "agentwire_gateway_producer_takeovers_total";
+/// Ephemeral messages published through this gateway.
+pub const EPHEMERAL_PUBLISHED: &str = "agentwire_gateway_ephemeral_published_total";
+/// Ephemeral messages sent to clients.
+pub const EPHEMERAL_DELIVERED: &str = "agentwire_gateway_ephemeral_delivered_total";
+/// Ephemeral messages shed (never sent) by reason: `lagged` (the reader fell more than
+/// `AGENTWIRE_EPHEMERAL_BUFFER` behind) or `catching_up` (its durable feed is in catch-up).
+pub const EPHEMERAL_SHED: &str = "agentwire_gateway_ephemeral_shed_total";
+/// WebSocket connections closed because their token expired (close 4001).
+pub const TOKEN_EXPIRED: &str = "agentwire_gateway_token_expired_total";

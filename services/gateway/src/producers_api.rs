@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use agentwire_protocol::{ErrorCode, ProducerId, Tenant};
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -23,12 +24,14 @@ pub struct EpochBody {
 
 pub async fn new_epoch(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<EpochBody>, ApiError> {
     let Path((tenant, producer)) =
         path.map_err(|e| ApiError::new(ErrorCode::InvalidField, e.body_text()))?;
     let tenant = Tenant::new(tenant)?;
     let producer_id = ProducerId::new(producer)?;
+    principal.check_tenant(&tenant)?;
     let epoch = state.idempotency().new_epoch(&tenant, &producer_id).await?;
     Ok(Json(EpochBody {
         tenant,

@@ -8,6 +8,7 @@ use agentwire_valkey::TenantLimiter;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Authenticator, TenantConnections};
 use crate::config::GatewayConfig;
 use crate::history::HistoryReader;
 use crate::hub::Hub;
@@ -30,6 +31,8 @@ pub struct Parts {
     pub labels: LabelFeeds,
     pub tenants: TenantLimiter,
     pub idempotency: Idempotency,
+    pub auth: Authenticator,
+    pub tenant_connections: TenantConnections,
     pub shutdown: CancellationToken,
 }
 
@@ -78,6 +81,16 @@ impl AppState {
     /// Producer sequence deduplication.
     pub fn idempotency(&self) -> &Idempotency {
         &self.inner.parts.idempotency
+    }
+
+    /// Token verification and the Origin allow-list.
+    pub fn auth(&self) -> &Authenticator {
+        &self.inner.parts.auth
+    }
+
+    /// WebSocket connections per tenant.
+    pub fn tenant_connections(&self) -> &TenantConnections {
+        &self.inner.parts.tenant_connections
     }
 
     pub fn shutdown(&self) -> &CancellationToken {

@@ -2,7 +2,11 @@
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::response::Response;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse as _, Response};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
 
 use crate::session::driver;
 use crate::state::AppState;
@@ -11,7 +15,24 @@ use crate::state::AppState;
 const CONNECTION_BUFFER: usize = 4 * 1024;
 
 /// Upgrades to a WebSocket and runs the connection under the gateway's task tracker.
-pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+///
+/// Authentication, the Origin allow-list and the tenant's connection limit are checked
+/// before the upgrade: a refused client gets a plain HTTP error (401, 403, 429).
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    principal: Result<Principal, ApiError>,
+) -> Response {
+    let admitted = state.auth().check_origin(&headers).and_then(|()| {
+        let principal = principal?;
+        let permit = state.tenant_connections().acquire(principal.tenant())?;
+        Ok((principal, permit))
+    });
+    let (principal, permit) = match admitted {
+        Ok(admitted) => admitted,
+        Err(err) => return err.into_response(),
+    };
     // Messages up to twice the limit reach the driver, which closes with 1009 and a reason
     // above the limit itself; larger ones are cut off by the WebSocket layer.
     let transport_limit = state.config().max_frame_bytes.saturating_mul(2);
@@ -23,6 +44,6 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Res
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| {
             let tracker = state.connections().clone();
-            tracker.track_future(driver::run(socket, state))
+            tracker.track_future(driver::run(socket, state, principal, permit))
         })
 }

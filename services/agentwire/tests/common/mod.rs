@@ -118,6 +118,9 @@ impl Stack {
         GatewayConfig {
             kafka: self.kafka_args(),
             valkey: self.valkey_args(),
+            auth: agentwire_gateway::auth::AuthArgs::off(),
+            max_connections_per_tenant: 10_000,
+            ephemeral_buffer: 256,
             max_body_bytes: 1024 * 1024,
             max_frame_bytes: 64 * 1024,
             session_buffer: 1024,

@@ -39,7 +39,9 @@ use crate::session::limits::{Admission, ConnectionLimits};
 use crate::session::state::{Subscriptions, Verdict};
 use crate::state::AppState;
 use crate::tenant_limits;
-use agentwire_valkey::LiveAnnotation;
+use agentwire_valkey::{LiveAnnotation, LiveEphemeral};
+
+use crate::auth::{ConnectionPermit, Principal};
 
 /// WebSocket close codes the driver uses (RFC 6455 §7.4.1).
 mod close {
@@ -48,6 +50,8 @@ mod close {
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+    /// The connection's token expired and was not refreshed.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// How long the server waits for the client's answer to its close frame.
@@ -83,14 +87,25 @@ struct Connection {
     live: StreamMap<SessionKey, BroadcastStream<Live>>,
     label_follows: HashMap<(Tenant, Label), LabelFollow>,
     labels: StreamMap<(Tenant, Label), BroadcastStream<Arc<LiveAnnotation>>>,
+    ephemeral: StreamMap<SessionKey, BroadcastStream<Arc<LiveEphemeral>>>,
     acks: FuturesOrdered<AckFuture>,
     limits: ConnectionLimits,
+    principal: Principal,
+    /// When the token expires (the connection closes with 4001 unless refreshed).
+    expires: Option<Instant>,
+    /// Held for the connection's life: its place in the tenant's connection count.
+    _permit: ConnectionPermit,
     /// Sessions whose catch-up failed and is retried on the next retry tick.
     pending: BTreeSet<SessionKey>,
 }
 
 /// Serves one upgraded WebSocket until the client leaves or the gateway shuts down.
-pub async fn run(socket: WebSocket, state: AppState) {
+pub async fn run(
+    socket: WebSocket,
+    state: AppState,
+    principal: Principal,
+    permit: ConnectionPermit,
+) {
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
     let (sink, mut stream) = socket.split();
     let shutdown = state.shutdown().clone();
@@ -105,8 +120,12 @@ pub async fn run(socket: WebSocket, state: AppState) {
         live: StreamMap::new(),
         label_follows: HashMap::new(),
         labels: StreamMap::new(),
+        ephemeral: StreamMap::new(),
         acks: FuturesOrdered::new(),
         limits: ConnectionLimits::new(rate_settings),
+        expires: deadline(&principal),
+        principal,
+        _permit: permit,
         pending: BTreeSet::new(),
     };
     let mut retries = tokio::time::interval(CATCH_UP_RETRY);
@@ -127,6 +146,11 @@ pub async fn run(socket: WebSocket, state: AppState) {
             },
             Some((session, item)) = conn.live.next() => conn.on_live(session, item).await,
             Some((_, item)) = conn.labels.next() => conn.on_label(item).await,
+            Some((session, item)) = conn.ephemeral.next() => conn.on_ephemeral(session, item).await,
+            () = until(conn.expires) => {
+                metrics::counter!(m::TOKEN_EXPIRED).increment(1);
+                Err(End::Close(close::TOKEN_EXPIRED, "token expired".into()))
+            }
             Some(answer) = conn.acks.next() => conn.on_ack(answer).await,
             _ = pings.tick() => conn.heartbeat(last_heard.elapsed()).await,
             _ = retries.tick(), if !conn.pending.is_empty() => conn.retry_catch_ups().await,
@@ -164,6 +188,23 @@ pub async fn run(socket: WebSocket, state: AppState) {
     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
 }
 
+/// When `principal`'s token expires, on the runtime's clock.
+fn deadline(principal: &Principal) -> Option<Instant> {
+    let at = principal.expires_at()?;
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(Instant::now() + left)
+}
+
+/// Completes at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Maps a read failure to how the connection ends.
 fn transport_error(err: &axum::Error) -> End {
     let text = err.to_string();
@@ -196,7 +237,10 @@ impl Connection {
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
         };
         // One verdict per message: its bytes, and for a publish one publish token.
-        let is_publish = matches!(frame, Ok(ClientFrame::Publish { .. }));
+        let is_publish = matches!(
+            frame,
+            Ok(ClientFrame::Publish { .. } | ClientFrame::Ephemeral { .. })
+        );
         let refused = self
             .limits
             .take_bytes(size)
@@ -210,7 +254,9 @@ impl Connection {
         let what = refused.map_or("", |(_, what)| what);
         if let Some(refused) = admission(self.limits.record(refused.map(|(wait, _)| wait)), what)? {
             let id = match &frame {
-                Ok(ClientFrame::Publish { event }) => event.id.map(|id| id.to_string()),
+                Ok(ClientFrame::Publish { event } | ClientFrame::Ephemeral { event }) => {
+                    event.id.map(|id| id.to_string())
+                }
                 _ => None,
             };
             return self.send_error(ErrorFrame { id, ..refused }).await;
@@ -223,11 +269,17 @@ impl Connection {
 
     async fn on_frame(&mut self, frame: ClientFrame) -> Result<(), End> {
         match frame {
-            ClientFrame::Subscribe { session, after } => self.subscribe(session, after).await,
+            ClientFrame::Subscribe { session, after } => {
+                if let Err(err) = self.principal.check_subscribe(&session) {
+                    return self.send_error(err.frame_for(&session)).await;
+                }
+                self.subscribe(session, after).await
+            }
             ClientFrame::Unsubscribe { session } => match self.subs.remove(&session) {
                 Ok(()) => {
                     self.pending.remove(&session);
                     self.live.remove(&session);
+                    self.ephemeral.remove(&session);
                     self.follows.remove(&session);
                     self.send(&ServerFrame::Unsubscribed { session }).await
                 }
@@ -235,6 +287,9 @@ impl Connection {
             },
             ClientFrame::Publish { event } => {
                 let id = event.id.map(|id| id.to_string());
+                if let Err(err) = self.principal.check_publish(&event.session) {
+                    return self.send_error(ErrorFrame { id, ..err.frame() }).await;
+                }
                 let event = *event;
                 if let Err(err) =
                     tenant_limits::charge(self.state.tenants(), std::slice::from_ref(&event)).await
@@ -253,7 +308,14 @@ impl Connection {
                 }
             }
             ClientFrame::Ping => self.send(&ServerFrame::Pong).await,
-            ClientFrame::FollowLabel { tenant, label } => self.follow_label(tenant, label).await,
+            ClientFrame::Ephemeral { event } => self.publish_ephemeral(*event).await,
+            ClientFrame::Refresh { token } => self.refresh(&token).await,
+            ClientFrame::FollowLabel { tenant, label } => {
+                if let Err(err) = self.principal.check_tenant(&tenant) {
+                    return self.send_error(err.frame()).await;
+                }
+                self.follow_label(tenant, label).await
+            }
             ClientFrame::UnfollowLabel { tenant, label } => {
                 let feed = (tenant, label);
                 self.labels.remove(&feed);
@@ -263,6 +325,94 @@ impl Connection {
                     .await
             }
         }
+    }
+
+    /// Fans an ephemeral event out through the session's Valkey channel: no log, no offset,
+    /// no ack; a failure is reported with an error frame.
+    async fn publish_ephemeral(&mut self, mut event: agentwire_protocol::Event) -> Result<(), End> {
+        let id = event.id.map(|id| id.to_string());
+        if let Err(err) = self.principal.check_publish(&event.session) {
+            return self.send_error(ErrorFrame { id, ..err.frame() }).await;
+        }
+        event.stamp(std::time::SystemTime::now());
+        let json = agentwire_protocol::cloudevents::to_json(&event);
+        match self
+            .state
+            .history()
+            .store()
+            .publish_ephemeral(&event.session, &json)
+            .await
+        {
+            Ok(_) => {
+                metrics::counter!(m::EPHEMERAL_PUBLISHED).increment(1);
+                Ok(())
+            }
+            Err(err) => {
+                let err = ApiError::unavailable("valkey", err);
+                self.send_error(ErrorFrame { id, ..err.frame() }).await
+            }
+        }
+    }
+
+    /// Replaces the connection's token with `token`, which must name the same tenant.
+    async fn refresh(&mut self, token: &str) -> Result<(), End> {
+        let principal = match self.state.auth().verify(token) {
+            Ok(principal) => principal,
+            Err(err) => return self.send_error(err.frame()).await,
+        };
+        if principal.tenant() != self.principal.tenant() {
+            let err = ApiError::new(
+                ErrorCode::Forbidden,
+                "a refreshed token must name the connection's tenant",
+            );
+            return self.send_error(err.frame()).await;
+        }
+        let exp = principal
+            .expires_at()
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        self.expires = deadline(&principal);
+        self.principal = principal;
+        self.send(&ServerFrame::Refreshed { exp }).await
+    }
+
+    /// Sends an ephemeral message of a followed session, or sheds it.
+    async fn on_ephemeral(
+        &mut self,
+        session: SessionKey,
+        item: Result<Arc<LiveEphemeral>, BroadcastStreamRecvError>,
+    ) -> Result<(), End> {
+        let message = match item {
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                metrics::counter!(m::EPHEMERAL_SHED, "reason" => "lagged").increment(missed);
+                return Ok(());
+            }
+            // A reader catching up on durable events is under pressure: shed the extras.
+            Ok(_) if self.pending.contains(&session) => {
+                metrics::counter!(m::EPHEMERAL_SHED, "reason" => "catching_up").increment(1);
+                return Ok(());
+            }
+            Ok(message) => message,
+        };
+        let message = match self.encoding {
+            Encoding::Json => Message::text(format!(
+                r#"{{"op":"ephemeral","session":"{session}","event":{}}}"#,
+                message.event_json
+            )),
+            Encoding::Protobuf => {
+                let frame = ServerFrame::Ephemeral {
+                    session,
+                    event: RawValue::from_string(message.event_json.clone()).map_err(|_| {
+                        End::Close(close::INTERNAL, "ephemeral event is not JSON".into())
+                    })?,
+                };
+                Message::binary(frame.to_protobuf().map_err(|_| {
+                    End::Close(close::INTERNAL, "ephemeral event does not encode".into())
+                })?)
+            }
+        };
+        metrics::counter!(m::EPHEMERAL_DELIVERED).increment(1);
+        self.send_message(message).await
     }
 
     /// Follows a tenant's label feed. Counts against the connection's subscription limit.
@@ -327,7 +477,8 @@ impl Connection {
                 return self.send_error(err.frame_for(&session)).await;
             }
         };
-        let Some(receiver) = follow.take_receiver() else {
+        let (Some(receiver), Some(ephemeral)) = (follow.take_receiver(), follow.take_ephemeral())
+        else {
             return Err(End::Close(
                 close::INTERNAL,
                 "live feed receiver missing".into(),
@@ -346,6 +497,8 @@ impl Connection {
         self.follows.insert(session.clone(), follow);
         self.live
             .insert(session.clone(), BroadcastStream::new(receiver));
+        self.ephemeral
+            .insert(session.clone(), BroadcastStream::new(ephemeral));
         self.send(&ServerFrame::Subscribed {
             session: session.clone(),
             offset: latest,
