@@ -6,9 +6,11 @@
 //! - `cargo xtask test`: the whole test suite against a fresh Valkey and broker (`.ci/run`).
 //! - `cargo xtask deps`: only the installs.
 //! - `cargo xtask bench-enricher`: inference throughput, burn next to sentence-transformers.
+//! - `cargo xtask fuzz`: the wire-parser fuzz target for a bounded time (nightly).
 
 mod bench;
 mod deps;
+mod fuzz;
 mod procs;
 mod stack;
 mod test;
@@ -18,7 +20,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "xtask",
-    about = "agentwire's tasks: up, test, deps, bench-enricher"
+    about = "agentwire's tasks: up, test, deps, bench-enricher, fuzz"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +52,12 @@ enum Command {
         #[arg(last = true)]
         extra: Vec<String>,
     },
+    /// Fuzz the frame and event parsers (JSON and protobuf) for a bounded time.
+    Fuzz {
+        /// How long libFuzzer runs.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +67,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Deps => deps::ensure_all().map(|_| ()),
         Command::BenchEnricher { devices, extra } => bench::run(&devices, &extra),
+        Command::Fuzz { seconds } => fuzz::run(seconds),
     }
 }

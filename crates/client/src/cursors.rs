@@ -21,12 +21,15 @@ pub enum Admit {
     Unfollowed,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Cursor {
     /// The `after` the caller subscribed with (exclusive); `None` means "only new events".
     start: Option<Offset>,
     /// The last offset delivered to the caller.
     last: Option<Offset>,
+    /// The epoch the server gave these offsets; sent back on resume so a reset log is told
+    /// apart from "caught up" (`epoch_changed`).
+    epoch: Option<String>,
 }
 
 impl Cursor {
@@ -89,11 +92,19 @@ impl Cursors {
         self.sessions.get(session).and_then(Cursor::floor)
     }
 
-    /// Every followed session with the `after` to (re-)subscribe it with, in key order.
-    pub fn resume_points(&self) -> Vec<(SessionKey, Option<Offset>)> {
+    /// Records the epoch of `session`'s offsets, from the server's `subscribed`.
+    pub fn set_epoch(&mut self, session: &SessionKey, epoch: Option<String>) {
+        if let Some(cursor) = self.sessions.get_mut(session) {
+            cursor.epoch = epoch;
+        }
+    }
+
+    /// Every followed session with the `after` to (re-)subscribe it with and the epoch of
+    /// that offset, in key order.
+    pub fn resume_points(&self) -> Vec<(SessionKey, Option<Offset>, Option<String>)> {
         self.sessions
             .iter()
-            .map(|(s, c)| (s.clone(), c.floor()))
+            .map(|(s, c)| (s.clone(), c.floor(), c.epoch.clone()))
             .collect()
     }
 
@@ -141,12 +152,13 @@ mod tests {
         cursors.follow(replayed.clone(), Some(Offset(41)));
         cursors.follow(live.clone(), None);
         assert_eq!(cursors.admit(&replayed, Offset(50)), Admit::Deliver);
+        cursors.set_epoch(&replayed, Some("e1".into()));
         assert_eq!(
             cursors.resume_points(),
             vec![
-                (fresh, Some(Offset(41))),
-                (live, None),
-                (replayed, Some(Offset(50)))
+                (fresh, Some(Offset(41)), None),
+                (live, None, None),
+                (replayed, Some(Offset(50)), Some("e1".into()))
             ]
         );
     }

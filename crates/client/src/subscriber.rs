@@ -74,6 +74,8 @@ struct Opened {
     conn: WsConnection,
     /// Sessions subscribed for new events only, with the latest offset the server reported.
     live_from: Vec<(SessionKey, Offset)>,
+    /// The epoch of each subscribed session's offsets.
+    epochs: Vec<(SessionKey, Option<String>)>,
     refused: Vec<ErrorFrame>,
 }
 
@@ -165,11 +167,12 @@ impl Subscriber {
         let (Some(conn), false) = (self.conn.as_mut(), already) else {
             return Ok(());
         };
-        match conn.subscribe(&session, after).await {
-            Ok(latest) => {
-                if let (None, Some(latest)) = (after, latest) {
-                    self.cursors.follow(session, Some(latest));
+        match conn.subscribe_detailed(&session, after).await {
+            Ok(subscription) => {
+                if let (None, Some(latest)) = (after, subscription.latest) {
+                    self.cursors.follow(session.clone(), Some(latest));
                 }
+                self.cursors.set_epoch(&session, subscription.epoch);
                 Ok(())
             }
             Err(ClientError::Server(refusal)) => {
@@ -257,6 +260,9 @@ impl Subscriber {
         for (session, latest) in opened.live_from {
             self.cursors.follow(session, Some(latest));
         }
+        for (session, epoch) in opened.epochs {
+            self.cursors.set_epoch(&session, epoch);
+        }
         self.conn = Some(opened.conn);
         self.ping_outstanding = false;
     }
@@ -310,25 +316,32 @@ impl Subscriber {
 async fn open(
     url: &str,
     timeout: Duration,
-    points: &[(SessionKey, Option<Offset>)],
+    points: &[(SessionKey, Option<Offset>, Option<String>)],
 ) -> Result<Opened> {
     let mut conn = WsConnection::connect_with_timeout(url, timeout).await?;
-    for (session, after) in points {
+    for (session, after, epoch) in points {
         conn.send(&ClientFrame::Subscribe {
             session: session.clone(),
             after: *after,
+            // The epoch guards a cursor; "only new events" has none to guard.
+            epoch: after.and(epoch.clone()),
         })
         .await?;
     }
     let mut opened = Opened {
         conn,
         live_from: Vec::new(),
+        epochs: Vec::new(),
         refused: Vec::new(),
     };
-    for (session, after) in points {
+    for (session, after, _) in points {
         match opened.conn.await_subscribed(session).await {
-            Ok(Some(latest)) if after.is_none() => opened.live_from.push((session.clone(), latest)),
-            Ok(_) => {}
+            Ok(subscription) => {
+                if let (Some(latest), None) = (subscription.latest, after) {
+                    opened.live_from.push((session.clone(), latest));
+                }
+                opened.epochs.push((session.clone(), subscription.epoch));
+            }
             Err(ClientError::Server(refusal)) => opened.refused.push(*refusal),
             Err(err) => return Err(err),
         }

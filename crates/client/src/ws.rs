@@ -21,6 +21,15 @@ use crate::error::ClientError;
 /// How long the handshake and each request helper may wait, unless configured otherwise.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a `subscribed` frame said.
+#[derive(Clone, Debug)]
+pub(crate) struct Subscription {
+    /// The session's latest offset (the cursor for "only new events").
+    pub latest: Option<Offset>,
+    /// The epoch of the session's offsets.
+    pub epoch: Option<String>,
+}
+
 /// A JSON WebSocket connection to the gateway.
 #[derive(Debug)]
 pub struct WsConnection {
@@ -84,9 +93,19 @@ impl WsConnection {
         session: &SessionKey,
         after: Option<Offset>,
     ) -> Result<Option<Offset>> {
+        Ok(self.subscribe_detailed(session, after).await?.latest)
+    }
+
+    /// Like [`WsConnection::subscribe`], keeping the whole `subscribed` answer.
+    pub(crate) async fn subscribe_detailed(
+        &mut self,
+        session: &SessionKey,
+        after: Option<Offset>,
+    ) -> Result<Subscription> {
         self.send(&ClientFrame::Subscribe {
             session: session.clone(),
             after,
+            epoch: None,
         })
         .await?;
         self.await_subscribed(session).await
@@ -142,12 +161,16 @@ impl WsConnection {
     }
 
     /// Waits for the `subscribed` (or an `error` naming the session) answering a subscribe.
-    pub(crate) async fn await_subscribed(
-        &mut self,
-        session: &SessionKey,
-    ) -> Result<Option<Offset>> {
+    pub(crate) async fn await_subscribed(&mut self, session: &SessionKey) -> Result<Subscription> {
         self.await_answer(|frame| match frame {
-            ServerFrame::Subscribed { session: s, offset } if s == session => Some(Ok(*offset)),
+            ServerFrame::Subscribed {
+                session: s,
+                offset,
+                epoch,
+            } if s == session => Some(Ok(Subscription {
+                latest: *offset,
+                epoch: epoch.clone(),
+            })),
             ServerFrame::Error(e) if is_about(e, session) => Some(Err(e.clone())),
             _ => None,
         })

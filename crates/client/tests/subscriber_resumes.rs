@@ -51,6 +51,7 @@ async fn send_subscribed(peer: &mut Peer, session: &SessionKey, latest: u64) {
     let frame = ServerFrame::Subscribed {
         session: session.clone(),
         offset: Some(Offset(latest)),
+        epoch: Some("e1".into()),
     };
     peer.send(Message::text(frame.to_json()))
         .await
@@ -71,7 +72,8 @@ async fn reconnects_and_resumes_after_the_last_delivery_without_duplicates() {
                 expect_frame(&mut first).await,
                 ClientFrame::Subscribe {
                     session: s.clone(),
-                    after: None
+                    after: None,
+                    epoch: None
                 }
             );
             send_subscribed(&mut first, &s, 10).await;
@@ -85,7 +87,8 @@ async fn reconnects_and_resumes_after_the_last_delivery_without_duplicates() {
                 resumed,
                 ClientFrame::Subscribe {
                     session: s.clone(),
-                    after: Some(Offset(12))
+                    after: Some(Offset(12)),
+                    epoch: Some("e1".into())
                 }
             );
             // An event before `subscribed` must be kept, and a replayed one dropped.

@@ -30,6 +30,9 @@ pub enum ErrorCode {
     NotFound,
     /// The cursor is older than the history the server can still serve.
     HistoryUnavailable,
+    /// The cursor's epoch is not the log's current one: the log was reset, its offsets mean
+    /// something else now. Drop the cursor and subscribe again without `after`.
+    EpochChanged,
     /// The connection already follows that session.
     AlreadySubscribed,
     /// The connection does not follow that session.
@@ -52,7 +55,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::Malformed,
         ErrorCode::UnknownOp,
         ErrorCode::InvalidField,
@@ -63,6 +66,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::NotFound,
         ErrorCode::HistoryUnavailable,
+        ErrorCode::EpochChanged,
         ErrorCode::AlreadySubscribed,
         ErrorCode::NotSubscribed,
         ErrorCode::TooManySubscriptions,
@@ -87,6 +91,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::NotFound => "not_found",
             ErrorCode::HistoryUnavailable => "history_unavailable",
+            ErrorCode::EpochChanged => "epoch_changed",
             ErrorCode::AlreadySubscribed => "already_subscribed",
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
@@ -110,7 +115,8 @@ impl ErrorCode {
             | ErrorCode::NotSubscribed
             | ErrorCode::SequenceGap
             | ErrorCode::StaleEpoch
-            | ErrorCode::SequenceTooOld => 409,
+            | ErrorCode::SequenceTooOld
+            | ErrorCode::EpochChanged => 409,
             ErrorCode::HistoryUnavailable => 410,
             ErrorCode::TooManySubscriptions
             | ErrorCode::TooManyConnections
@@ -203,14 +209,19 @@ mod tests {
     }
 
     #[test]
-    fn only_size_and_internal_errors_close_the_socket() {
+    fn only_size_expiry_and_internal_errors_close_the_socket() {
         let closing: Vec<_> = ErrorCode::ALL
             .into_iter()
             .filter(|c| c.ws_close_code().is_some())
             .collect();
         assert_eq!(
             closing,
-            vec![ErrorCode::PayloadTooLarge, ErrorCode::Internal]
+            vec![
+                ErrorCode::Unauthorized,
+                ErrorCode::PayloadTooLarge,
+                ErrorCode::Internal
+            ]
         );
+        assert_eq!(ErrorCode::Unauthorized.ws_close_code(), Some(4001));
     }
 }

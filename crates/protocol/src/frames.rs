@@ -19,6 +19,9 @@ pub enum ClientFrame {
     Subscribe {
         session: SessionKey,
         after: Option<Offset>,
+        /// The cursor's epoch, as a `subscribed` frame gave it: a resume whose epoch is not
+        /// the log's current one is refused with `epoch_changed`.
+        epoch: Option<String>,
     },
     Unsubscribe {
         session: SessionKey,
@@ -59,6 +62,7 @@ struct ClientFrameIn {
     after: Option<u64>,
     event: Option<Box<RawValue>>,
     token: Option<String>,
+    epoch: Option<String>,
 }
 
 impl ClientFrame {
@@ -90,6 +94,7 @@ impl ClientFrame {
             "subscribe" => Ok(ClientFrame::Subscribe {
                 session: session(raw.session)?,
                 after: raw.after.map(Offset),
+                epoch: raw.epoch.filter(|e| !e.is_empty()),
             }),
             "unsubscribe" => Ok(ClientFrame::Unsubscribe {
                 session: session(raw.session)?,
@@ -142,6 +147,7 @@ impl ClientFrame {
             Some(pb::client_frame::Op::Subscribe(s)) => Ok(ClientFrame::Subscribe {
                 session: s.session.parse()?,
                 after: s.after.map(Offset),
+                epoch: (!s.epoch.is_empty()).then_some(s.epoch),
             }),
             Some(pb::client_frame::Op::Unsubscribe(u)) => Ok(ClientFrame::Unsubscribe {
                 session: u.session.parse()?,
@@ -176,12 +182,21 @@ impl ClientFrame {
     /// Encodes as a JSON text message (used by the Rust client).
     pub fn to_json(&self) -> String {
         match self {
-            ClientFrame::Subscribe { session, after } => match after {
-                Some(after) => {
-                    format!(r#"{{"op":"subscribe","session":"{session}","after":{after}}}"#)
+            ClientFrame::Subscribe {
+                session,
+                after,
+                epoch,
+            } => {
+                let mut frame =
+                    serde_json::json!({"op": "subscribe", "session": session.to_string()});
+                if let Some(after) = after {
+                    frame["after"] = after.0.into();
                 }
-                None => format!(r#"{{"op":"subscribe","session":"{session}"}}"#),
-            },
+                if let Some(epoch) = epoch {
+                    frame["epoch"] = epoch.as_str().into();
+                }
+                frame.to_string()
+            }
             ClientFrame::Unsubscribe { session } => {
                 format!(r#"{{"op":"unsubscribe","session":"{session}"}}"#)
             }
@@ -210,9 +225,14 @@ impl ClientFrame {
     pub fn to_protobuf(&self) -> Vec<u8> {
         use pb::client_frame::Op;
         let op = match self {
-            ClientFrame::Subscribe { session, after } => Op::Subscribe(pb::Subscribe {
+            ClientFrame::Subscribe {
+                session,
+                after,
+                epoch,
+            } => Op::Subscribe(pb::Subscribe {
                 session: session.to_string(),
                 after: after.map(|a| a.0),
+                epoch: epoch.clone().unwrap_or_default(),
                 ..Default::default()
             }),
             ClientFrame::Unsubscribe { session } => Op::Unsubscribe(pb::Unsubscribe {
@@ -300,6 +320,9 @@ pub enum ServerFrame {
         session: SessionKey,
         #[serde(default)]
         offset: Option<Offset>,
+        /// The epoch of the session's offsets (the log's identity); resume with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     Unsubscribed {
         session: SessionKey,
@@ -365,6 +388,7 @@ struct ServerFrameIn {
     #[serde(default)]
     duplicate: bool,
     exp: Option<u64>,
+    epoch: Option<String>,
 }
 
 /// The JSON `event` frame for a stored event, built without re-parsing the event.
@@ -408,6 +432,7 @@ impl ServerFrame {
             "subscribed" => ServerFrame::Subscribed {
                 session: session(raw.session)?,
                 offset: raw.offset,
+                epoch: raw.epoch,
             },
             "unsubscribed" => ServerFrame::Unsubscribed {
                 session: session(raw.session)?,
@@ -470,9 +495,14 @@ impl ServerFrame {
     pub fn to_protobuf(&self) -> Result<Vec<u8>, ProtocolError> {
         use pb::server_frame::Op;
         let op = match self {
-            ServerFrame::Subscribed { session, offset } => Op::Subscribed(pb::Subscribed {
+            ServerFrame::Subscribed {
+                session,
+                offset,
+                epoch,
+            } => Op::Subscribed(pb::Subscribed {
                 session: session.to_string(),
                 offset: offset.map(|o| o.0),
+                epoch: epoch.clone().unwrap_or_default(),
                 ..Default::default()
             }),
             ServerFrame::Unsubscribed { session } => Op::Unsubscribed(pb::Unsubscribed {
@@ -554,10 +584,12 @@ mod tests {
             ClientFrame::Subscribe {
                 session: "t:a:s".parse().expect("key"),
                 after: Some(Offset(41)),
+                epoch: Some("5f3a09c2".into()),
             },
             ClientFrame::Subscribe {
                 session: "t:a:s".parse().expect("key"),
                 after: None,
+                epoch: None,
             },
             ClientFrame::Unsubscribe {
                 session: "t:a:s".parse().expect("key"),

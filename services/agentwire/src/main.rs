@@ -40,8 +40,9 @@ enum Command {
         /// Address the API listens on.
         #[arg(long, env = "AGENTWIRE_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        // Boxed: the gateway's settings dwarf the other commands'.
         #[command(flatten)]
-        config: GatewayConfig,
+        config: Box<GatewayConfig>,
     },
     /// Carries the Kafka log into Valkey (history windows + live announcements).
     Relay {
@@ -81,7 +82,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listen on {listen}"))?;
-            agentwire_gateway::run(listener, config, shutdown).await?;
+            agentwire_gateway::run(listener, *config, shutdown).await?;
         }
         Command::Relay {
             admin_listen,

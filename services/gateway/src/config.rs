@@ -12,6 +12,15 @@ pub struct GatewayConfig {
     pub valkey: ValkeyArgs,
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
+    /// The log's generation, part of every cursor epoch: bump it after the topic was deleted
+    /// and re-created or restored in a way that renumbers offsets, so resuming clients learn
+    /// their cursors no longer apply (`epoch_changed`).
+    #[arg(
+        long = "log-generation",
+        env = "AGENTWIRE_LOG_GENERATION",
+        default_value_t = 1
+    )]
+    pub log_generation: u64,
     /// WebSocket connections one tenant may hold on this gateway (429 `too_many_connections`
     /// before the upgrade above it). Counted only with authentication on.
     #[arg(

@@ -196,6 +196,8 @@ struct HistoryBody {
     session: SessionKey,
     /// The newest offset the session's window holds, if any.
     latest: Option<Offset>,
+    /// The epoch of the session's offsets (see `docs/protocol.md`, "Cursor epochs").
+    epoch: String,
     events: Vec<HistoryEntry>,
 }
 
@@ -234,9 +236,15 @@ pub async fn history(
                 })
         })
         .collect::<Result<_, _>>()?;
+    let epoch = state
+        .history()
+        .epoch(&session)
+        .await
+        .map_err(ApiError::from)?;
     Ok(Json(HistoryBody {
         session,
         latest: page.latest,
+        epoch,
         events,
     }))
 }

@@ -52,17 +52,40 @@ pub struct HistoryReader {
     store: HistoryStore,
     kafka: KafkaSettings,
     topic: String,
+    /// Bumped by the operator when offsets change meaning (see [`cursor_epoch`]).
+    generation: u64,
     partitions: OnceCell<usize>,
 }
 
+/// The epoch of a session's offsets: a digest of what gives an offset its meaning (the
+/// topic, its partition count, the session's partition and the log generation). Equal epochs
+/// mean a cursor still points into the same log; a different one means the log was reset.
+pub fn cursor_epoch(topic: &str, partitions: usize, partition: i32, generation: u64) -> String {
+    let identity = format!("{topic}\0{partitions}\0{partition}\0{generation}");
+    format!("{:08x}", agentwire_kafka::murmur2(identity.as_bytes()))
+}
+
 impl HistoryReader {
-    pub fn new(store: HistoryStore, kafka: KafkaSettings, topic: String) -> Self {
+    pub fn new(store: HistoryStore, kafka: KafkaSettings, topic: String, generation: u64) -> Self {
         Self {
             store,
             kafka,
             topic,
+            generation,
             partitions: OnceCell::new(),
         }
+    }
+
+    /// The epoch of `session`'s offsets (see [`cursor_epoch`]).
+    pub async fn epoch(&self, session: &SessionKey) -> Result<String, HistoryError> {
+        let partitions = self.partitions().await?;
+        let partition = partition_for(session.to_string().as_bytes(), partitions);
+        Ok(cursor_epoch(
+            &self.topic,
+            partitions,
+            partition,
+            self.generation,
+        ))
     }
 
     pub fn store(&self) -> &HistoryStore {
@@ -178,5 +201,24 @@ impl HistoryReader {
         }
         tracing::debug!(%session, partition, after = %gap.after, found = events.len(), "history read from the log");
         Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cursor_epoch;
+
+    #[test]
+    fn the_epoch_changes_with_whatever_changes_offset_meaning() {
+        let base = cursor_epoch("agent.events", 12, 3, 1);
+        assert_eq!(base, cursor_epoch("agent.events", 12, 3, 1), "stable");
+        for other in [
+            cursor_epoch("agent.events.v2", 12, 3, 1),
+            cursor_epoch("agent.events", 24, 3, 1),
+            cursor_epoch("agent.events", 12, 4, 1),
+            cursor_epoch("agent.events", 12, 3, 2),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 }

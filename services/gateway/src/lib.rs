@@ -86,8 +86,12 @@ pub async fn run(
         config.kafka.topic.clone(),
         config.dedupe_rebuild_depth,
     );
-    let history =
-        history::HistoryReader::new(history, config.kafka.settings(), config.kafka.topic.clone());
+    let history = history::HistoryReader::new(
+        history,
+        config.kafka.settings(),
+        config.kafka.topic.clone(),
+        config.log_generation,
+    );
     let (labels, label_task) =
         label_feeds::LabelFeeds::start(&config.valkey.url, config.session_buffer, shutdown.clone());
     let state = AppState::new(state::Parts {

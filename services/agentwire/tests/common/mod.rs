@@ -119,6 +119,7 @@ impl Stack {
             kafka: self.kafka_args(),
             valkey: self.valkey_args(),
             auth: agentwire_gateway::auth::AuthArgs::off(),
+            log_generation: 1,
             max_connections_per_tenant: 10_000,
             ephemeral_buffer: 256,
             max_body_bytes: 1024 * 1024,

@@ -269,11 +269,15 @@ impl Connection {
 
     async fn on_frame(&mut self, frame: ClientFrame) -> Result<(), End> {
         match frame {
-            ClientFrame::Subscribe { session, after } => {
+            ClientFrame::Subscribe {
+                session,
+                after,
+                epoch,
+            } => {
                 if let Err(err) = self.principal.check_subscribe(&session) {
                     return self.send_error(err.frame_for(&session)).await;
                 }
-                self.subscribe(session, after).await
+                self.subscribe(session, after, epoch).await
             }
             ClientFrame::Unsubscribe { session } => match self.subs.remove(&session) {
                 Ok(()) => {
@@ -464,9 +468,31 @@ impl Connection {
         }
     }
 
-    async fn subscribe(&mut self, session: SessionKey, after: Option<Offset>) -> Result<(), End> {
+    async fn subscribe(
+        &mut self,
+        session: SessionKey,
+        after: Option<Offset>,
+        epoch: Option<String>,
+    ) -> Result<(), End> {
         if let Err(err) = self.subs.check_subscribe(&session) {
             return self.send_error(session_error(&err, &session)).await;
+        }
+        let current = match self.state.history().epoch(&session).await {
+            Ok(current) => current,
+            Err(err) => {
+                return self
+                    .send_error(ApiError::from(err).frame_for(&session))
+                    .await;
+            }
+        };
+        if let Some(epoch) = epoch.filter(|e| *e != current) {
+            let err = ApiError::new(
+                ErrorCode::EpochChanged,
+                format!(
+                    "the cursor's epoch {epoch} is not the log's current epoch {current}: its offsets mean something else now; subscribe again without after"
+                ),
+            );
+            return self.send_error(err.frame_for(&session)).await;
         }
         // Follow first: whatever is published from now on reaches the receiver, so the
         // history read below and the live feed together miss nothing.
@@ -502,6 +528,7 @@ impl Connection {
         self.send(&ServerFrame::Subscribed {
             session: session.clone(),
             offset: latest,
+            epoch: Some(current),
         })
         .await?;
         if after.is_some() {
