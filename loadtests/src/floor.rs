@@ -105,3 +105,101 @@ pub async fn kafka(
     tokio::task::spawn_blocking(move || consumer.join()).await?;
     Ok(histogram)
 }
+
+/// The raw Valkey pub/sub floor: PUBLISH of a timestamp at `rate` on one channel with `fan`
+/// subscriber connections (redis crate), each recording publish→receive latency.
+pub async fn valkey(
+    url: &str,
+    events: usize,
+    rate: u32,
+    fan: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    use futures::StreamExt as _;
+    let client = redis::Client::open(url)?;
+    let channel = format!("floor:{}", uuid::Uuid::now_v7().simple());
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..fan.max(1) {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        readers.spawn(async move {
+            let mut h = stats::histogram()?;
+            let mut messages = pubsub.on_message();
+            while (h.len() as usize) < events {
+                let Ok(Some(message)) =
+                    tokio::time::timeout(Duration::from_secs(10), messages.next()).await
+                else {
+                    break;
+                };
+                let sent: u128 = message.get_payload::<String>()?.parse()?;
+                stats::record(
+                    &mut h,
+                    Duration::from_micros(u64::try_from(now_micros().saturating_sub(sent))?),
+                );
+            }
+            anyhow::Ok(h)
+        });
+    }
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    for _ in 0..events {
+        tick.tick().await;
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(now_micros().to_string())
+            .query_async(&mut conn)
+            .await?;
+    }
+    let mut all = stats::histogram()?;
+    while let Some(h) = readers.join_next().await {
+        all.add(&h??)?;
+    }
+    Ok(all)
+}
+
+/// The raw WebSocket floor: a tokio-tungstenite echo server and client on loopback; each
+/// message's round trip at `rate`.
+pub async fn ws_echo(events: usize, rate: u32) -> anyhow::Result<Histogram<u64>> {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await?;
+        let mut ws = tokio_tungstenite::accept_async(socket).await?;
+        while let Some(message) = ws.next().await {
+            match message? {
+                Message::Text(text) => ws.send(Message::Text(text)).await?,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        anyhow::Ok(())
+    });
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await?;
+    let (mut sink, mut stream) = ws.split();
+    let reader = tokio::spawn(async move {
+        let mut h = stats::histogram()?;
+        while (h.len() as usize) < events {
+            let Some(message) = stream.next().await else {
+                break;
+            };
+            if let Message::Text(text) = message? {
+                let sent: u128 = text.parse()?;
+                stats::record(
+                    &mut h,
+                    Duration::from_micros(u64::try_from(now_micros().saturating_sub(sent))?),
+                );
+            }
+        }
+        anyhow::Ok(h)
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    for _ in 0..events {
+        tick.tick().await;
+        sink.send(Message::text(now_micros().to_string())).await?;
+    }
+    let h = reader.await??;
+    sink.close().await?;
+    server.abort();
+    Ok(h)
+}

@@ -13,27 +13,30 @@ use hdrhistogram::Histogram;
 use crate::floor::now_micros;
 use crate::stats;
 
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    gateway: String,
+    pub gateway: String,
     /// Subscribing clients.
     #[arg(long, default_value_t = 100)]
-    clients: usize,
+    pub clients: usize,
     /// Fraction of the clients that stop reading.
     #[arg(long, default_value_t = 0.1)]
-    slow_fraction: f64,
+    pub slow_fraction: f64,
     /// Events to publish, spread over the sessions.
     #[arg(long, default_value_t = 3000)]
-    events: usize,
+    pub events: usize,
     /// Events per second (one sequential HTTP publisher).
     #[arg(long, default_value_t = 200)]
-    rate: u32,
+    pub rate: u32,
     #[arg(long, default_value_t = 10)]
-    sessions: usize,
+    pub sessions: usize,
     /// Bytes of text per event (large events fill slow readers' buffers sooner).
     #[arg(long, default_value_t = 1024)]
-    event_bytes: usize,
+    pub event_bytes: usize,
+    /// Where to write result.json, summary.md and latency.png.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
 }
 
 struct Outcome {
@@ -112,23 +115,30 @@ async fn round(args: &Args, slow_clients: usize, tag: &str) -> anyhow::Result<Ou
     Ok(Outcome { fast, lost })
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(args: Args) -> anyhow::Result<crate::report::Report> {
     let slow_clients = ((args.clients as f64) * args.slow_fraction).round() as usize;
     println!(
-        "slow: {} clients over {} sessions, {} events at {}/s, {} bytes each",
+        "slow-consumers: {} clients over {} sessions, {} events at {}/s, {} bytes each",
         args.clients, args.sessions, args.events, args.rate, args.event_bytes
     );
+    let mut report = crate::report::Report::new("slow-consumers", serde_json::json!(args));
+    let snapshot = crate::procs::Snapshot::take();
+    let seconds = args.events as f64 / f64::from(args.rate.max(1));
     let all_fast = round(&args, 0, "base").await?;
-    println!(
-        "no slow clients:   fast readers {} lost={}",
-        stats::summary(&all_fast.fast),
-        all_fast.lost
-    );
+    let mut base =
+        crate::report::Series::new("fast readers, every client reading", all_fast.fast, seconds);
+    base.lost = all_fast.lost as u64;
     let with_slow = round(&args, slow_clients, "slow").await?;
-    println!(
-        "{slow_clients} slow clients: fast readers {} lost={}",
-        stats::summary(&with_slow.fast),
-        with_slow.lost
+    let mut slowed = crate::report::Series::new(
+        &format!("fast readers, {slow_clients} clients not reading"),
+        with_slow.fast,
+        seconds,
     );
-    Ok(())
+    slowed.lost = with_slow.lost as u64;
+    report.processes = snapshot.usage();
+    // The run with slow clients first: the ratio row reads "with / without".
+    report.series.push(slowed);
+    report.series.push(base);
+    report.finish(args.out.clone())?;
+    Ok(report)
 }

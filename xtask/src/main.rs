@@ -34,6 +34,9 @@ enum Command {
         /// Start the stack and exit the demo at once (keep the services up).
         #[arg(long)]
         no_demo: bool,
+        /// Leave the enricher out (for load runs: it would compete for the CPU).
+        #[arg(long)]
+        no_enricher: bool,
     },
     /// Run the whole test suite against fresh servers.
     Test {
@@ -63,7 +66,10 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Up { no_demo } => stack::up(!no_demo),
+        Command::Up {
+            no_demo,
+            no_enricher,
+        } => stack::up(!no_demo, !no_enricher),
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Deps => deps::ensure_all().map(|_| ()),
         Command::BenchEnricher { devices, extra } => bench::run(&devices, &extra),

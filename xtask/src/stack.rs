@@ -124,7 +124,7 @@ pub fn build_workspace() -> anyhow::Result<PathBuf> {
 }
 
 /// `cargo xtask up`.
-pub fn up(demo: bool) -> anyhow::Result<()> {
+pub fn up(demo: bool, with_enricher: bool) -> anyhow::Result<()> {
     let root = workspace_root();
     let stopping = Arc::new(AtomicBool::new(false));
     {
@@ -174,8 +174,8 @@ pub fn up(demo: bool) -> anyhow::Result<()> {
         .env("AGENTWIRE_AUTH", "off");
     let mut gateway = Service::start("gateway", gateway, &stack_dir.join("gateway.log"))?;
     gateway.wait_for_port(loopback(GATEWAY_PORT), START_TIMEOUT)?;
-    let mut enricher = Command::new(&enricher_bin);
-    enricher
+    let mut enricher_command = Command::new(&enricher_bin);
+    enricher_command
         .arg("run")
         .env(
             "AGENTWIRE_ADMIN_LISTEN",
@@ -183,8 +183,19 @@ pub fn up(demo: bool) -> anyhow::Result<()> {
         )
         .env("AGENTWIRE_MODEL_DIR", &servers.model)
         .env("AGENTWIRE_ENRICHER_LABELS", root.join("infra/labels.toml"));
-    let mut enricher = Service::start("enricher", enricher, &stack_dir.join("enricher.log"))?;
-    enricher.wait_for_port(loopback(ENRICHER_ADMIN_PORT), START_TIMEOUT)?;
+    // Load runs leave it out: it would embed every load event on the same two cores.
+    let mut enricher = if with_enricher {
+        let mut enricher = Service::start(
+            "enricher",
+            enricher_command,
+            &stack_dir.join("enricher.log"),
+        )?;
+        enricher.wait_for_port(loopback(ENRICHER_ADMIN_PORT), START_TIMEOUT)?;
+        Some(enricher)
+    } else {
+        println!("xtask: the enricher is not started (--no-enricher)");
+        None
+    };
 
     println!("xtask: the stack is up");
     println!(
@@ -215,7 +226,8 @@ pub fn up(demo: bool) -> anyhow::Result<()> {
     }
     println!("xtask: the stack stays up; press Ctrl-C to stop it");
     while !stopping.load(Ordering::SeqCst) {
-        if !gateway.is_running() || !relay.is_running() || !enricher.is_running() {
+        let enricher_down = enricher.as_mut().is_some_and(|e| !e.is_running());
+        if !gateway.is_running() || !relay.is_running() || enricher_down {
             bail!("a service exited; see the logs in {}", stack_dir.display());
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -1,0 +1,67 @@
+//! agentwire's load tool. Every scenario runs against a running stack (`cargo xtask up`),
+//! prints its figures and writes `result.json`, `summary.md` and `latency.png`; none asserts a
+//! speed. The test suite runs a short smoke of each (`services/agentwire/tests/loadtests_smoke.rs`).
+//!
+//! - `fanout`: durable events from WebSocket publishers to many WebSocket subscribers, next
+//!   to the raw Kafka, Valkey pub/sub and WebSocket floors (and the Socket.IO peer with `--peer`).
+//! - `ephemeral`: the same with ephemeral messages (no log).
+//! - `publish`: durable publish throughput and ack latency over HTTP and WebSocket.
+//! - `reconnect-storm`: every connection dropped at once; time until all resumed, losses.
+//! - `slow-consumers`: fast readers' latency with and without a share of clients not reading.
+//! - `latency`: publish→deliver latency next to the raw broker floor (HTTP publisher).
+//! - `idle`: the gateway's resident memory per idle WebSocket connection.
+
+mod chart;
+pub mod fanout;
+mod floor;
+mod idle;
+mod latency;
+mod peer;
+mod procs;
+pub mod publish;
+pub mod report;
+pub mod slow;
+mod stats;
+pub mod storm;
+pub mod wsload;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "agentwire-loadtests")]
+pub struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Durable fanout: S sessions, N subscribers, P publishers at a target rate.
+    Fanout(fanout::Args),
+    /// Ephemeral fanout (token-stream style): no log, shed under pressure.
+    Ephemeral(fanout::Args),
+    /// Durable publish throughput and ack latency over HTTP and WebSocket.
+    Publish(publish::Args),
+    /// Drop every connection at once; time until all resumed, losses and duplicates.
+    ReconnectStorm(storm::Args),
+    /// Fast readers' latency while some clients stop reading, next to none stopping.
+    #[command(alias = "slow")]
+    SlowConsumers(slow::Args),
+    /// Publish→deliver latency vs the raw Kafka produce→consume floor.
+    Latency(latency::Args),
+    /// Gateway memory per idle WebSocket connection.
+    Idle(idle::Args),
+}
+
+/// Runs the scenario the command line names.
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.scenario {
+        Scenario::Fanout(args) => fanout::run(args, wsload::Class::Durable).await.map(drop),
+        Scenario::Ephemeral(args) => fanout::run(args, wsload::Class::Ephemeral).await.map(drop),
+        Scenario::Publish(args) => publish::run(args).await.map(drop),
+        Scenario::ReconnectStorm(args) => storm::run(args).await.map(drop),
+        Scenario::SlowConsumers(args) => slow::run(args).await.map(drop),
+        Scenario::Latency(args) => latency::run(args).await,
+        Scenario::Idle(args) => idle::run(args).await,
+    }
+}

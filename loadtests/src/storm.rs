@@ -1,0 +1,229 @@
+//! `reconnect-storm`: N resuming subscribers (the Rust client's `Subscriber`) follow S
+//! sessions while events are published; halfway through every connection is dropped at once.
+//! Reports how long until every client received again after resuming, and checks every
+//! client against the acknowledged offsets of its session (no loss, no duplicate).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agentwire_client::{HttpClient, Subscriber, SubscriberConfig};
+use agentwire_protocol::{Event, EventType, Offset, SessionKey};
+use indicatif::ProgressBar;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::floor::now_micros;
+use crate::report::{Report, Series};
+use crate::{procs, stats};
+
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
+pub struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub gateway: String,
+    #[arg(long, default_value_t = 2000)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 100)]
+    pub sessions: usize,
+    /// Events per second (HTTP publishers, spread over the sessions).
+    #[arg(long, default_value_t = 500)]
+    pub rate: u32,
+    /// Seconds of publishing; the storm hits halfway.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Seconds to wait for every client to have every event after the last publish.
+    #[arg(long, default_value_t = 60.0)]
+    pub drain_seconds: f64,
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+struct Client {
+    session: SessionKey,
+    offsets: Vec<Offset>,
+    /// From the storm to the first delivery after it.
+    resumed_after: Option<Duration>,
+    reconnects: u64,
+    dropped: u64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    println!(
+        "reconnect-storm: {} clients over {} sessions, {} events/s for {} s",
+        args.clients, args.sessions, args.rate, args.seconds
+    );
+    let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let sessions: Vec<SessionKey> = (0..args.sessions.max(1))
+        .map(|i| SessionKey::parse_parts("loadtest", "storm", &format!("{run}-{i}")))
+        .collect::<Result<_, _>>()?;
+    let ws_url = format!("{}/v1/ws", args.gateway.replacen("http", "ws", 1));
+    let config = SubscriberConfig {
+        min_delay: Duration::from_millis(50),
+        max_delay: Duration::from_secs(2),
+        ..SubscriberConfig::default()
+    };
+    let connecting = ProgressBar::new(args.clients as u64);
+    let mut subscribers = Vec::with_capacity(args.clients);
+    for chunk in (0..args.clients).collect::<Vec<_>>().chunks(100) {
+        let wave = futures::future::try_join_all(chunk.iter().map(|i| {
+            let session = sessions[i % sessions.len()].clone();
+            let (url, config) = (ws_url.clone(), config.clone());
+            async move {
+                let sub =
+                    Subscriber::connect_with(url, vec![(session.clone(), None)], config).await?;
+                anyhow::Ok((session, sub))
+            }
+        }))
+        .await?;
+        connecting.inc(wave.len() as u64);
+        subscribers.extend(wave);
+    }
+    connecting.finish();
+
+    let snapshot = procs::Snapshot::take();
+    let (storm_tx, storm_rx) = watch::channel::<Option<Instant>>(None);
+    let stop = CancellationToken::new();
+    let received = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(std::sync::Mutex::new(stats::histogram()?));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (session, mut sub) in subscribers {
+        let (mut storm, stop, received, latency) = (
+            storm_rx.clone(),
+            stop.clone(),
+            received.clone(),
+            latency.clone(),
+        );
+        tasks.spawn(async move {
+            let mut client = Client {
+                session,
+                offsets: Vec::new(),
+                resumed_after: None,
+                reconnects: 0,
+                dropped: 0,
+            };
+            let mut storm_at: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    changed = storm.changed(), if storm_at.is_none() => {
+                        if changed.is_ok() {
+                            storm_at = *storm.borrow();
+                            sub.drop_connection();
+                        }
+                    }
+                    delivery = sub.next() => {
+                        let Ok(delivery) = delivery else { continue };
+                        let sent: u128 = delivery.event.text.as_deref().and_then(|t| t.parse().ok()).unwrap_or(0);
+                        if let Ok(mut h) = latency.lock() {
+                            stats::record(&mut h, Duration::from_micros(u64::try_from(now_micros().saturating_sub(sent)).unwrap_or(u64::MAX)));
+                        }
+                        client.offsets.push(delivery.offset);
+                        received.fetch_add(1, Ordering::Relaxed);
+                        if let (Some(at), None) = (storm_at, client.resumed_after) {
+                            client.resumed_after = Some(at.elapsed());
+                        }
+                    }
+                    () = stop.cancelled() => break,
+                }
+            }
+            client.reconnects = sub.reconnects();
+            client.dropped = sub.dropped();
+            client
+        });
+    }
+
+    let http = HttpClient::new(&args.gateway)?;
+    let events = (f64::from(args.rate) * args.seconds).round() as usize;
+    let mut tick =
+        tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1))));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut pending = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for i in 0..events {
+        tick.tick().await;
+        if i == events / 2 {
+            println!("storm: dropping all {} connections", args.clients);
+            storm_tx.send_replace(Some(Instant::now()));
+        }
+        let session = sessions[i % sessions.len()].clone();
+        let http = http.clone();
+        pending.spawn(async move {
+            let mut event = Event::new(session.clone(), EventType::new("agent.load")?);
+            event.text = Some(now_micros().to_string());
+            anyhow::Ok((session, http.publish(&event).await?.offset))
+        });
+    }
+    let mut acked: BTreeMap<SessionKey, BTreeSet<Offset>> = BTreeMap::new();
+    while let Some(done) = pending.join_next().await {
+        let (session, offset) = done??;
+        acked.entry(session).or_default().insert(offset);
+    }
+    let publish_seconds = started.elapsed().as_secs_f64();
+    let per_session: BTreeMap<&SessionKey, u64> = (0..args.clients)
+        .map(|i| &sessions[i % sessions.len()])
+        .fold(BTreeMap::new(), |mut m, s| {
+            *m.entry(s).or_default() += 1;
+            m
+        });
+    let expected: u64 = acked
+        .iter()
+        .map(|(s, o)| o.len() as u64 * per_session.get(s).copied().unwrap_or(0))
+        .sum();
+    let drain = Instant::now() + Duration::from_secs_f64(args.drain_seconds);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < drain {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let (mut lost, mut duplicated, mut reconnects, mut dropped) = (0u64, 0u64, 0u64, 0u64);
+    let mut resumed = stats::histogram()?;
+    let mut never_resumed = 0u64;
+    while let Some(client) = tasks.join_next().await {
+        let client = client?;
+        let got: BTreeSet<Offset> = client.offsets.iter().copied().collect();
+        duplicated += (client.offsets.len() - got.len()) as u64;
+        lost += acked
+            .get(&client.session)
+            .map_or(0, |want| want.difference(&got).count() as u64);
+        reconnects += client.reconnects;
+        dropped += client.dropped;
+        match client.resumed_after {
+            Some(d) => stats::record(&mut resumed, d),
+            None => never_resumed += 1,
+        }
+    }
+    let histogram = latency
+        .lock()
+        .map_err(|_| anyhow::anyhow!("latency lock poisoned"))?
+        .clone();
+    let mut report = Report::new("reconnect-storm", json!(args));
+    let mut series = Series::new("agentwire", histogram, seconds);
+    series.publishes_per_sec = events as f64 / publish_seconds;
+    series.lost = lost;
+    series.duplicated = duplicated;
+    report.series.push(series);
+    report.processes = snapshot.usage();
+    let ms = |us: u64| us as f64 / 1000.0;
+    report.figures.insert("clients".into(), json!(args.clients));
+    report
+        .figures
+        .insert("reconnects".into(), json!(reconnects));
+    report.figures.insert(
+        "clients that never received again".into(),
+        json!(never_resumed),
+    );
+    report.figures.insert(
+        "time to first delivery after the storm, p50 ms".into(),
+        json!(ms(resumed.value_at_quantile(0.5))),
+    );
+    report.figures.insert(
+        "time until every client received again, ms".into(),
+        json!(ms(resumed.max())),
+    );
+    report
+        .figures
+        .insert("duplicates dropped by the clients".into(), json!(dropped));
+    report.finish(args.out.clone())?;
+    Ok(report)
+}

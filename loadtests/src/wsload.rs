@@ -1,0 +1,249 @@
+//! Lean WebSocket load clients: many subscribers and paced publishers in one process, each
+//! doing the least work per frame (borrowed JSON parsing, preformatted publish frames), so the
+//! load tool costs the stack as little CPU as possible on a shared machine.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use agentwire_protocol::SessionKey;
+use anyhow::Context as _;
+use futures::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_util::sync::CancellationToken;
+
+use crate::floor::now_micros;
+use crate::stats;
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Durable or ephemeral publishing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Class {
+    Durable,
+    Ephemeral,
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(borrow)]
+    op: &'a str,
+    offset: Option<u64>,
+    #[serde(borrow)]
+    event: Option<EventText<'a>>,
+    #[serde(borrow)]
+    code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct EventText<'a> {
+    #[serde(borrow)]
+    text: Option<&'a str>,
+}
+
+/// The send stamp a load event carries at the start of its `text`.
+fn stamp(text: &str) -> u128 {
+    text.split(' ')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Connects and subscribes to `session` for new events; returns once `subscribed` arrived.
+pub async fn subscribe(ws_url: &str, session: &SessionKey) -> anyhow::Result<Ws> {
+    let (mut ws, _) = connect_async(ws_url)
+        .await
+        .with_context(|| format!("connect {ws_url}"))?;
+    ws.send(Message::text(format!(
+        r#"{{"op":"subscribe","session":"{session}"}}"#
+    )))
+    .await?;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .context("no subscribed answer within 30 s")?
+            .context("closed before subscribed")??;
+        if let Message::Text(text) = message {
+            let frame: Frame<'_> = serde_json::from_str(&text)?;
+            match frame.op {
+                "subscribed" => return Ok(ws),
+                "error" => anyhow::bail!("subscribe refused: {text}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What one subscriber saw.
+#[derive(Debug)]
+pub struct Seen {
+    pub session: SessionKey,
+    pub latency: Histogram<u64>,
+    /// Offsets of durable events, in arrival order.
+    pub offsets: Vec<u64>,
+    pub ephemeral: u64,
+}
+
+/// Reads `ws` until `stop`, recording each delivery's latency; counts deliveries in `total`.
+pub async fn read(
+    mut ws: Ws,
+    session: SessionKey,
+    total: Arc<AtomicU64>,
+    stop: CancellationToken,
+) -> anyhow::Result<Seen> {
+    let mut seen = Seen {
+        session,
+        latency: stats::histogram()?,
+        offsets: Vec::new(),
+        ephemeral: 0,
+    };
+    loop {
+        let message = tokio::select! {
+            m = ws.next() => m,
+            () = stop.cancelled() => break,
+        };
+        let Some(message) = message else { break };
+        let text = match message? {
+            Message::Text(text) => text,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let now = now_micros();
+        let frame: Frame<'_> = serde_json::from_str(&text)?;
+        let sent = frame.event.and_then(|e| e.text).map_or(0, stamp);
+        match frame.op {
+            "event" => seen.offsets.push(frame.offset.unwrap_or(u64::MAX)),
+            "ephemeral" => seen.ephemeral += 1,
+            _ => continue,
+        }
+        stats::record(
+            &mut seen.latency,
+            Duration::from_micros(u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX)),
+        );
+        total.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(seen)
+}
+
+/// What one publisher did.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Acknowledged durable publishes: (session, offset).
+    pub acked: Vec<(SessionKey, u64)>,
+    /// Ephemeral messages sent (no ack exists).
+    pub sent_ephemeral: u64,
+    /// Publishes refused with an error frame, by code.
+    pub refused: Vec<String>,
+    /// Publish→ack latency of durable publishes.
+    pub ack_latency: Option<Histogram<u64>>,
+}
+
+/// One WebSocket publisher: sends `count` events round-robin over `sessions`, one every
+/// `interval`, pipelined (acks are read concurrently, in publish order).
+pub async fn publish(
+    ws_url: &str,
+    sessions: Vec<SessionKey>,
+    class: Class,
+    count: usize,
+    interval: Duration,
+    padding: Arc<str>,
+    progress: Arc<AtomicU64>,
+) -> anyhow::Result<Published> {
+    let (ws, _) = connect_async(ws_url).await?;
+    let (mut sink, mut stream) = ws.split();
+    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<(SessionKey, u128)>();
+    let expected = if class == Class::Durable { count } else { 0 };
+    let reader = tokio::spawn(async move {
+        let mut published = Published {
+            ack_latency: Some(stats::histogram()?),
+            ..Published::default()
+        };
+        let mut in_flight: VecDeque<(SessionKey, u128)> = VecDeque::new();
+        let mut answers = 0;
+        while answers < expected {
+            let Some(message) = stream.next().await else {
+                break;
+            };
+            let Message::Text(text) = message? else {
+                continue;
+            };
+            let frame: Frame<'_> = serde_json::from_str(&text)?;
+            match frame.op {
+                "ack" | "error" => {}
+                _ => continue,
+            }
+            while let Ok(sent) = sent_rx.try_recv() {
+                in_flight.push_back(sent);
+            }
+            if in_flight.is_empty()
+                && let Some(sent) = sent_rx.recv().await
+            {
+                in_flight.push_back(sent);
+            }
+            let Some((session, sent)) = in_flight.pop_front() else {
+                break;
+            };
+            answers += 1;
+            if frame.op == "ack" {
+                if let Some(h) = published.ack_latency.as_mut() {
+                    stats::record(
+                        h,
+                        Duration::from_micros(
+                            u64::try_from(now_micros().saturating_sub(sent)).unwrap_or(u64::MAX),
+                        ),
+                    );
+                }
+                published
+                    .acked
+                    .push((session, frame.offset.unwrap_or(u64::MAX)));
+            } else {
+                published
+                    .refused
+                    .push(frame.code.unwrap_or("unknown").to_owned());
+            }
+        }
+        anyhow::Ok(published)
+    });
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let op = match class {
+        Class::Durable => "publish",
+        Class::Ephemeral => "ephemeral",
+    };
+    for i in 0..count {
+        tick.tick().await;
+        let session = &sessions[i % sessions.len()];
+        let now = now_micros();
+        let frame = format!(
+            r#"{{"op":"{op}","event":{{"type":"agent.load","tenant":"{}","agenttype":"{}","sessionid":"{}","text":"{now} {padding}"}}}}"#,
+            session.tenant, session.agent_type, session.session_id
+        );
+        if class == Class::Durable {
+            sent_tx.send((session.clone(), now))?;
+        }
+        sink.send(Message::text(frame)).await?;
+        progress.fetch_add(1, Ordering::Relaxed);
+    }
+    if class == Class::Ephemeral {
+        sink.close().await?;
+        drop(sent_tx);
+        reader.abort();
+        return Ok(Published {
+            sent_ephemeral: count as u64,
+            ..Published::default()
+        });
+    }
+    drop(sent_tx);
+    // Every publish is answered (ack or error), in publish order; then close.
+    let published = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .context("acks did not arrive within 60 s")???;
+    let _ = sink.close().await;
+    Ok(published)
+}
