@@ -202,9 +202,11 @@ pub fn up(demo: bool, with_enricher: bool) -> anyhow::Result<()> {
         "  gateway   http://127.0.0.1:{GATEWAY_PORT}  (WebSocket ws://127.0.0.1:{GATEWAY_PORT}/v1/ws, /metrics, /readyz)"
     );
     println!("  relay     http://127.0.0.1:{RELAY_ADMIN_PORT}/metrics");
-    println!(
-        "  enricher  http://127.0.0.1:{ENRICHER_ADMIN_PORT}/metrics  (agent.enriched; `enriched` frames)"
-    );
+    if enricher.is_some() {
+        println!(
+            "  enricher  http://127.0.0.1:{ENRICHER_ADMIN_PORT}/metrics  (agent.enriched; `enriched` frames)"
+        );
+    }
     println!("  kafka     127.0.0.1:{KAFKA_PORT} (tansu, topic {TOPIC}, {PARTITIONS} partitions)");
     println!("  valkey    redis://127.0.0.1:{VALKEY_PORT}");
     println!("  logs      {}", stack_dir.display());

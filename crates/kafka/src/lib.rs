@@ -20,7 +20,7 @@ pub use consumer::{ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
 pub use error::KafkaError;
 pub use partitioner::{murmur2, partition_for};
 pub use producer::{Appended, EventLog, LogRecord};
-pub use reader::{read_range, watermarks};
+pub use reader::{Watermarks, read_range, watermarks};
 pub use topics::{ensure_topic, ensure_topic_like, partition_count};
 
 /// Kafka record header carrying the W3C trace context.

@@ -23,7 +23,42 @@ fn reader(settings: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
         .map_err(KafkaError::Client)
 }
 
-/// The low (first) and high (next to be written) offsets of a partition.
+/// One Kafka client for watermark queries, shared by every caller of a process: creating a
+/// client per query costs threads and a broker connection each, which thousands of
+/// subscriptions at once would multiply.
+#[derive(Clone)]
+pub struct Watermarks {
+    consumer: std::sync::Arc<BaseConsumer>,
+}
+
+impl std::fmt::Debug for Watermarks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watermarks").finish_non_exhaustive()
+    }
+}
+
+impl Watermarks {
+    pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+        Ok(Self {
+            consumer: std::sync::Arc::new(reader(settings)?),
+        })
+    }
+
+    /// The low (first) and high (next to be written) offsets of a partition.
+    pub async fn get(&self, topic: &str, partition: i32) -> Result<(i64, i64), KafkaError> {
+        let (consumer, topic) = (self.consumer.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                .map_err(KafkaError::Read)
+        })
+        .await
+        .map_err(|_| KafkaError::ConsumerStopped)?
+    }
+}
+
+/// The low (first) and high (next to be written) offsets of a partition, with a client of
+/// its own (for one-off queries; see [`Watermarks`] for repeated ones).
 pub async fn watermarks(
     settings: &KafkaSettings,
     topic: &str,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use agentwire_kafka::{
-    KafkaError, KafkaSettings, partition_count, partition_for, read_range, watermarks,
+    KafkaError, KafkaSettings, Watermarks, partition_count, partition_for, read_range,
 };
 use agentwire_protocol::{Offset, SessionKey};
 use agentwire_valkey::{Gap, HistoryStore, ValkeyError};
@@ -51,6 +51,8 @@ pub struct Page {
 pub struct HistoryReader {
     store: HistoryStore,
     kafka: KafkaSettings,
+    /// One client for every watermark query of the process.
+    watermarks: Watermarks,
     topic: String,
     /// Bumped by the operator when offsets change meaning (see [`cursor_epoch`]).
     generation: u64,
@@ -66,14 +68,20 @@ pub fn cursor_epoch(topic: &str, partitions: usize, partition: i32, generation: 
 }
 
 impl HistoryReader {
-    pub fn new(store: HistoryStore, kafka: KafkaSettings, topic: String, generation: u64) -> Self {
-        Self {
+    pub fn new(
+        store: HistoryStore,
+        kafka: KafkaSettings,
+        topic: String,
+        generation: u64,
+    ) -> Result<Self, KafkaError> {
+        Ok(Self {
             store,
+            watermarks: Watermarks::new(&kafka)?,
             kafka,
             topic,
             generation,
             partitions: OnceCell::new(),
-        }
+        })
     }
 
     /// The epoch of `session`'s offsets (see [`cursor_epoch`]).
@@ -131,7 +139,7 @@ impl HistoryReader {
             return Ok(Some(latest));
         }
         let partition = partition_for(session.to_string().as_bytes(), self.partitions().await?);
-        let (_, high) = watermarks(&self.kafka, &self.topic, partition).await?;
+        let (_, high) = self.watermarks.get(&self.topic, partition).await?;
         Ok(u64::try_from(high)
             .ok()
             .and_then(|h| h.checked_sub(1))
@@ -160,7 +168,7 @@ impl HistoryReader {
     ) -> Result<Vec<(Offset, String)>, HistoryError> {
         let key = session.to_string();
         let partition = partition_for(key.as_bytes(), self.partitions().await?);
-        let (low, high) = watermarks(&self.kafka, &self.topic, partition).await?;
+        let (low, high) = self.watermarks.get(&self.topic, partition).await?;
         let (low, high) = (
             Offset(u64::try_from(low).unwrap_or(0)),
             Offset(u64::try_from(high).unwrap_or(0)),

@@ -91,7 +91,7 @@ pub async fn run(
         config.kafka.settings(),
         config.kafka.topic.clone(),
         config.log_generation,
-    );
+    )?;
     let (labels, label_task) =
         label_feeds::LabelFeeds::start(&config.valkey.url, config.session_buffer, shutdown.clone());
     let state = AppState::new(state::Parts {
