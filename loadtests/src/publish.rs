@@ -26,8 +26,8 @@ pub struct Args {
     /// WebSocket publishers.
     #[arg(long, default_value_t = 16)]
     pub ws_publishers: usize,
-    /// WebSocket publishes per second, in total.
-    #[arg(long, default_value_t = 10_000)]
+    /// WebSocket publishes per second, in total (what tansu sustains on 2 cores; see README).
+    #[arg(long, default_value_t = 600)]
     pub ws_rate: u32,
     /// Seconds per transport.
     #[arg(long, default_value_t = 10.0)]

@@ -137,7 +137,7 @@ async fn a_reconnect_storm_resumes_every_client_without_loss_or_duplicates() {
         sessions: 4,
         rate: 100,
         seconds: 2.0,
-        drain_seconds: 30.0,
+        drain_seconds: 60.0,
         out: Some(dir.clone()),
     };
     let report = storm::run(args).await.expect("storm");
