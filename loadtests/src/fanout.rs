@@ -125,22 +125,13 @@ pub async fn agentwire(args: &Args, class: Class) -> anyhow::Result<Outcome> {
     }
 
     let events = (f64::from(args.rate) * args.seconds).round() as usize;
-    let publishers = args.publishers.clamp(1, events.max(1));
-    let interval = Duration::from_secs_f64(publishers as f64 / f64::from(args.rate.max(1)));
+    let (shares, interval) = wsload::shares(&sessions, events, args.publishers, args.rate);
     let padding: Arc<str> = "x".repeat(args.padding).into();
     let progress = Arc::new(AtomicU64::new(0));
     let publishing = bar(events as u64, "publishing");
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..publishers {
-        let count = events / publishers + usize::from(p < events % publishers);
-        // Publisher p takes every publishers-th session, so each session has one writer.
-        let mine: Vec<SessionKey> = sessions
-            .iter()
-            .skip(p % sessions.len())
-            .step_by(publishers.min(sessions.len()))
-            .cloned()
-            .collect();
+    for (count, mine) in shares {
         let (url, padding, progress) = (ws_url.clone(), padding.clone(), progress.clone());
         tasks.spawn(async move {
             wsload::publish(&url, mine, class, count, interval, padding, progress).await

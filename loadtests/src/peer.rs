@@ -220,19 +220,11 @@ pub async fn fanout(args: &Args, class: Class) -> anyhow::Result<Series> {
         readers.spawn(read(ws, total.clone(), stop.clone()));
     }
     let events = (f64::from(args.rate) * args.seconds).round() as usize;
-    let publishers = args.publishers.clamp(1, events.max(1));
-    let interval = Duration::from_secs_f64(publishers as f64 / f64::from(args.rate.max(1)));
+    let (shares, interval) = crate::wsload::shares(&rooms, events, args.publishers, args.rate);
     let padding: Arc<str> = "x".repeat(args.padding).into();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..publishers {
-        let count = events / publishers + usize::from(p < events % publishers);
-        let mine: Vec<String> = rooms
-            .iter()
-            .skip(p % rooms.len())
-            .step_by(publishers.min(rooms.len()))
-            .cloned()
-            .collect();
+    for (count, mine) in shares {
         tasks.spawn(publisher(mine, count, interval, padding.clone()));
     }
     let mut sent = 0;

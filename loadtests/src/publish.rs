@@ -87,20 +87,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let ws_url = format!("{}/v1/ws", args.gateway.replacen("http", "ws", 1));
     let events = (f64::from(args.ws_rate) * args.seconds).round() as usize;
-    let publishers = args.ws_publishers.clamp(1, events.max(1));
-    let interval = Duration::from_secs_f64(publishers as f64 / f64::from(args.ws_rate.max(1)));
+    let (shares, interval) = wsload::shares(&sessions, events, args.ws_publishers, args.ws_rate);
     let padding: Arc<str> = padding.into();
     let progress = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..publishers {
-        let count = events / publishers + usize::from(p < events % publishers);
-        let mine: Vec<SessionKey> = sessions
-            .iter()
-            .skip(p % sessions.len())
-            .step_by(publishers.min(sessions.len()))
-            .cloned()
-            .collect();
+    for (count, mine) in shares {
         let (url, padding, progress) = (ws_url.clone(), padding.clone(), progress.clone());
         tasks.spawn(async move {
             wsload::publish(

@@ -146,7 +146,8 @@ impl Report {
             for other in self.series.iter().skip(1) {
                 let p = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
                 // Floors run at their own size: only a peer's deliveries/s compare.
-                let deliveries = if other.publishes_per_sec > 0.0 {
+                let deliveries = if other.publishes_per_sec > 0.0 && other.deliveries_per_sec > 0.0
+                {
                     format!(
                         "{:.2}x",
                         p(ours.deliveries_per_sec, other.deliveries_per_sec)

@@ -23,6 +23,32 @@ use crate::stats;
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// How `events` publishes at `rate` per second are split over `publishers`: each publisher's
+/// event count and its sessions (every publishers-th, so each session has one writer and
+/// keeps one order), and the interval between one publisher's sends.
+pub fn shares<T: Clone>(
+    sessions: &[T],
+    events: usize,
+    publishers: usize,
+    rate: u32,
+) -> (Vec<(usize, Vec<T>)>, Duration) {
+    let publishers = publishers.clamp(1, events.max(1));
+    let interval = Duration::from_secs_f64(publishers as f64 / f64::from(rate.max(1)));
+    let shares = (0..publishers)
+        .map(|p| {
+            let count = events / publishers + usize::from(p < events % publishers);
+            let mine = sessions
+                .iter()
+                .skip(p % sessions.len().max(1))
+                .step_by(publishers.min(sessions.len()).max(1))
+                .cloned()
+                .collect();
+            (count, mine)
+        })
+        .collect();
+    (shares, interval)
+}
+
 /// Durable or ephemeral publishing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum Class {

@@ -64,15 +64,7 @@ pub async fn watermarks(
     topic: &str,
     partition: i32,
 ) -> Result<(i64, i64), KafkaError> {
-    let consumer = reader(settings)?;
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        consumer
-            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
-            .map_err(KafkaError::Read)
-    })
-    .await
-    .map_err(|_| KafkaError::ConsumerStopped)?
+    Watermarks::new(settings)?.get(topic, partition).await
 }
 
 /// Reads the records of `partition` with offsets in `[from, until)` (`until` exclusive),
