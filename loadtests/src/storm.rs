@@ -47,6 +47,8 @@ struct Client {
     resumed_after: Option<Duration>,
     reconnects: u64,
     dropped: u64,
+    /// Errors `Subscriber::next` returned (refusals, protocol errors), by message.
+    errors: Vec<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
@@ -102,6 +104,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 resumed_after: None,
                 reconnects: 0,
                 dropped: 0,
+                errors: Vec::new(),
             };
             let mut storm_at: Option<Instant> = None;
             loop {
@@ -113,7 +116,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                         }
                     }
                     delivery = sub.next() => {
-                        let Ok(delivery) = delivery else { continue };
+                        let delivery = match delivery {
+                            Ok(delivery) => delivery,
+                            Err(err) => {
+                                client.errors.push(err.to_string());
+                                continue;
+                            }
+                        };
                         let sent: u128 = delivery.event.text.as_deref().and_then(|t| t.parse().ok()).unwrap_or(0);
                         if let Ok(mut h) = latency.lock() {
                             stats::record(&mut h, Duration::from_micros(u64::try_from(now_micros().saturating_sub(sent)).unwrap_or(u64::MAX)));
@@ -179,6 +188,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let (mut lost, mut duplicated, mut reconnects, mut dropped) = (0u64, 0u64, 0u64, 0u64);
     let mut resumed = stats::histogram()?;
     let mut never_resumed = 0u64;
+    let mut errors: Vec<String> = Vec::new();
     while let Some(client) = tasks.join_next().await {
         let client = client?;
         let got: BTreeSet<Offset> = client.offsets.iter().copied().collect();
@@ -187,6 +197,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             .get(&client.session)
             .map_or(0, |want| want.difference(&got).count() as u64);
         reconnects += client.reconnects;
+        errors.extend(client.errors);
         dropped += client.dropped;
         match client.resumed_after {
             Some(d) => stats::record(&mut resumed, d),
@@ -224,6 +235,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report
         .figures
         .insert("duplicates dropped by the clients".into(), json!(dropped));
+    report
+        .figures
+        .insert("subscriber errors".into(), json!(errors.len()));
+    if let Some(first) = errors.first() {
+        report
+            .figures
+            .insert("first subscriber error".into(), json!(first));
+    }
     report.finish(args.out.clone())?;
     Ok(report)
 }

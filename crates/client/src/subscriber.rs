@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use agentwire_protocol::{
-    ClientFrame, ErrorFrame, Event, Offset, ServerFrame, SessionKey, cloudevents,
+    ClientFrame, ErrorCode, ErrorFrame, Event, Offset, ServerFrame, SessionKey, cloudevents,
 };
 use backon::{ExponentialBuilder, Retryable};
 use tracing::{debug, info, warn};
@@ -341,6 +341,11 @@ async fn open(
                     opened.live_from.push((session.clone(), latest));
                 }
                 opened.epochs.push((session.clone(), subscription.epoch));
+            }
+            // A transient refusal (Valkey or Kafka unreachable for a moment) must not leave
+            // the session unfollowed: fail this attempt so the reconnect backs off and retries.
+            Err(ClientError::Server(refusal)) if refusal.code == ErrorCode::Unavailable => {
+                return Err(ClientError::Server(refusal));
             }
             Err(ClientError::Server(refusal)) => opened.refused.push(*refusal),
             Err(err) => return Err(err),

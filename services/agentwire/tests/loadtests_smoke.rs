@@ -141,6 +141,12 @@ async fn a_reconnect_storm_resumes_every_client_without_loss_or_duplicates() {
         out: Some(dir.clone()),
     };
     let report = storm::run(args).await.expect("storm");
+    assert_eq!(
+        report.figures["subscriber errors"],
+        0,
+        "first error: {:?}",
+        report.figures.get("first subscriber error")
+    );
     let ours = &report.series[0];
     assert_eq!((ours.lost, ours.duplicated), (0, 0));
     assert_eq!(report.figures["clients that never received again"], 0);
