@@ -19,10 +19,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use agentwire_protocol::SessionKey;
+use agentwire_protocol::frames::event_frame_json;
 use agentwire_valkey::{
     Announcement, LiveAnnotation, LiveEphemeral, LiveMessage, LiveStream, LiveSubscriptions,
     connect_live,
 };
+use axum::extract::ws::Utf8Bytes;
 use backon::{ExponentialBuilder, Retryable as _};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -34,11 +36,19 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queued SUBSCRIBE/UNSUBSCRIBE requests; a full queue makes `follow` wait (backpressure).
 const COMMAND_QUEUE: usize = 1024;
 
+/// A live message and its JSON frame, built once for every follower of this process.
+#[derive(Debug)]
+pub struct Framed<T> {
+    pub message: T,
+    /// The JSON text frame clients receive (cheap to clone: shared bytes).
+    pub frame: Utf8Bytes,
+}
+
 /// What a follower receives for its session.
 #[derive(Clone, Debug)]
 pub enum Live {
     /// A new event of the session, as the relay announced it.
-    Event(Arc<LiveMessage>),
+    Event(Arc<Framed<LiveMessage>>),
     /// The enricher's annotation of an event of the session (realtime only; the durable
     /// copy is in `agent.enriched`).
     Annotation(Arc<LiveAnnotation>),
@@ -66,7 +76,7 @@ struct Entry {
     sender: broadcast::Sender<Live>,
     /// Ephemeral messages have their own, smaller channel: a slow reader sheds them first,
     /// and they never push durable events out of the durable channel.
-    ephemeral: broadcast::Sender<Arc<LiveEphemeral>>,
+    ephemeral: broadcast::Sender<Arc<Framed<LiveEphemeral>>>,
     followers: usize,
     /// `true` once Valkey confirmed the subscription on the current feed connection.
     confirmed: watch::Sender<bool>,
@@ -107,7 +117,7 @@ impl std::fmt::Debug for Hub {
 pub struct Follow {
     session: SessionKey,
     receiver: Option<broadcast::Receiver<Live>>,
-    ephemeral: Option<broadcast::Receiver<Arc<LiveEphemeral>>>,
+    ephemeral: Option<broadcast::Receiver<Arc<Framed<LiveEphemeral>>>>,
     hub: Hub,
 }
 
@@ -118,7 +128,7 @@ impl Follow {
     }
 
     /// Takes the ephemeral messages' receiver (once).
-    pub fn take_ephemeral(&mut self) -> Option<broadcast::Receiver<Arc<LiveEphemeral>>> {
+    pub fn take_ephemeral(&mut self) -> Option<broadcast::Receiver<Arc<Framed<LiveEphemeral>>>> {
         self.ephemeral.take()
     }
 }
@@ -233,11 +243,20 @@ impl Hub {
 
     fn dispatch(&self, announcement: Announcement) {
         let (session, live) = match announcement {
-            Announcement::Event(m) => (m.session.clone(), Live::Event(Arc::new(m))),
+            Announcement::Event(m) => {
+                let frame = event_frame_json(&m.session, m.offset, &m.event_json).into();
+                let session = m.session.clone();
+                (session, Live::Event(Arc::new(Framed { message: m, frame })))
+            }
             Announcement::Annotation(a) => (a.session.clone(), Live::Annotation(Arc::new(a))),
             Announcement::Ephemeral(e) => {
+                let frame = format!(
+                    r#"{{"op":"ephemeral","session":"{}","event":{}}}"#,
+                    e.session, e.event_json
+                )
+                .into();
                 if let Some(entry) = self.shared.sessions().get(&e.session) {
-                    let _ = entry.ephemeral.send(Arc::new(e));
+                    let _ = entry.ephemeral.send(Arc::new(Framed { message: e, frame }));
                 }
                 return;
             }

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::{FuturesOrdered, SplitSink};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::value::RawValue;
@@ -31,7 +31,7 @@ use agentwire_protocol::{
 
 use crate::error::ApiError;
 use crate::history::HistoryError;
-use crate::hub::{Follow, Live};
+use crate::hub::{Follow, Framed, Live};
 use crate::label_feeds::LabelFollow;
 use crate::metrics as m;
 use crate::publish::{self, Transport};
@@ -87,7 +87,7 @@ struct Connection {
     live: StreamMap<SessionKey, BroadcastStream<Live>>,
     label_follows: HashMap<(Tenant, Label), LabelFollow>,
     labels: StreamMap<(Tenant, Label), BroadcastStream<Arc<LiveAnnotation>>>,
-    ephemeral: StreamMap<SessionKey, BroadcastStream<Arc<LiveEphemeral>>>,
+    ephemeral: StreamMap<SessionKey, BroadcastStream<Arc<Framed<LiveEphemeral>>>>,
     acks: FuturesOrdered<AckFuture>,
     limits: ConnectionLimits,
     principal: Principal,
@@ -384,7 +384,7 @@ impl Connection {
     async fn on_ephemeral(
         &mut self,
         session: SessionKey,
-        item: Result<Arc<LiveEphemeral>, BroadcastStreamRecvError>,
+        item: Result<Arc<Framed<LiveEphemeral>>, BroadcastStreamRecvError>,
     ) -> Result<(), End> {
         let message = match item {
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
@@ -399,16 +399,13 @@ impl Connection {
             Ok(message) => message,
         };
         let message = match self.encoding {
-            Encoding::Json => Message::text(format!(
-                r#"{{"op":"ephemeral","session":"{session}","event":{}}}"#,
-                message.event_json
-            )),
+            Encoding::Json => Message::Text(message.frame.clone()),
             Encoding::Protobuf => {
                 let frame = ServerFrame::Ephemeral {
                     session,
-                    event: RawValue::from_string(message.event_json.clone()).map_err(|_| {
-                        End::Close(close::INTERNAL, "ephemeral event is not JSON".into())
-                    })?,
+                    event: RawValue::from_string(message.message.event_json.clone()).map_err(
+                        |_| End::Close(close::INTERNAL, "ephemeral event is not JSON".into()),
+                    )?,
                 };
                 Message::binary(frame.to_protobuf().map_err(|_| {
                     End::Close(close::INTERNAL, "ephemeral event does not encode".into())
@@ -603,9 +600,15 @@ impl Connection {
         match item {
             // Held back while a catch-up is pending: that catch-up reads it from history.
             Ok(Live::Event(_)) if self.pending.contains(&session) => Ok(()),
-            Ok(Live::Event(message)) => {
-                self.deliver(&session, message.offset, &message.event_json)
-                    .await
+            Ok(Live::Event(live)) => {
+                let message = &live.message;
+                self.deliver_framed(
+                    &session,
+                    message.offset,
+                    &message.event_json,
+                    Some(&live.frame),
+                )
+                .await
             }
             Ok(Live::Annotation(annotation)) => self.annotate(&annotation).await,
             Ok(Live::Resync) => {
@@ -626,11 +629,26 @@ impl Connection {
         offset: Offset,
         event_json: &str,
     ) -> Result<(), End> {
+        self.deliver_framed(session, offset, event_json, None).await
+    }
+
+    /// Delivers an event, sending `frame` (the hub's shared JSON frame) when there is one.
+    async fn deliver_framed(
+        &mut self,
+        session: &SessionKey,
+        offset: Offset,
+        event_json: &str,
+        frame: Option<&Utf8Bytes>,
+    ) -> Result<(), End> {
         if self.subs.admit(session, offset) != Verdict::Deliver {
             return Ok(());
         }
         let message = match self.encoding {
-            Encoding::Json => Message::text(event_frame_json(session, offset, event_json)),
+            Encoding::Json => Message::Text(
+                frame
+                    .cloned()
+                    .unwrap_or_else(|| event_frame_json(session, offset, event_json).into()),
+            ),
             Encoding::Protobuf => {
                 let event = RawValue::from_string(event_json.to_owned())
                     .map_err(|_| End::Close(close::INTERNAL, "stored event is not JSON".into()))?;
