@@ -63,13 +63,6 @@ pub struct Args {
     pub out: Option<std::path::PathBuf>,
 }
 
-/// What agentwire did in one fanout run.
-#[derive(Debug)]
-pub struct Outcome {
-    pub series: Series,
-    pub seconds: f64,
-}
-
 fn sessions(run: &str, count: usize, kind: &str) -> anyhow::Result<Vec<SessionKey>> {
     (0..count)
         .map(|i| {
@@ -89,7 +82,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 /// Runs the load on agentwire and returns its series.
-pub async fn agentwire(args: &Args, class: Class) -> anyhow::Result<Outcome> {
+pub async fn agentwire(args: &Args, class: Class) -> anyhow::Result<Series> {
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let kind = match class {
         Class::Durable => "fanout",
@@ -176,10 +169,12 @@ pub async fn agentwire(args: &Args, class: Class) -> anyhow::Result<Outcome> {
             sent * args.subscribers as u64 / sessions.len() as u64
         }
     };
-    let drain = Instant::now() + Duration::from_secs_f64(args.drain_seconds);
-    while total.load(Ordering::Relaxed) < expected && Instant::now() < drain {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::wsload::drained(
+        &total,
+        expected,
+        Duration::from_secs_f64(args.drain_seconds),
+    )
+    .await;
     let seconds = started.elapsed().as_secs_f64();
     stop.cancel();
     let mut latency = stats::histogram()?;
@@ -215,7 +210,7 @@ pub async fn agentwire(args: &Args, class: Class) -> anyhow::Result<Outcome> {
     if class == Class::Ephemeral {
         series.shed = expected.saturating_sub(delivered);
     }
-    Ok(Outcome { series, seconds })
+    Ok(series)
 }
 
 /// The whole scenario: agentwire, then the floors and the peer, then the report.
@@ -232,11 +227,9 @@ pub async fn run(args: Args, class: Class) -> anyhow::Result<Report> {
     let snapshot = procs::Snapshot::take();
     let ours = agentwire(&args, class).await?;
     report.processes = snapshot.usage();
-    report.series.push(ours.series);
+    report.series.push(ours);
     if args.peer {
-        let peer = peer::fanout(&args, class)
-            .await
-            .context("the Socket.IO peer")?;
+        let peer = peer::fanout(&args).await.context("the Socket.IO peer")?;
         report.series.push(peer);
     }
     if !args.no_floors {

@@ -22,7 +22,7 @@ use crate::fanout::Args;
 use crate::floor::now_micros;
 use crate::report::Series;
 use crate::stats;
-use crate::wsload::{Class, Ws};
+use crate::wsload::Ws;
 
 const PUBLISH_PORT: u16 = 3101;
 const SUBSCRIBE_PORT: u16 = 3102;
@@ -193,8 +193,9 @@ async fn publisher(
     Ok(count)
 }
 
-/// Runs the fanout load of `args` on the peer.
-pub async fn fanout(args: &Args, class: Class) -> anyhow::Result<Series> {
+/// Runs the fanout load of `args` on the peer (the same path for both scenarios: Socket.IO
+/// has one, non-durable, class).
+pub async fn fanout(args: &Args) -> anyhow::Result<Series> {
     let _nodes = start(&args.valkey).await?;
     println!(
         "peer: Socket.IO on 127.0.0.1:{PUBLISH_PORT} (publishers) and :{SUBSCRIBE_PORT} (subscribers)"
@@ -233,10 +234,12 @@ pub async fn fanout(args: &Args, class: Class) -> anyhow::Result<Series> {
     }
     let publish_seconds = started.elapsed().as_secs_f64();
     let expected = (sent * args.subscribers / rooms.len()) as u64;
-    let drain = Instant::now() + Duration::from_secs_f64(args.drain_seconds);
-    while total.load(Ordering::Relaxed) < expected && Instant::now() < drain {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::wsload::drained(
+        &total,
+        expected,
+        Duration::from_secs_f64(args.drain_seconds),
+    )
+    .await;
     let seconds = started.elapsed().as_secs_f64();
     stop.cancel();
     let mut latency = stats::histogram()?;
@@ -244,8 +247,6 @@ pub async fn fanout(args: &Args, class: Class) -> anyhow::Result<Series> {
         latency.add(&h??)?;
     }
     let delivered = latency.len();
-    // Socket.IO has one (non-durable) class: both scenarios measure the same path.
-    let _ = class;
     let mut series = Series::new("socket.io (redis adapter)", latency, seconds);
     series.publishes_per_sec = sent as f64 / publish_seconds;
     series.shed = expected.saturating_sub(delivered);

@@ -31,13 +31,6 @@ impl Latency {
             max_ms: ms(h.max()),
         }
     }
-
-    fn line(&self) -> String {
-        format!(
-            "n={} p50={:.2}ms p90={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
-            self.count, self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms
-        )
-    }
 }
 
 /// One measured system in a run: agentwire, a floor or the peer.
@@ -92,10 +85,6 @@ impl Report {
             processes: Vec::new(),
             figures: serde_json::Map::new(),
         }
-    }
-
-    fn series(&self, name: &str) -> Option<&Series> {
-        self.series.iter().find(|s| s.name == name)
     }
 
     /// Prints the figures and writes the three files; returns the folder.
@@ -184,11 +173,5 @@ impl Report {
             }
         }
         md
-    }
-
-    /// A one-line latency summary of a series, for progress output.
-    pub fn line(&self, name: &str) -> String {
-        self.series(name)
-            .map_or_else(String::new, |s| s.latency.line())
     }
 }

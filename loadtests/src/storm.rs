@@ -179,10 +179,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         .iter()
         .map(|(s, o)| o.len() as u64 * per_session.get(s).copied().unwrap_or(0))
         .sum();
-    let drain = Instant::now() + Duration::from_secs_f64(args.drain_seconds);
-    while received.load(Ordering::Relaxed) < expected && Instant::now() < drain {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::wsload::drained(
+        &received,
+        expected,
+        Duration::from_secs_f64(args.drain_seconds),
+    )
+    .await;
     let seconds = started.elapsed().as_secs_f64();
     stop.cancel();
     let (mut lost, mut duplicated, mut reconnects, mut dropped) = (0u64, 0u64, 0u64, 0u64);

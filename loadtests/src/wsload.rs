@@ -49,6 +49,23 @@ pub fn shares<T: Clone>(
     (shares, interval)
 }
 
+/// Waits until `count` reaches `expected` or `drain` after now has passed, checking every
+/// 20 ms (the counters are bumped by many reader tasks; a notification per delivery would
+/// cost more than the check). Returns whether every delivery arrived.
+pub async fn drained(count: &AtomicU64, expected: u64, drain: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + drain;
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        if count.load(Ordering::Relaxed) >= expected {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        ticks.tick().await;
+    }
+}
+
 /// Durable or ephemeral publishing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum Class {
