@@ -36,6 +36,9 @@ pub struct Args {
     /// Seconds to wait for every client to have every event after the last publish.
     #[arg(long, default_value_t = 60.0)]
     pub drain_seconds: f64,
+    /// The stack's Valkey (to count the live subscriptions of the sessions' channels).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub valkey: String,
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
 }
@@ -186,6 +189,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     )
     .await;
     let seconds = started.elapsed().as_secs_f64();
+    // While every client is still connected: how many gateway feeds subscribe each session's
+    // channel (1 per gateway following it; 0 means live events cannot reach its clients).
+    let channel_subscribers = channel_subscribers(&args.valkey, &sessions).await;
     stop.cancel();
     let (mut lost, mut duplicated, mut reconnects, mut dropped) = (0u64, 0u64, 0u64, 0u64);
     let mut resumed = stats::histogram()?;
@@ -219,6 +225,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.processes = snapshot.usage();
     let ms = |us: u64| us as f64 / 1000.0;
     report.figures.insert("clients".into(), json!(args.clients));
+    report.figures.insert(
+        "channel subscribers per session at the end".into(),
+        json!(channel_subscribers),
+    );
+    report.figures.insert(
+        "sessions".into(),
+        json!(sessions.iter().map(ToString::to_string).collect::<Vec<_>>()),
+    );
     report
         .figures
         .insert("reconnects".into(), json!(reconnects));
@@ -247,4 +261,24 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     report.finish(args.out.clone())?;
     Ok(report)
+}
+
+/// `PUBSUB NUMSUB` of each session's channel, or the error that prevented asking.
+async fn channel_subscribers(url: &str, sessions: &[SessionKey]) -> serde_json::Value {
+    let counts = async {
+        let mut conn = redis::Client::open(url)?
+            .get_multiplexed_async_connection()
+            .await?;
+        let mut cmd = redis::cmd("PUBSUB");
+        cmd.arg("NUMSUB");
+        for session in sessions {
+            cmd.arg(format!("aw:{{{session}}}:ch"));
+        }
+        let counts: Vec<(String, i64)> = cmd.query_async(&mut conn).await?;
+        anyhow::Ok(counts.into_iter().map(|(_, n)| n).collect::<Vec<_>>())
+    };
+    match counts.await {
+        Ok(counts) => json!(counts),
+        Err(err) => json!(err.to_string()),
+    }
 }

@@ -138,6 +138,7 @@ async fn a_reconnect_storm_resumes_every_client_without_loss_or_duplicates() {
         rate: 100,
         seconds: 2.0,
         drain_seconds: 60.0,
+        valkey: stack.env.valkey_url.clone(),
         out: Some(dir.clone()),
     };
     let report = storm::run(args).await.expect("storm");
@@ -148,6 +149,18 @@ async fn a_reconnect_storm_resumes_every_client_without_loss_or_duplicates() {
         report.figures.get("first subscriber error")
     );
     let ours = &report.series[0];
+    if ours.lost > 0 {
+        // Where were the missing events lost? The relay's side: each session's Valkey window.
+        for session in report.figures["sessions"].as_array().into_iter().flatten() {
+            let key: agentwire_protocol::SessionKey = session
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .expect("session key");
+            let window = stack.http().history(&key, None, Some(1000)).await;
+            println!("{key}: window holds {:?} events", window.map(|w| w.len()));
+        }
+    }
     assert_eq!((ours.lost, ours.duplicated), (0, 0));
     assert_eq!(report.figures["clients that never received again"], 0);
     assert!(
