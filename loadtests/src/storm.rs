@@ -91,9 +91,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let (storm_tx, storm_rx) = watch::channel::<Option<Instant>>(None);
     let stop = CancellationToken::new();
     let received = Arc::new(AtomicU64::new(0));
+    // Clients that received at least one event: the storm waits for all of them, so every
+    // client resumes with a cursor. (A client that subscribed for "only new events" while its
+    // partition was empty has no cursor until its first delivery; see docs/protocol.md.)
+    let warmed = Arc::new(AtomicU64::new(0));
     let latency = Arc::new(std::sync::Mutex::new(stats::histogram()?));
     let mut tasks = tokio::task::JoinSet::new();
     for (session, mut sub) in subscribers {
+        let warmed = warmed.clone();
         let (mut storm, stop, received, latency) = (
             storm_rx.clone(),
             stop.clone(),
@@ -130,6 +135,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                         if let Ok(mut h) = latency.lock() {
                             stats::record(&mut h, Duration::from_micros(u64::try_from(now_micros().saturating_sub(sent)).unwrap_or(u64::MAX)));
                         }
+                        if client.offsets.is_empty() {
+                            warmed.fetch_add(1, Ordering::Relaxed);
+                        }
                         client.offsets.push(delivery.offset);
                         received.fetch_add(1, Ordering::Relaxed);
                         if let (Some(at), None) = (storm_at, client.resumed_after) {
@@ -152,11 +160,17 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut pending = tokio::task::JoinSet::new();
     let started = Instant::now();
+    let mut stormed_at: Option<usize> = None;
     for i in 0..events {
         tick.tick().await;
-        if i == events / 2 {
-            println!("storm: dropping all {} connections", args.clients);
+        let all_warm = warmed.load(Ordering::Relaxed) == args.clients as u64;
+        if stormed_at.is_none() && i >= events / 2 && all_warm {
+            println!(
+                "storm: dropping all {} connections at event {i}",
+                args.clients
+            );
             storm_tx.send_replace(Some(Instant::now()));
+            stormed_at = Some(i);
         }
         let session = sessions[i % sessions.len()].clone();
         let http = http.clone();
@@ -225,6 +239,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.processes = snapshot.usage();
     let ms = |us: u64| us as f64 / 1000.0;
     report.figures.insert("clients".into(), json!(args.clients));
+    report
+        .figures
+        .insert("storm at event".into(), json!(stormed_at));
     report.figures.insert(
         "channel subscribers per session at the end".into(),
         json!(channel_subscribers),

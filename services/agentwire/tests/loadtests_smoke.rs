@@ -160,8 +160,27 @@ async fn a_reconnect_storm_resumes_every_client_without_loss_or_duplicates() {
             let window = stack.http().history(&key, None, Some(1000)).await;
             println!("{key}: window holds {:?} events", window.map(|w| w.len()));
         }
+        // The gateway's side: catch-ups and their retries, deliveries, feed reconnects.
+        let metrics = reqwest::get(format!("{}/metrics", stack.http_url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        for line in metrics.lines().filter(|l| {
+            l.starts_with("agentwire_gateway_catch_up")
+                || l.starts_with("agentwire_gateway_deliveries")
+                || l.starts_with("agentwire_gateway_feed")
+                || l.starts_with("agentwire_gateway_live_sessions")
+        }) {
+            println!("{line}");
+        }
     }
     assert_eq!((ours.lost, ours.duplicated), (0, 0));
+    assert!(
+        report.figures["storm at event"].is_u64(),
+        "the storm never hit: not every client had received an event"
+    );
     assert_eq!(report.figures["clients that never received again"], 0);
     assert!(
         report.figures["reconnects"]
