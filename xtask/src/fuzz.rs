@@ -52,6 +52,9 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             .arg(fuzz_dir.join("seeds"))
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
+            // Past the 64 KiB attribute limits and up to a whole frame: the limits themselves
+            // must be reached (libFuzzer's default stops at 4 KiB).
+            .arg("-max_len=2097152")
             .arg("-print_final_stats=1"),
     )
     .context("the fuzz run failed (a crash is reported above, its input under fuzz/artifacts)")

@@ -1,14 +1,21 @@
 //! The durable event log's producer: idempotent (`enable.idempotence=true`, which implies
 //! `acks=all`), keyed by session so one session keeps one order.
+//!
+//! A failed delivery says whether the record may still be in the log: librdkafka knows
+//! whether it was ever sent (its message persistence status), and a record that was sent but
+//! not confirmed (a delivery timeout) may have been written. Callers must not tell a publisher
+//! "nothing was written" in that case ([`KafkaError::may_have_been_written`]).
 
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use agentwire_protocol::Offset;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::ClientContext;
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 #[cfg(doc)]
@@ -51,12 +58,50 @@ pub struct EventLog {
     delivery_timeout: Duration,
 }
 
-struct Current {
-    generation: u64,
-    producer: FutureProducer,
+type Delivered = Result<Appended, KafkaError>;
+
+/// Hands each delivery report to the publish waiting for it, with what librdkafka knows of
+/// the record's fate.
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<oneshot::Sender<Delivered>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
+        let delivered = match result {
+            Ok(message) => Ok(Appended {
+                partition: message.partition(),
+                offset: Offset(u64::try_from(message.offset()).unwrap_or_default()),
+            }),
+            Err((err, message)) if possibly_persisted(message) => {
+                Err(KafkaError::Delivery(err.clone()))
+            }
+            Err((err, _)) => Err(KafkaError::NotWritten(err.clone())),
+        };
+        // The publish may have stopped waiting; its outcome is known all the same.
+        let _ = reply.send(delivered);
+    }
 }
 
-fn create_producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+/// Whether a failed record may be in the log anyway: it was sent and no answer came back.
+#[allow(unsafe_code)]
+fn possibly_persisted(message: &BorrowedMessage<'_>) -> bool {
+    // SAFETY: `message` is the live librdkafka message of the delivery report being handled,
+    // valid for the callback; rd_kafka_message_status only reads its status.
+    let status = unsafe { rdkafka::bindings::rd_kafka_message_status(message.ptr()) };
+    status != rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED
+}
+
+type LogProducer = Arc<ThreadedProducer<Deliveries>>;
+
+struct Current {
+    generation: u64,
+    producer: LogProducer,
+}
+
+fn create_producer(settings: &KafkaSettings) -> Result<LogProducer, KafkaError> {
     settings
         .base()
         .set("enable.idempotence", "true")
@@ -68,20 +113,26 @@ fn create_producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaErro
             "message.timeout.ms",
             settings.delivery_timeout.as_millis().to_string(),
         )
-        .create()
+        .create_with_context(Deliveries)
+        .map(Arc::new)
         .map_err(KafkaError::Client)
 }
 
-/// Whether a delivery failure leaves the producer in a state worth replacing.
-fn poisons_producer(err: &rdkafka::error::KafkaError) -> bool {
-    matches!(
-        err.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageTimedOut
-                | RDKafkaErrorCode::Fatal
-                | RDKafkaErrorCode::UnknownProducerId
+impl KafkaError {
+    /// Whether a delivery failure leaves the producer in a state worth replacing.
+    fn poisons_producer(&self) -> bool {
+        let (KafkaError::Delivery(err) | KafkaError::NotWritten(err)) = self else {
+            return false;
+        };
+        matches!(
+            err.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::MessageTimedOut
+                    | RDKafkaErrorCode::Fatal
+                    | RDKafkaErrorCode::UnknownProducerId
+            )
         )
-    )
+    }
 }
 
 impl std::fmt::Debug for EventLog {
@@ -105,7 +156,7 @@ impl EventLog {
         })
     }
 
-    fn producer(&self) -> (u64, FutureProducer) {
+    fn producer(&self) -> (u64, LogProducer) {
         let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
         (current.generation, current.producer.clone())
     }
@@ -156,26 +207,25 @@ impl EventLog {
                     value: Some(tp.as_str()),
                 });
             }
-            let kafka_record = FutureRecord::to(&self.topic)
+            let (reply, delivered) = oneshot::channel();
+            let kafka_record = BaseRecord::with_opaque_to(&self.topic, Box::new(reply))
                 .key(record.key.as_str())
                 .payload(record.value.as_str())
                 .headers(headers);
-            match producer.send_result(kafka_record) {
-                Ok(delivery) => {
+            match producer.send(kafka_record) {
+                Ok(()) => {
                     let log = self.clone();
                     return Ok(async move {
-                        match delivery.await {
-                            Ok(Ok(d)) => Ok(Appended {
-                                partition: d.partition,
-                                offset: Offset(u64::try_from(d.offset).unwrap_or_default()),
-                            }),
-                            Ok(Err((err, _))) => {
-                                if poisons_producer(&err) {
+                        match delivered.await {
+                            Ok(Ok(appended)) => Ok(appended),
+                            Ok(Err(err)) => {
+                                if err.poisons_producer() {
                                     log.renew(generation);
                                 }
-                                Err(KafkaError::Delivery(err))
+                                Err(err)
                             }
-                            Err(_canceled) => {
+                            // The producer went away without a report: it may have sent it.
+                            Err(_) => {
                                 Err(KafkaError::Delivery(rdkafka::error::KafkaError::Canceled))
                             }
                         }
@@ -190,7 +240,7 @@ impl EventLog {
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err((err, _)) => return Err(KafkaError::Delivery(err)),
+                Err((err, _)) => return Err(KafkaError::Refused(err)),
             }
         }
     }
@@ -221,7 +271,7 @@ impl EventLog {
     /// Waits until every enqueued record is acknowledged or `timeout` passes.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         let (_, producer) = self.producer();
-        tokio::task::spawn_blocking(move || producer.flush(timeout).map_err(KafkaError::Delivery))
+        tokio::task::spawn_blocking(move || producer.flush(timeout).map_err(KafkaError::Read))
             .await
             .map_err(|_| KafkaError::Timeout(timeout))?
     }

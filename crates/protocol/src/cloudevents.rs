@@ -14,11 +14,10 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::error::ProtocolError;
-use crate::event::{Data, Event, is_json_media_type, is_valid_traceparent};
-use crate::ids::{AgentType, EventType, ProducerId, SessionId, SessionKey, Tenant};
+use crate::event::{Data, Event};
+use crate::ids::{AgentType, EventType, Offset, ProducerId, SessionId, SessionKey, Tenant};
 
-/// Longest `text`, `source`, `subject` or correlation attribute accepted, in bytes.
-pub const MAX_ATTRIBUTE_LEN: usize = 64 * 1024;
+pub use crate::event::MAX_ATTRIBUTE_LEN;
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -137,6 +136,75 @@ pub fn to_json(event: &Event) -> String {
     serde_json::to_string(&out).unwrap_or_default()
 }
 
+/// A record of a session's log as its readers get it: the event's JSON as stored, or, for a
+/// record that is not a valid event of that session, the server's gap event in its place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The CloudEvents JSON to store and deliver at the record's offset.
+    pub json: String,
+    /// Why the record was replaced by a gap event (`None` for a valid event).
+    pub unreadable: Option<&'static str>,
+}
+
+/// Reads the value of the record at `partition`/`offset` keyed by `session`. Every record of a
+/// session advances its readers' cursors: one that is not a valid event of that session
+/// (empty, not UTF-8, not an event, or an event of another session) becomes a gap event
+/// ([`gap_event_json`]) so that readers see a coded gap instead of silently nothing.
+pub fn read_log_entry(
+    session: &SessionKey,
+    partition: i32,
+    offset: Offset,
+    value: Option<&[u8]>,
+) -> LogEntry {
+    let reason = match value.map(std::str::from_utf8) {
+        None => "empty",
+        Some(Err(_)) => "not_utf8",
+        Some(Ok(json)) => match from_json(json) {
+            Ok(event) if &event.session == session => {
+                return LogEntry {
+                    json: json.to_owned(),
+                    unreadable: None,
+                };
+            }
+            Ok(_) => "key_mismatch",
+            Err(_) => "not_an_event",
+        },
+    };
+    LogEntry {
+        json: gap_event_json(session, partition, offset, reason),
+        unreadable: Some(reason),
+    }
+}
+
+/// The event stored and delivered in place of an unreadable record of `session`'s log: type
+/// [`crate::event::GAP_EVENT_TYPE`], source `/agentwire/relay`, a UUID derived from the
+/// record's position (the same gap always has the same id), and
+/// `{"code":"unreadable_record","reason":…,"partition":…,"offset":…}` as data.
+pub fn gap_event_json(
+    session: &SessionKey,
+    partition: i32,
+    offset: Offset,
+    reason: &str,
+) -> String {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&partition.to_be_bytes());
+    id[8..].copy_from_slice(&offset.0.to_be_bytes());
+    let data = serde_json::json!({
+        "code": "unreadable_record",
+        "reason": reason,
+        "partition": partition,
+        "offset": offset.0,
+    });
+    let mut event = Event::new(
+        session.clone(),
+        EventType::new(crate::event::GAP_EVENT_TYPE).unwrap_or_else(|_| unreachable!()),
+    );
+    event.id = Some(uuid::Builder::from_custom_bytes(id).into_uuid());
+    event.source = "/agentwire/relay".to_owned();
+    event.data = RawValue::from_string(data.to_string()).ok().map(Data::Json);
+    to_json(&event)
+}
+
 /// Parses one CloudEvents JSON object.
 pub fn from_json(json: &str) -> Result<Event, ProtocolError> {
     let raw: CloudEventIn = serde_json::from_str(json).map_err(|e| {
@@ -155,16 +223,6 @@ pub fn batch_from_json(json: &str) -> Result<Vec<Event>, ProtocolError> {
 
 fn required(field: &'static str, value: Option<String>) -> Result<String, ProtocolError> {
     value.ok_or_else(|| ProtocolError::invalid(field, "is required"))
-}
-
-fn bounded(field: &'static str, value: Option<String>) -> Result<Option<String>, ProtocolError> {
-    match value {
-        Some(v) if v.len() > MAX_ATTRIBUTE_LEN => Err(ProtocolError::invalid(
-            field,
-            format!("is longer than {MAX_ATTRIBUTE_LEN} bytes"),
-        )),
-        other => Ok(other),
-    }
 }
 
 fn validate(raw: CloudEventIn) -> Result<Event, ProtocolError> {
@@ -202,33 +260,6 @@ fn validate(raw: CloudEventIn) -> Result<Event, ProtocolError> {
     let producer_id = raw.producerid.map(ProducerId::new).transpose()?;
     let producer_seq = unsigned(raw.producerseq, "producerseq")?;
     let producer_epoch = unsigned(raw.producerepoch, "producerepoch")?;
-    if (producer_seq.is_some() || producer_epoch.is_some()) && producer_id.is_none() {
-        return Err(ProtocolError::invalid(
-            "producerid",
-            "is required when producerseq or producerepoch is set",
-        ));
-    }
-    if producer_seq == Some(0) {
-        return Err(ProtocolError::invalid(
-            "producerseq",
-            "starts at 1 (0 means unsequenced; leave it out)",
-        ));
-    }
-    if producer_epoch.is_some() && producer_seq.is_none() {
-        return Err(ProtocolError::invalid(
-            "producerseq",
-            "is required when producerepoch is set",
-        ));
-    }
-    let traceparent = raw.traceparent;
-    if let Some(tp) = &traceparent
-        && !is_valid_traceparent(tp)
-    {
-        return Err(ProtocolError::invalid(
-            "traceparent",
-            "must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
-        ));
-    }
     let data = match (raw.data, raw.data_base64) {
         (Some(_), Some(_)) => {
             return Err(ProtocolError::invalid(
@@ -244,32 +275,25 @@ fn validate(raw: CloudEventIn) -> Result<Event, ProtocolError> {
         }
         (None, None) => None,
     };
-    if let (Some(Data::Json(_)), Some(ct)) = (&data, &raw.datacontenttype)
-        && !is_json_media_type(ct)
-        && !ct.starts_with("text/")
-    {
-        return Err(ProtocolError::invalid(
-            "datacontenttype",
-            "must be a JSON or text media type when data is JSON; use data_base64 for other bytes",
-        ));
-    }
-    Ok(Event {
+    let event = Event {
         id,
         session,
         event_type,
-        source: bounded("source", raw.source)?.unwrap_or_default(),
-        subject: bounded("subject", raw.subject)?,
+        source: raw.source.unwrap_or_default(),
+        subject: raw.subject,
         producer_id,
         producer_seq,
         producer_epoch,
-        correlation_id: bounded("correlationid", raw.correlationid)?,
-        causation_id: bounded("causationid", raw.causationid)?,
+        correlation_id: raw.correlationid,
+        causation_id: raw.causationid,
         time,
         content_type: raw.datacontenttype,
         data,
-        text: bounded("text", raw.text)?,
-        traceparent,
-    })
+        text: raw.text,
+        traceparent: raw.traceparent,
+    };
+    event.validate()?;
+    Ok(event)
 }
 
 #[cfg(test)]
@@ -365,6 +389,37 @@ mod tests {
                 ErrorCode::Malformed,
                 "{json}"
             );
+        }
+    }
+
+    #[test]
+    fn unreadable_records_become_gap_events_of_their_session() {
+        let session: SessionKey = "acme:planner:s1".parse().expect("key");
+        let valid = read_log_entry(&session, 2, Offset(9), Some(FULL.as_bytes()));
+        assert_eq!((valid.json.as_str(), valid.unreadable), (FULL, None));
+        let other: SessionKey = "acme:planner:s2".parse().expect("key");
+        for (key, value, reason) in [
+            (&session, None, "empty"),
+            (&session, Some(&b"\xff"[..]), "not_utf8"),
+            (&session, Some(&b"{}"[..]), "not_an_event"),
+            (&other, Some(FULL.as_bytes()), "key_mismatch"),
+        ] {
+            let entry = read_log_entry(key, 2, Offset(9), value);
+            assert_eq!(entry.unreadable, Some(reason));
+            let gap = from_json(&entry.json).expect("a gap is a valid event");
+            assert_eq!(gap.event_type.as_str(), crate::event::GAP_EVENT_TYPE);
+            assert_eq!(&gap.session, key);
+            assert!(
+                entry.json.contains(&format!(r#""reason":"{reason}""#)),
+                "{}",
+                entry.json
+            );
+            assert!(
+                gap.check_publishable().is_err(),
+                "producers may not forge gaps"
+            );
+            // The same record always gives the same gap (replays stay idempotent).
+            assert_eq!(read_log_entry(key, 2, Offset(9), value), entry);
         }
     }
 

@@ -50,12 +50,16 @@ pub enum ErrorCode {
     SequenceTooOld,
     /// Kafka or Valkey is unreachable; nothing was written. Retry later.
     Unavailable,
+    /// Kafka did not confirm the append in time: the event may or may not be in the log.
+    /// Retry with the same `producerseq` to learn which; the retry never writes a second copy
+    /// (an unsequenced publish cannot be told apart from its retry).
+    OutcomeUnknown,
     /// A bug or an unexpected failure inside agentwire.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::Malformed,
         ErrorCode::UnknownOp,
         ErrorCode::InvalidField,
@@ -75,6 +79,7 @@ impl ErrorCode {
         ErrorCode::StaleEpoch,
         ErrorCode::SequenceTooOld,
         ErrorCode::Unavailable,
+        ErrorCode::OutcomeUnknown,
         ErrorCode::Internal,
     ];
 
@@ -100,6 +105,7 @@ impl ErrorCode {
             ErrorCode::StaleEpoch => "stale_epoch",
             ErrorCode::SequenceTooOld => "sequence_too_old",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::OutcomeUnknown => "outcome_unknown",
             ErrorCode::Internal => "internal",
         }
     }
@@ -124,7 +130,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::OutcomeUnknown => 503,
         }
     }
 

@@ -1,5 +1,7 @@
 //! The domain event: what producers publish, the log stores and subscribers receive.
-//! Construction goes through the codecs (`cloudevents`, `pb`), which validate every field.
+//! Construction goes through the codecs (`cloudevents`, `pb`); both end in the one
+//! [`Event::validate`], so an event valid in one encoding is valid in every other, and the
+//! relay (which re-reads the log strictly) accepts every event the gateway acknowledged.
 
 use std::time::SystemTime;
 
@@ -7,7 +9,15 @@ use prost_types::Timestamp;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::error::ProtocolError;
 use crate::ids::{EventType, ProducerId, SessionKey};
+
+/// Longest `text`, `source`, `subject` or correlation attribute accepted, in bytes.
+pub const MAX_ATTRIBUTE_LEN: usize = 64 * 1024;
+
+/// The event type the relay writes in place of a log record of a session that is not a
+/// valid event (see [`crate::cloudevents::gap_event_json`]). Producers may not publish it.
+pub const GAP_EVENT_TYPE: &str = "agent.gap";
 
 /// The payload of an event, as CloudEvents distinguishes it.
 #[derive(Clone, Debug)]
@@ -89,6 +99,76 @@ impl Event {
             let s = &self.session;
             self.source = format!("/agentwire/{}/{}/{}", s.tenant, s.agent_type, s.session_id);
         }
+    }
+
+    /// Checks every rule of the contract that the field types alone do not: attribute sizes,
+    /// the producer-sequence rules, the trace context and the data's media type. Every decoder
+    /// calls it; an event that passes it is accepted everywhere.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        for (field, value) in [
+            ("source", Some(self.source.as_str())),
+            ("subject", self.subject.as_deref()),
+            ("correlationid", self.correlation_id.as_deref()),
+            ("causationid", self.causation_id.as_deref()),
+            ("text", self.text.as_deref()),
+        ] {
+            if value.is_some_and(|v| v.len() > MAX_ATTRIBUTE_LEN) {
+                return Err(ProtocolError::invalid(
+                    field,
+                    format!("is longer than {MAX_ATTRIBUTE_LEN} bytes"),
+                ));
+            }
+        }
+        if (self.producer_seq.is_some() || self.producer_epoch.is_some())
+            && self.producer_id.is_none()
+        {
+            return Err(ProtocolError::invalid(
+                "producerid",
+                "is required when producerseq or producerepoch is set",
+            ));
+        }
+        if self.producer_seq == Some(0) {
+            return Err(ProtocolError::invalid(
+                "producerseq",
+                "starts at 1 (0 means unsequenced; leave it out)",
+            ));
+        }
+        if self.producer_epoch.is_some() && self.producer_seq.is_none() {
+            return Err(ProtocolError::invalid(
+                "producerseq",
+                "is required when producerepoch is set",
+            ));
+        }
+        if let Some(tp) = &self.traceparent
+            && !is_valid_traceparent(tp)
+        {
+            return Err(ProtocolError::invalid(
+                "traceparent",
+                "must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
+            ));
+        }
+        if let (Some(Data::Json(_)), Some(ct)) = (&self.data, &self.content_type)
+            && !is_json_media_type(ct)
+            && !ct.starts_with("text/")
+        {
+            return Err(ProtocolError::invalid(
+                "datacontenttype",
+                "must be a JSON or text media type when data is JSON; use data_base64 for other bytes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses what only the server may write (the [`GAP_EVENT_TYPE`]); checked on publish,
+    /// not on decode, since subscribers decode the server's gap events too.
+    pub fn check_publishable(&self) -> Result<(), ProtocolError> {
+        if self.event_type.as_str() == GAP_EVENT_TYPE {
+            return Err(ProtocolError::invalid(
+                "type",
+                format!("{GAP_EVENT_TYPE} is reserved for the server"),
+            ));
+        }
+        Ok(())
     }
 
     /// The media type of `data`, with CloudEvents' default for JSON data.

@@ -5,7 +5,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::error::ProtocolError;
-use crate::event::{Data, Event as DomainEvent, is_json_media_type, is_valid_traceparent};
+use crate::event::{Data, Event as DomainEvent, is_json_media_type};
 use crate::ids::{AgentType, EventType, ProducerId, SessionId, SessionKey, Tenant};
 
 #[allow(missing_debug_implementations, clippy::all)]
@@ -37,27 +37,7 @@ impl TryFrom<generated::Event> for DomainEvent {
         let producer_id = non_empty(pb.producer_id).map(ProducerId::new).transpose()?;
         let producer_seq = (pb.producer_seq != 0).then_some(pb.producer_seq);
         let producer_epoch = pb.producer_epoch;
-        if (producer_seq.is_some() || producer_epoch.is_some()) && producer_id.is_none() {
-            return Err(ProtocolError::invalid(
-                "producerid",
-                "is required when producerseq or producerepoch is set",
-            ));
-        }
-        if producer_epoch.is_some() && producer_seq.is_none() {
-            return Err(ProtocolError::invalid(
-                "producerseq",
-                "is required when producerepoch is set",
-            ));
-        }
         let traceparent = non_empty(pb.traceparent);
-        if let Some(tp) = &traceparent
-            && !is_valid_traceparent(tp)
-        {
-            return Err(ProtocolError::invalid(
-                "traceparent",
-                "must be a W3C traceparent",
-            ));
-        }
         let content_type = non_empty(pb.content_type);
         let data = match (&content_type, pb.data.is_empty()) {
             (_, true) => None,
@@ -70,7 +50,7 @@ impl TryFrom<generated::Event> for DomainEvent {
             }
             (_, false) => Some(Data::Binary(pb.data)),
         };
-        Ok(DomainEvent {
+        let event = DomainEvent {
             id,
             session,
             event_type: EventType::new(pb.r#type)?,
@@ -86,7 +66,9 @@ impl TryFrom<generated::Event> for DomainEvent {
             data,
             text: pb.text,
             traceparent,
-        })
+        };
+        event.validate()?;
+        Ok(event)
     }
 }
 
@@ -137,6 +119,67 @@ mod tests {
         let pb = generated::Event::from(&event);
         let back = DomainEvent::try_from(pb).expect("valid pb");
         assert_eq!(cloudevents::to_json(&back), cloudevents::to_json(&event));
+    }
+
+    #[test]
+    fn protobuf_applies_the_same_limits_as_json() {
+        let long = "x".repeat(crate::event::MAX_ATTRIBUTE_LEN + 1);
+        let base = generated::Event {
+            tenant: "t".into(),
+            agent_type: "a".into(),
+            session_id: "s".into(),
+            r#type: "agent.x".into(),
+            ..Default::default()
+        };
+        let cases = [
+            (
+                "text",
+                generated::Event {
+                    text: Some(long.clone()),
+                    ..base.clone()
+                },
+            ),
+            (
+                "source",
+                generated::Event {
+                    source: long.clone(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "correlationid",
+                generated::Event {
+                    correlation_id: long.clone(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "causationid",
+                generated::Event {
+                    causation_id: long.clone(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "traceparent",
+                generated::Event {
+                    traceparent: "x".into(),
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (field, pb) in cases {
+            let err = DomainEvent::try_from(pb).expect_err(field);
+            assert_eq!(err.field(), Some(field));
+        }
+        // Whatever protobuf accepts, the JSON form of the log (the relay's strict re-read)
+        // accepts too.
+        let ok = generated::Event {
+            text: Some("x".repeat(crate::event::MAX_ATTRIBUTE_LEN)),
+            ..base
+        };
+        let event = DomainEvent::try_from(ok).expect("at the limit");
+        cloudevents::from_json(&cloudevents::to_json(&event)).expect("json accepts it");
     }
 
     #[test]

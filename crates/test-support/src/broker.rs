@@ -82,6 +82,20 @@ impl Broker {
         }
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay open, requests are read by nobody.
+    pub fn pause(&mut self) {
+        if let Some(process) = self.process.as_mut() {
+            process.pause();
+        }
+    }
+
+    /// Lets a paused broker run again; it then handles the requests it had received.
+    pub fn resume(&mut self) {
+        if let Some(process) = self.process.as_mut() {
+            process.resume();
+        }
+    }
+
     /// Kills the broker if it still runs, then starts it again on the same port with the same
     /// database and returns once it answers.
     ///

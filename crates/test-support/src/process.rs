@@ -119,6 +119,21 @@ impl ChildProcess {
         }
     }
 
+    /// Sends SIGSTOP: the process stays alive, its sockets open, and answers nothing (a hung
+    /// server) until [`ChildProcess::resume`].
+    pub fn pause(&mut self) {
+        if let Err(e) = sys::send_signal(self.id(), libc::SIGSTOP) {
+            panic!("send SIGSTOP to {}: {e}", self.name);
+        }
+    }
+
+    /// Sends SIGCONT after [`ChildProcess::pause`].
+    pub fn resume(&mut self) {
+        if let Err(e) = sys::send_signal(self.id(), libc::SIGCONT) {
+            panic!("send SIGCONT to {}: {e}", self.name);
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit: a graceful shutdown.
     ///
     /// # Panics

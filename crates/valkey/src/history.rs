@@ -39,8 +39,23 @@ impl Default for HistorySettings {
 #[derive(Clone, Copy, Debug)]
 pub struct Append<'a> {
     pub session: &'a SessionKey,
+    /// The source topic and partition of the record (the relay's mark is kept per partition).
+    pub topic: &'a str,
+    pub partition: i32,
     pub offset: Offset,
     pub event_json: &'a str,
+    /// The offset of the same partition the relay appended last, if it knows one: a mark
+    /// below it means Valkey lost appends (see `lua/append.lua`).
+    pub expected: Option<Offset>,
+}
+
+/// What [`HistoryStore::append_batch`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Entries new to their windows (the rest were replays).
+    pub written: usize,
+    /// Partitions of the batch in which Valkey was found to have lost acknowledged appends.
+    pub rollbacks: usize,
 }
 
 /// What precedes the first entry of a window read, as the relay recorded it.
@@ -134,21 +149,23 @@ impl HistoryStore {
     }
 
     /// Appends a batch in one pipeline. Each append is atomic (stream entry + publish) and
-    /// idempotent (an offset already written is a no-op). Returns how many were new.
-    pub async fn append_batch(&self, batch: &[Append<'_>]) -> Result<usize, ValkeyError> {
+    /// idempotent (an offset already written is a no-op).
+    pub async fn append_batch(&self, batch: &[Append<'_>]) -> Result<Appended, ValkeyError> {
         if batch.is_empty() {
-            return Ok(0);
+            return Ok(Appended::default());
         }
         let ttl = self.settings.idle_ttl.as_secs().max(1);
         let invocations: Vec<_> = batch
             .iter()
             .map(|a| {
                 let mut inv = APPEND.key(keys::history(a.session));
-                inv.arg(a.offset.0)
+                inv.key(keys::relay_mark(a.topic, a.partition))
+                    .arg(a.offset.0)
                     .arg(a.event_json)
                     .arg(self.settings.maxlen)
                     .arg(keys::channel(a.session))
-                    .arg(ttl);
+                    .arg(ttl)
+                    .arg(a.expected.map(|o| o.0.to_string()).unwrap_or_default());
                 inv
             })
             .collect();
@@ -158,8 +175,11 @@ impl HistoryStore {
         for inv in &invocations {
             pipe.invoke_script(inv);
         }
-        let written: Vec<i64> = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(written.iter().filter(|w| **w == 1).count())
+        let replies: Vec<i64> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(Appended {
+            written: replies.iter().filter(|r| *r & 1 == 1).count(),
+            rollbacks: replies.iter().filter(|r| *r & 2 == 2).count(),
+        })
     }
 
     /// Announces an enrichment of the event at `offset` to the session's subscribers and to

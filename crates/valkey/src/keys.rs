@@ -50,6 +50,15 @@ pub fn producers_rebuild_lock(tenant: &Tenant) -> String {
     format!("{PREFIX}tenant:{{{tenant}}}:producers-rebuild")
 }
 
+/// The relay's mark of one partition of its source topic: the highest offset it appended
+/// (`through`) and where a Valkey rollback was last found (`floor`, see `lua/append.lua`).
+///
+/// Not hash-tagged with the sessions it covers: the append script touches it with a session's
+/// stream, which a standalone Valkey allows; on a cluster it must become one mark per shard.
+pub fn relay_mark(topic: &str, partition: i32) -> String {
+    format!("{PREFIX}relay:{topic}:{partition}")
+}
+
 /// The session a channel name belongs to, if it is one of ours.
 pub fn session_of_channel(channel: &str) -> Option<SessionKey> {
     let tagged = channel.strip_prefix("aw:{")?.strip_suffix("}:ch")?;

@@ -14,10 +14,10 @@ mod producers;
 
 pub use args::ValkeyArgs;
 pub use error::ValkeyError;
-pub use history::{Annotated, Append, Gap, HistorySettings, HistoryStore, Link, Window};
+pub use history::{Annotated, Append, Appended, Gap, HistorySettings, HistoryStore, Link, Window};
 pub use limits::{TenantLimiter, TenantQuota};
 pub use live::{
     Announcement, LiveAnnotation, LiveEphemeral, LiveMessage, LiveStream, LiveSubscriptions,
     connect as connect_live, ephemeral_message, parse_label_message, parse_message,
 };
-pub use producers::{Outcome, ProducerSettings, ProducerStore, Reserve, Restored};
+pub use producers::{Outcome, ProducerSettings, ProducerStore, Reserve, Restored, Unsettled};

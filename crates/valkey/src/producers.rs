@@ -27,6 +27,10 @@ pub struct ProducerSettings {
     /// An append still unconfirmed after this long is presumed abandoned (its gateway died):
     /// a retry takes it over.
     pub pending_stale: Duration,
+    /// How long after Kafka failed to confirm an append (which may still land) a retry must
+    /// wait before it looks in the log: at least the longest a sent produce request can
+    /// still be written (the producer's delivery timeout).
+    pub unknown_settle: Duration,
 }
 
 impl Default for ProducerSettings {
@@ -35,6 +39,7 @@ impl Default for ProducerSettings {
             window: 256,
             ttl: Duration::from_secs(24 * 3600),
             pending_stale: Duration::from_secs(60),
+            unknown_settle: Duration::from_secs(5),
         }
     }
 }
@@ -81,6 +86,16 @@ pub enum Reserve {
     /// An append unconfirmed since `since_ms` (Valkey clock) was abandoned; this caller now
     /// owns it and must find out from the log whether it landed.
     Takeover { since_ms: u64 },
+}
+
+/// Why a reserved append has no outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsettled {
+    /// Nothing reached the broker: the sequence may be appended again at once.
+    NotWritten,
+    /// The broker may have written it (a delivery timeout): a retry waits
+    /// [`ProducerSettings::unknown_settle`], then looks in the log before appending.
+    Unknown,
 }
 
 /// A producer's state as read back from the log.
@@ -155,6 +170,7 @@ impl ProducerStore {
             .arg(epoch)
             .arg(seq)
             .arg(millis(self.settings.pending_stale))
+            .arg(millis(self.settings.unknown_settle))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(match reply.first().map(String::as_str) {
@@ -202,16 +218,23 @@ impl ProducerStore {
         Ok(done == 1)
     }
 
-    /// Marks a reserved `(epoch, seq)` whose append failed, so a retry may append it.
+    /// Marks a reserved `(epoch, seq)` whose append did not succeed: a retry may append it at
+    /// once when nothing was written ([`Unsettled::NotWritten`]), or once the append can no
+    /// longer land and the log says it is not there ([`Unsettled::Unknown`]).
     pub async fn release(
         &self,
         tenant: &Tenant,
         producer: &ProducerId,
         epoch: u64,
         seq: u64,
+        why: Unsettled,
     ) -> Result<(), ValkeyError> {
+        let op = match why {
+            Unsettled::NotWritten => "release",
+            Unsettled::Unknown => "unknown",
+        };
         let _: i64 = self
-            .invocation(tenant, producer, "release")
+            .invocation(tenant, producer, op)
             .arg(epoch)
             .arg(seq)
             .invoke_async(&mut self.conn.clone())

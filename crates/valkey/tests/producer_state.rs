@@ -9,7 +9,7 @@ use std::time::Duration;
 use agentwire_protocol::{Offset, ProducerId, Tenant};
 use agentwire_test_support::{TestEnv, unique};
 use agentwire_valkey::{
-    HistorySettings, HistoryStore, Outcome, ProducerSettings, ProducerStore, Reserve,
+    HistorySettings, HistoryStore, Outcome, ProducerSettings, ProducerStore, Reserve, Unsettled,
 };
 use proptest::prelude::*;
 
@@ -17,6 +17,8 @@ use proptest::prelude::*;
 enum Slot {
     Pending,
     Failed,
+    /// Kafka did not confirm it; retries wait (the test's settle time is an hour).
+    Unknown,
     Done(Outcome),
 }
 
@@ -59,25 +61,29 @@ impl Model {
                 self.slots.insert(seq, Slot::Pending);
                 Reserve::Reserved
             }
-            Some(Slot::Pending) => Reserve::InFlight,
+            Some(Slot::Pending | Slot::Unknown) => Reserve::InFlight,
             Some(Slot::Done(outcome)) => Reserve::Duplicate(outcome),
         }
     }
 
-    fn settle(&mut self, epoch: u64, seq: u64, outcome: Option<Outcome>) {
+    fn settle(&mut self, epoch: u64, seq: u64, outcome: Result<Outcome, Unsettled>) {
         match self.epoch {
             Some(current) if current > epoch => return,
             Some(current) if current == epoch => {}
             _ => self.reset(epoch, seq),
         }
         match outcome {
-            Some(outcome) => {
+            Ok(outcome) => {
                 self.slots.insert(seq, Slot::Done(outcome));
                 self.next = self.next.max(seq + 1);
             }
-            None => {
+            Err(why) => {
                 if self.slots.get(&seq) == Some(&Slot::Pending) {
-                    self.slots.insert(seq, Slot::Failed);
+                    let slot = match why {
+                        Unsettled::NotWritten => Slot::Failed,
+                        Unsettled::Unknown => Slot::Unknown,
+                    };
+                    self.slots.insert(seq, slot);
                 }
             }
         }
@@ -93,14 +99,16 @@ enum Op {
     /// Settles the `index`-th outstanding reservation (modulo their number).
     Settle {
         index: usize,
-        ok: bool,
+        /// 0: appended, 1: nothing written, 2: outcome unknown.
+        how: u8,
     },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u64..3, 1u64..7).prop_map(|(epoch, seq)| Op::Reserve { epoch, seq }),
-        2 => (any::<usize>(), prop::bool::weighted(0.8)).prop_map(|(index, ok)| Op::Settle { index, ok }),
+        2 => (any::<usize>(), prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)])
+            .prop_map(|(index, how)| Op::Settle { index, how }),
     ]
 }
 
@@ -124,6 +132,7 @@ proptest! {
                     window: 1_000,
                     ttl: Duration::from_secs(60),
                     pending_stale: Duration::from_secs(3_600),
+                    unknown_settle: Duration::from_secs(3_600),
                 },
             );
             let tenant = Tenant::new(unique("t")).expect("tenant");
@@ -143,17 +152,21 @@ proptest! {
                             outstanding.push((epoch, seq));
                         }
                     }
-                    Op::Settle { index, ok } if !outstanding.is_empty() => {
+                    Op::Settle { index, how } if !outstanding.is_empty() => {
                         let (epoch, seq) = outstanding.remove(index % outstanding.len());
-                        let outcome = ok.then(|| {
-                            next_offset += 1;
-                            Outcome { partition: 0, offset: Offset(next_offset) }
-                        });
+                        let outcome = match how {
+                            0 => {
+                                next_offset += 1;
+                                Ok(Outcome { partition: 0, offset: Offset(next_offset) })
+                            }
+                            1 => Err(Unsettled::NotWritten),
+                            _ => Err(Unsettled::Unknown),
+                        };
                         match outcome {
-                            Some(o) => {
+                            Ok(o) => {
                                 store.commit(&tenant, &producer, epoch, seq, o).await.expect("commit");
                             }
-                            None => store.release(&tenant, &producer, epoch, seq).await.expect("release"),
+                            Err(why) => store.release(&tenant, &producer, epoch, seq, why).await.expect("release"),
                         }
                         model.settle(epoch, seq, outcome);
                     }

@@ -171,6 +171,8 @@ impl GatewayConfig {
             window: self.dedupe_window,
             ttl: std::time::Duration::from_secs(self.dedupe_ttl_secs),
             pending_stale: std::time::Duration::from_millis(self.dedupe_pending_stale_ms),
+            // A produce request can be written at most this long after it was sent.
+            unknown_settle: std::time::Duration::from_millis(self.kafka.delivery_timeout_ms),
         }
     }
 

@@ -13,7 +13,9 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use agentwire_protocol::{ErrorCode, Event, Offset, ProtocolError, SessionKey, cloudevents, pb};
+use agentwire_protocol::{
+    Ack, ErrorCode, Event, Offset, ProtocolError, SessionKey, cloudevents, pb,
+};
 
 use crate::auth::Principal;
 use crate::error::{ApiError, error_response};
@@ -137,29 +139,18 @@ pub async fn publish(
         return err.into_response();
     }
 
-    // Enqueue in order (one session keeps its order within a batch), then await together.
-    let mut pending = Vec::with_capacity(events.len());
-    let mut enqueue_error = None;
-    for event in events {
-        match publish::enqueue(&state, event, Transport::Http).await {
-            Ok(ack) => pending.push(ack),
-            Err(err) => {
-                enqueue_error = Some(err);
-                break;
-            }
+    // Claimed, appended and settled by a task of its own: a client that aborts the request
+    // leaves no producer sequence reserved and unsettled.
+    let (acks, first_error) = match tokio::spawn(append_in_order(state, events)).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            return ApiError::new(
+                ErrorCode::Internal,
+                format!("the publish task failed: {err}"),
+            )
+            .into_response();
         }
-    }
-    let results = join_all(pending).await;
-    let mut acks = Vec::with_capacity(results.len());
-    let mut first_error = enqueue_error;
-    for result in results {
-        match result {
-            Ok(ack) => acks.push(ack),
-            Err(err) => {
-                first_error.get_or_insert(err);
-            }
-        }
-    }
+    };
     match (first_error, batch) {
         (None, false) => Json(acks.into_iter().next()).into_response(),
         (None, true) => Json(acks).into_response(),
@@ -171,6 +162,32 @@ pub async fn publish(
             error_response(&err, (!written.is_empty()).then_some(written.as_slice()))
         }
     }
+}
+
+/// Enqueues in order (one session keeps its order within a batch), then awaits every ack.
+/// Returns the acks of the events written and the first error, if any.
+async fn append_in_order(state: AppState, events: Vec<Event>) -> (Vec<Ack>, Option<ApiError>) {
+    let mut pending = Vec::with_capacity(events.len());
+    let mut first_error = None;
+    for event in events {
+        match publish::enqueue(&state, event, Transport::Http).await {
+            Ok(ack) => pending.push(ack),
+            Err(err) => {
+                first_error = Some(err);
+                break;
+            }
+        }
+    }
+    let mut acks = Vec::with_capacity(pending.len());
+    for result in join_all(pending).await {
+        match result {
+            Ok(ack) => acks.push(ack),
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    (acks, first_error)
 }
 
 /// Query of a history read.

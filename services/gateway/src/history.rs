@@ -8,7 +8,7 @@ use std::time::Duration;
 use agentwire_kafka::{
     KafkaError, KafkaSettings, Watermarks, partition_count, partition_for, read_range,
 };
-use agentwire_protocol::{Offset, SessionKey};
+use agentwire_protocol::{Offset, SessionKey, cloudevents};
 use agentwire_valkey::{Gap, HistoryStore, ValkeyError};
 use tokio::sync::OnceCell;
 
@@ -197,10 +197,14 @@ impl HistoryReader {
                 if record.key.as_deref() != Some(key.as_bytes()) {
                     continue;
                 }
-                let Some(json) = record.value.and_then(|v| String::from_utf8(v).ok()) else {
-                    continue;
-                };
-                events.push((record.offset, json));
+                // The relay's rule: an unreadable record of the session is a gap event.
+                let entry = cloudevents::read_log_entry(
+                    session,
+                    partition,
+                    record.offset,
+                    record.value.as_deref(),
+                );
+                events.push((record.offset, entry.json));
                 if events.len() == limit {
                     break;
                 }

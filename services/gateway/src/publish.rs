@@ -6,8 +6,8 @@ use std::future::Future;
 use std::time::{Instant, SystemTime};
 
 use agentwire_kafka::LogRecord;
-use agentwire_protocol::{Ack, Event, cloudevents};
-use agentwire_valkey::Outcome;
+use agentwire_protocol::{Ack, ErrorCode, Event, cloudevents};
+use agentwire_valkey::{Outcome, Unsettled};
 use futures::future::{Either, ready};
 
 use crate::error::ApiError;
@@ -45,6 +45,10 @@ pub async fn enqueue(
     transport: Transport,
 ) -> Result<impl Future<Output = Result<Ack, ApiError>> + Send + use<>, ApiError> {
     let started = Instant::now();
+    if let Err(err) = event.check_publishable() {
+        count(transport, "refused");
+        return Err(err.into());
+    }
     let ticket = match state.idempotency().claim(&event).await {
         Ok(Claim::Duplicate(ack)) => {
             count(transport, "duplicate");
@@ -73,27 +77,46 @@ pub async fn enqueue(
         Err(e) => {
             count(transport, "error");
             if let Some(ticket) = &ticket {
-                state.idempotency().settle(ticket, Err(())).await;
+                // An enqueue error never reached a broker.
+                state
+                    .idempotency()
+                    .settle(ticket, Err(Unsettled::NotWritten))
+                    .await;
             }
             return Err(ApiError::unavailable("kafka", e));
         }
     };
-    Ok(Either::Right(async move {
+    // The outcome is awaited and recorded by a task of its own, so a caller that goes away
+    // (an aborted HTTP request, a closed WebSocket) never leaves its sequence pending.
+    let settled = tokio::spawn(async move {
         let result = pending.await;
         if let Some(ticket) = &ticket {
-            let outcome = result.as_ref().map(|a| Outcome {
-                partition: a.partition,
-                offset: a.offset,
-            });
-            state
-                .idempotency()
-                .settle(ticket, outcome.map_err(|_| ()))
-                .await;
+            let outcome = match &result {
+                Ok(a) => Ok(Outcome {
+                    partition: a.partition,
+                    offset: a.offset,
+                }),
+                Err(e) if e.may_have_been_written() => Err(Unsettled::Unknown),
+                Err(_) => Err(Unsettled::NotWritten),
+            };
+            state.idempotency().settle(ticket, outcome).await;
         }
         let _entered = span.enter();
         count(transport, if result.is_ok() { "ok" } else { "error" });
         metrics::histogram!(m::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
-        let appended = result.map_err(|e| ApiError::unavailable("kafka", e))?;
+        let appended = result.map_err(|e| {
+            if e.may_have_been_written() {
+                ApiError::new(
+                    ErrorCode::OutcomeUnknown,
+                    format!(
+                        "kafka did not confirm the append ({e}): it may or may not be in the log; \
+                         retry with the same producerseq to learn which"
+                    ),
+                )
+            } else {
+                ApiError::unavailable("kafka", e)
+            }
+        })?;
         tracing::debug!(partition = appended.partition, offset = %appended.offset, "appended");
         Ok(Ack {
             id,
@@ -101,6 +124,14 @@ pub async fn enqueue(
             partition: appended.partition,
             offset: appended.offset,
             duplicate: false,
+        })
+    });
+    Ok(Either::Right(async move {
+        settled.await.unwrap_or_else(|err| {
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("the publish task failed: {err}"),
+            ))
         })
     }))
 }

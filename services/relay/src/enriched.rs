@@ -126,7 +126,7 @@ fn parse(message: &LogMessage) -> Option<Enrichment> {
     match serde_json::from_slice::<Enrichment>(value) {
         Ok(e) => Some(e),
         Err(error) => {
-            metrics::counter!(m::RECORDS_SKIPPED, "reason" => "not_an_enrichment").increment(1);
+            metrics::counter!(m::ENRICHMENTS_SKIPPED).increment(1);
             tracing::warn!(partition = message.partition, offset = %message.offset, %error, "skipping an enrichment record");
             None
         }

@@ -4,8 +4,11 @@
 pub const EVENTS_WRITTEN: &str = "agentwire_relay_events_written_total";
 /// Events that were already in Valkey (a replay after a restart or rebalance).
 pub const EVENTS_REPLAYED: &str = "agentwire_relay_events_replayed_total";
-/// Records that are not agentwire events and were skipped, by reason.
-pub const RECORDS_SKIPPED: &str = "agentwire_relay_records_skipped_total";
+/// Records of a session that are not valid events of it, stored as gap events, by reason
+/// (`empty`, `not_utf8`, `not_an_event`, `key_mismatch`).
+pub const RECORDS_UNREADABLE: &str = "agentwire_relay_unreadable_records_total";
+/// Records without a session key: no session can receive them.
+pub const RECORDS_UNROUTABLE: &str = "agentwire_relay_unroutable_records_total";
 /// Records per Valkey pipeline.
 pub const BATCH_SIZE: &str = "agentwire_relay_batch_size";
 /// Seconds per Valkey pipeline write.
@@ -14,3 +17,8 @@ pub const BATCH_SECONDS: &str = "agentwire_relay_batch_seconds";
 pub const VALKEY_ERRORS: &str = "agentwire_relay_valkey_errors_total";
 /// Enrichment annotations, by outcome (`after_event`, `event_not_seen`, `replay_skipped`).
 pub const ANNOTATIONS: &str = "agentwire_relay_annotations_total";
+/// Appends that found Valkey had lost appends it acknowledged (a snapshot restore, a lagging
+/// replica promoted); see `lua/append.lua`.
+pub const VALKEY_ROLLBACKS: &str = "agentwire_relay_valkey_rollbacks_total";
+/// `agent.enriched` records that are not enrichments (annotations are realtime extras: skipped).
+pub const ENRICHMENTS_SKIPPED: &str = "agentwire_relay_enrichments_skipped_total";

@@ -1,10 +1,11 @@
 //! The relay pipeline, wired downstream first: Valkey store, then the Kafka poll loop that
 //! feeds it through a bounded channel.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use agentwire_kafka::{ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
-use agentwire_protocol::{Offset, cloudevents};
+use agentwire_protocol::{Offset, SessionKey, cloudevents};
 use agentwire_valkey::{Append, HistoryStore};
 use backon::{ExponentialBuilder, Retryable as _};
 use tokio::sync::mpsc;
@@ -38,6 +39,9 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
         shutdown.clone(),
     ));
 
+    // The offset each owned partition was appended through, as far as this relay knows.
+    let mut marks = Marks::default();
+    let topic = config.kafka.topic.clone();
     loop {
         let event = tokio::select! {
             event = rx.recv() => event,
@@ -45,12 +49,15 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
         };
         match event {
             Some(ConsumerEvent::Batch(batch)) => {
-                write_batch(&store, &offsets, &batch, &shutdown).await
+                write_batch(&store, &offsets, &topic, &mut marks, &batch, &shutdown).await
             }
             Some(ConsumerEvent::Assigned(p)) => {
                 tracing::info!(partitions = ?p, "partitions assigned")
             }
             Some(ConsumerEvent::Revoked(p)) => {
+                for partition in &p {
+                    marks.remove(partition);
+                }
                 tracing::info!(partitions = ?p, "partitions revoked")
             }
             None => break,
@@ -62,7 +69,8 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
     rx.close();
     while let Some(event) = rx.recv().await {
         if let ConsumerEvent::Batch(batch) = event {
-            write_batch(&store, &offsets, &batch, &CancellationToken::new()).await;
+            let stop = CancellationToken::new();
+            write_batch(&store, &offsets, &topic, &mut marks, &batch, &stop).await;
         }
     }
     // The poll thread ends within one poll interval; join it off the async runtime.
@@ -79,21 +87,37 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
     Ok(())
 }
 
+/// The last offset appended per partition by this relay since it was assigned the partition.
+type Marks = HashMap<i32, Offset>;
+
 /// Writes one batch to Valkey, retrying until it succeeds or `stop` is cancelled, then
 /// stores the highest offset of each partition in it.
 async fn write_batch(
     store: &HistoryStore,
     offsets: &OffsetStore,
+    topic: &str,
+    marks: &mut Marks,
     batch: &[LogMessage],
     stop: &CancellationToken,
 ) {
     let parsed: Vec<_> = batch.iter().filter_map(parse).collect();
+    let mut previous = marks.clone();
     let appends: Vec<Append<'_>> = parsed
         .iter()
-        .map(|(event, offset, json)| Append {
-            session: &event.session,
-            offset: *offset,
-            event_json: json,
+        .map(|(session, partition, offset, json)| {
+            // A partition's first record since assignment follows what the relay before this
+            // one committed: everything up to the record before it.
+            let expected = previous
+                .insert(*partition, *offset)
+                .or_else(|| offset.0.checked_sub(1).map(Offset));
+            Append {
+                session,
+                topic,
+                partition: *partition,
+                offset: *offset,
+                event_json: json,
+                expected,
+            }
         })
         .collect();
     let started = Instant::now();
@@ -106,10 +130,20 @@ async fn write_batch(
         })
         .when(|_| !stop.is_cancelled())
         .await;
-    let Ok(written) = written else {
+    let Ok(appended) = written else {
         // Stopping: these offsets stay unstored and are read again by the next relay.
         return;
     };
+    *marks = previous;
+    if appended.rollbacks > 0 {
+        metrics::counter!(m::VALKEY_ROLLBACKS).increment(appended.rollbacks as u64);
+        tracing::error!(
+            detections = appended.rollbacks,
+            "valkey lost appends it had acknowledged (restored from a snapshot, or a lagging replica promoted): \
+             the affected windows now read as broken chains and their readers fill them from the log"
+        );
+    }
+    let written = appended.written;
     metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
     metrics::histogram!(m::BATCH_SIZE).record(appends.len() as f64);
     metrics::counter!(m::EVENTS_WRITTEN).increment(written as u64);
@@ -118,25 +152,27 @@ async fn write_batch(
     offsets.store_batch(batch);
 }
 
-/// Decodes a record into its event and stored JSON; records that are not agentwire events
-/// are counted and skipped (their offsets are still stored: they can never become valid).
-fn parse(message: &LogMessage) -> Option<(agentwire_protocol::Event, Offset, String)> {
-    let skip = |reason: &'static str| {
-        metrics::counter!(m::RECORDS_SKIPPED, "reason" => reason).increment(1);
-        tracing::warn!(partition = message.partition, offset = %message.offset, reason, "skipping a record");
-        None
+/// Turns a record into what its session's window stores at its offset. A record of a session
+/// that is not a valid event of it becomes a gap event (counted, logged as an error), so every
+/// record of a session advances its readers' cursors and none vanishes silently. Only a record
+/// without a session key has no session to go to: it is counted and logged, and its offset is
+/// stored like any other (it can never become readable).
+fn parse(message: &LogMessage) -> Option<(SessionKey, i32, Offset, String)> {
+    let (partition, offset) = (message.partition, message.offset);
+    let session = message
+        .key
+        .as_deref()
+        .and_then(|key| std::str::from_utf8(key).ok())
+        .and_then(|key| key.parse::<SessionKey>().ok());
+    let Some(session) = session else {
+        metrics::counter!(m::RECORDS_UNROUTABLE).increment(1);
+        tracing::error!(partition, %offset, "a record of the log has no session key: no session can receive it");
+        return None;
     };
-    let Some(value) = &message.value else {
-        return skip("empty");
-    };
-    let Ok(json) = std::str::from_utf8(value) else {
-        return skip("not_utf8");
-    };
-    let Ok(event) = cloudevents::from_json(json) else {
-        return skip("not_an_event");
-    };
-    if message.key.as_deref() != Some(event.session.to_string().as_bytes()) {
-        return skip("key_mismatch");
+    let entry = cloudevents::read_log_entry(&session, partition, offset, message.value.as_deref());
+    if let Some(reason) = entry.unreadable {
+        metrics::counter!(m::RECORDS_UNREADABLE, "reason" => reason).increment(1);
+        tracing::error!(%session, partition, %offset, reason, "a record of the log is not a valid event of its session: its readers get a gap event in its place");
     }
-    Some((event, message.offset, json.to_owned()))
+    Some((session, partition, offset, entry.json))
 }

@@ -1,16 +1,19 @@
 -- Producer sequence state for idempotent publishing, one hash per (tenant, producer_id):
 --   epoch  the producer's current epoch          next   the next producer_seq expected
 --   s:<seq> the outcome of that sequence: "<partition>:<offset>" once Kafka acknowledged it,
---           "p:<ms>" while a gateway appends it (since <ms>, Valkey clock), "f" if that failed.
+--           "p:<ms>" while a gateway appends it (since <ms>, Valkey clock), "f" if that failed
+--           before anything was sent, "u:<ms>" if Kafka did not confirm it in time (it may or
+--           may not be in the log: a retry waits until it can no longer land, then looks).
 -- Only the last ARGV window sequences keep their s:<seq> field.
 -- KEYS[1] the producer's state   KEYS[2] the tenant's "rebuilt from the log" marker
--- ARGV[1] op: reserve | commit | release | bump | restore   ARGV[2] ttl ms   ARGV[3] window
--- reserve  ARGV[4] epoch ARGV[5] seq ARGV[6] stale ms
+-- ARGV[1] op: reserve | commit | release | unknown | bump | restore   ARGV[2] ttl ms   ARGV[3] window
+-- reserve  ARGV[4] epoch ARGV[5] seq ARGV[6] stale ms ARGV[7] unknown-settle ms
 --          -> {"not_ready"} | {"stale_epoch", current} | {"gap", expected} | {"reserved"}
 --             | {"duplicate", "<p>:<o>"} | {"in_flight"} | {"too_old", expected}
 --             | {"takeover", pending_since_ms}
 -- commit   ARGV[4] epoch ARGV[5] seq ARGV[6] "<partition>:<offset>" -> 1 (0: epoch fenced)
 -- release  ARGV[4] epoch ARGV[5] seq -> 1
+-- unknown  ARGV[4] epoch ARGV[5] seq -> 1
 -- bump     -> {"not_ready"} | {"epoch", new epoch}
 -- (numbers in replies are decimal strings)
 -- restore  ARGV[4] epoch ARGV[5] next, then pairs seq, "<p>:<o>" -> 1 (merges, never lowers)
@@ -48,7 +51,7 @@ if op == 'restore' then
   return 1
 end
 
-if op == 'commit' or op == 'release' then
+if op == 'commit' or op == 'release' or op == 'unknown' then
   local epoch, seq = tonumber(ARGV[4]), tonumber(ARGV[5])
   local current = tonumber(redis.call('HGET', key, 'epoch') or '-1')
   if current > epoch then
@@ -65,7 +68,7 @@ if op == 'commit' or op == 'release' then
       redis.call('HSET', key, 'next', seq + 1)
     end
   elseif string.sub(redis.call('HGET', key, 's:' .. seq) or '', 1, 2) == 'p:' then
-    redis.call('HSET', key, 's:' .. seq, 'f')
+    redis.call('HSET', key, 's:' .. seq, op == 'release' and 'f' or ('u:' .. now))
   end
   touch()
   return 1
@@ -84,7 +87,7 @@ if op == 'bump' then
 end
 
 -- reserve
-local epoch, seq, stale = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local epoch, seq, stale, settle = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local current = tonumber(redis.call('HGET', key, 'epoch') or '-1')
 if epoch < current then
   return {'stale_epoch', tostring(current)}
@@ -112,9 +115,10 @@ if outcome == 'f' then
   touch()
   return {'reserved'}
 end
-if string.sub(outcome, 1, 2) == 'p:' then
+local state = string.sub(outcome, 1, 2)
+if state == 'p:' or state == 'u:' then
   local since = tonumber(string.sub(outcome, 3))
-  if now - since < stale then
+  if now - since < (state == 'p:' and stale or settle) then
     return {'in_flight'}
   end
   redis.call('HSET', key, 's:' .. seq, 'p:' .. now)

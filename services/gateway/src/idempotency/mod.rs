@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use agentwire_kafka::{KafkaSettings, partition_count, partition_for};
 use agentwire_protocol::{Ack, ErrorCode, Event, Offset, ProducerId, Tenant};
-use agentwire_valkey::{Outcome, ProducerStore, Reserve};
+use agentwire_valkey::{Outcome, ProducerStore, Reserve, Unsettled};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
@@ -149,10 +149,10 @@ impl Idempotency {
         }
     }
 
-    /// Records the append's outcome: `Ok` with where Kafka stored it, `Err` when it failed.
-    /// A failure here is logged, not returned: the event is in the log either way, and a retry
-    /// finds it there once the reservation goes stale.
-    pub async fn settle(&self, ticket: &Ticket, appended: Result<Outcome, ()>) {
+    /// Records the append's outcome: `Ok` with where Kafka stored it, `Err` with why there is
+    /// none. A failure here is logged, not returned: the event is in the log either way, and a
+    /// retry finds it there once the reservation goes stale.
+    pub async fn settle(&self, ticket: &Ticket, appended: Result<Outcome, Unsettled>) {
         let Ticket {
             tenant,
             producer,
@@ -165,7 +165,11 @@ impl Idempotency {
                 .commit(tenant, producer, *epoch, *seq, outcome)
                 .await
                 .map(|_| ()),
-            Err(()) => self.store.release(tenant, producer, *epoch, *seq).await,
+            Err(why) => {
+                self.store
+                    .release(tenant, producer, *epoch, *seq, why)
+                    .await
+            }
         };
         if let Err(err) = result {
             tracing::warn!(%tenant, %producer, epoch, seq, error = %err, "could not record a producer sequence's outcome");

@@ -7,7 +7,8 @@
 //! (the client reads slower than events arrive) or resyncs (Valkey reconnected) turns into a
 //! catch-up read from history: nothing is buffered without bound and nothing is dropped.
 //!
-//! Publishes are enqueued to Kafka in arrival order and acknowledged in that order.
+//! Publishes are handed to the connection's publish task (`publisher`) in arrival order and
+//! answered in that order, refusals included; the loop never waits on a claim or an append.
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -34,8 +35,8 @@ use crate::history::HistoryError;
 use crate::hub::{Follow, Framed, Live};
 use crate::label_feeds::LabelFollow;
 use crate::metrics as m;
-use crate::publish::{self, Transport};
 use crate::session::limits::{Admission, ConnectionLimits};
+use crate::session::publisher::{self, Publisher};
 use crate::session::state::{Subscriptions, Verdict};
 use crate::state::AppState;
 use crate::tenant_limits;
@@ -89,6 +90,7 @@ struct Connection {
     labels: StreamMap<(Tenant, Label), BroadcastStream<Arc<LiveAnnotation>>>,
     ephemeral: StreamMap<SessionKey, BroadcastStream<Arc<Framed<LiveEphemeral>>>>,
     acks: FuturesOrdered<AckFuture>,
+    publisher: Publisher,
     limits: ConnectionLimits,
     principal: Principal,
     /// When the token expires (the connection closes with 4001 unless refreshed).
@@ -111,6 +113,7 @@ pub async fn run(
     let shutdown = state.shutdown().clone();
     let max_subscriptions = state.config().max_subscriptions;
     let rate_settings = state.config().rate_settings();
+    let publisher = Publisher::spawn(state.clone());
     let mut conn = Connection {
         state,
         sink,
@@ -122,6 +125,7 @@ pub async fn run(
         labels: StreamMap::new(),
         ephemeral: StreamMap::new(),
         acks: FuturesOrdered::new(),
+        publisher,
         limits: ConnectionLimits::new(rate_settings),
         expires: deadline(&principal),
         principal,
@@ -259,7 +263,14 @@ impl Connection {
                 }
                 _ => None,
             };
-            return self.send_error(ErrorFrame { id, ..refused }).await;
+            let refusal = ErrorFrame { id, ..refused };
+            if matches!(frame, Ok(ClientFrame::Publish { .. })) {
+                // Behind the answers of earlier publishes, like every publish's answer.
+                self.acks
+                    .push_back(Box::pin(std::future::ready(Err(refusal))));
+                return Ok(());
+            }
+            return self.send_error(refusal).await;
         }
         match frame {
             Ok(frame) => self.on_frame(frame).await,
@@ -291,25 +302,23 @@ impl Connection {
             },
             ClientFrame::Publish { event } => {
                 let id = event.id.map(|id| id.to_string());
-                if let Err(err) = self.principal.check_publish(&event.session) {
-                    return self.send_error(ErrorFrame { id, ..err.frame() }).await;
-                }
-                let event = *event;
-                if let Err(err) =
-                    tenant_limits::charge(self.state.tenants(), std::slice::from_ref(&event)).await
-                {
-                    return self.send_error(ErrorFrame { id, ..err.frame() }).await;
-                }
-                match publish::enqueue(&self.state, event, Transport::Ws).await {
-                    Ok(ack) => {
-                        let id = id.clone();
-                        self.acks.push_back(Box::pin(async move {
-                            ack.await.map_err(|err| ErrorFrame { id, ..err.frame() })
-                        }));
-                        Ok(())
-                    }
-                    Err(err) => self.send_error(ErrorFrame { id, ..err.frame() }).await,
-                }
+                let answer = match self.principal.check_publish(&event.session) {
+                    Err(err) => Box::pin(std::future::ready(Err(err))) as publisher::Acked,
+                    Ok(()) => match tenant_limits::charge(
+                        self.state.tenants(),
+                        std::slice::from_ref(&*event),
+                    )
+                    .await
+                    {
+                        Err(err) => Box::pin(std::future::ready(Err(err))),
+                        Ok(()) => self.publisher.submit(*event),
+                    },
+                };
+                // Refusals queue behind earlier publishes: answers come in publish order.
+                self.acks.push_back(Box::pin(async move {
+                    answer.await.map_err(|err| ErrorFrame { id, ..err.frame() })
+                }));
+                Ok(())
             }
             ClientFrame::Ping => self.send(&ServerFrame::Pong).await,
             ClientFrame::Ephemeral { event } => self.publish_ephemeral(*event).await,

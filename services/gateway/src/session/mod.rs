@@ -3,4 +3,5 @@
 
 pub mod driver;
 pub mod limits;
+pub mod publisher;
 pub mod state;
