@@ -542,7 +542,11 @@ async fn a_narrower_refreshed_token_ends_the_follows_it_does_not_allow() {
         ServerFrame::Refreshed { .. } => {}
         other => panic!("expected refreshed, got {other:?}"),
     }
-    match ws.next_frame().await.expect("frame") {
+    let frame = tokio::time::timeout(LIMIT, ws.next_frame())
+        .await
+        .expect("the revoked follow's error in time")
+        .expect("frame");
+    match frame {
         ServerFrame::Error(e) => {
             assert_eq!(e.code, ErrorCode::Forbidden, "{}", e.message);
             assert_eq!(e.session.as_ref(), Some(&revoked), "{}", e.message);
