@@ -4,7 +4,8 @@
 //! - [`WsConnection`]: one WebSocket to `/v1/ws` with request helpers (subscribe, publish).
 //! - [`Subscriber`]: follows sessions over a WebSocket and, on a lost connection, reconnects
 //!   with jittered backoff and resumes each session after its last delivered offset, so the
-//!   caller sees every event once, in offset order per session.
+//!   caller sees every event once, in offset order per session. With a [`TokenProvider`] it
+//!   authenticates every connection and refreshes the token before it expires.
 //!
 //! Every byte goes through `agentwire_protocol` (CloudEvents JSON, frames); this crate only
 //! adds I/O, timeouts and resume bookkeeping ([`Cursors`], pure and unit-tested).
@@ -13,12 +14,14 @@ mod cursors;
 mod error;
 mod http;
 mod subscriber;
+mod token;
 mod ws;
 
 pub use cursors::{Admit, Cursors};
 pub use error::ClientError;
 pub use http::{DEFAULT_HTTP_TIMEOUT, HttpClient, PublishAck};
 pub use subscriber::{Delivery, Subscriber, SubscriberConfig};
+pub use token::{TokenProvider, expiry};
 pub use ws::{DEFAULT_REQUEST_TIMEOUT, WsConnection};
 
 /// The client's result type.

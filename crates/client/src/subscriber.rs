@@ -13,23 +13,33 @@
 //! delivered), or the last failure of a reconnection round that used up
 //! [`SubscriberConfig::max_retries`] (the next call starts a new round).
 //!
+//! Authentication: with [`SubscriberConfig::token`] every connection sends the provider's
+//! current token as `Authorization: Bearer` on the upgrade, and before that token expires
+//! (`refresh_margin` before its `exp`, at least halfway through) the subscriber sends
+//! `{"op":"refresh"}` with the provider's next token on the open connection. A refresh the
+//! server refuses is reported by `next` as [`ClientError::Server`]; if the token then expires
+//! the server closes the connection and the reconnection asks the provider again. Tokens are
+//! never logged, and neither is the URL's query.
+//!
 //! A session subscribed for new events only gets its cursor from the server's `subscribed`
 //! answer (the session's latest offset, or the end of its partition when it has none yet), so
 //! a connection lost before the first delivery still resumes without missing anything. Only
 //! while the log's partition is completely empty is there no cursor to resume from.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use agentwire_protocol::{
     ClientFrame, ErrorCode, ErrorFrame, Event, Offset, ServerFrame, SessionKey, cloudevents,
 };
 use backon::{ExponentialBuilder, Retryable};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::Result;
 use crate::cursors::{Admit, Cursors};
 use crate::error::{Chain, ClientError};
+use crate::token::{TokenProvider, expiry, refresh_after};
 use crate::ws::{DEFAULT_REQUEST_TIMEOUT, WsConnection};
 
 /// Reconnection and liveness settings.
@@ -46,6 +56,12 @@ pub struct SubscriberConfig {
     /// Silence after which the subscriber sends a `ping`; a second silence as long means
     /// the connection is dead and it reconnects.
     pub keepalive: Duration,
+    /// Where the JWT comes from; asked on every connection and every refresh. `None`: no
+    /// token is sent (a gateway with authentication off).
+    pub token: Option<TokenProvider>,
+    /// How long before the connection's token expires it is refreshed (at the latest: never
+    /// before half its remaining validity).
+    pub refresh_margin: Duration,
 }
 
 impl Default for SubscriberConfig {
@@ -56,6 +72,8 @@ impl Default for SubscriberConfig {
             max_retries: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             keepalive: Duration::from_secs(15),
+            token: None,
+            refresh_margin: Duration::from_secs(30),
         }
     }
 }
@@ -72,6 +90,8 @@ pub struct Delivery {
 /// A freshly opened connection with every subscription answered.
 struct Opened {
     conn: WsConnection,
+    /// When the token the connection was opened with expires.
+    token_expires: Option<SystemTime>,
     /// Sessions subscribed for new events only, with the latest offset the server reported.
     live_from: Vec<(SessionKey, Offset)>,
     /// The epoch of each subscribed session's offsets.
@@ -83,6 +103,8 @@ struct Opened {
 #[derive(Debug)]
 pub struct Subscriber {
     url: String,
+    /// The URL without its query (which may hold a token): what the logs show.
+    log_url: String,
     config: SubscriberConfig,
     cursors: Cursors,
     conn: Option<WsConnection>,
@@ -90,6 +112,14 @@ pub struct Subscriber {
     refusals: VecDeque<ErrorFrame>,
     reconnects: u64,
     ping_outstanding: bool,
+    /// When to send the next `refresh` on the current connection.
+    refresh_at: Option<Instant>,
+}
+
+/// What ended one wait of [`Subscriber::next`].
+enum Woke {
+    Frame(Result<ServerFrame>),
+    RefreshDue,
 }
 
 impl Subscriber {
@@ -114,11 +144,18 @@ impl Subscriber {
             cursors.follow(session, after);
         }
         let url = ws_url.into();
-        let opened = open(&url, config.request_timeout, &cursors.resume_points()).await?;
+        let opened = open(
+            &url,
+            config.token.as_ref(),
+            config.request_timeout,
+            &cursors.resume_points(),
+        )
+        .await?;
         if let Some(refusal) = opened.refused.first() {
             return Err(refusal.clone().into());
         }
         let mut subscriber = Self {
+            log_url: loggable(&url),
             url,
             config,
             cursors,
@@ -126,6 +163,7 @@ impl Subscriber {
             refusals: VecDeque::new(),
             reconnects: 0,
             ping_outstanding: false,
+            refresh_at: None,
         };
         subscriber.install(opened);
         Ok(subscriber)
@@ -143,17 +181,23 @@ impl Subscriber {
                 self.reconnect().await?;
                 continue;
             };
-            match read_live(conn, self.config.keepalive, &mut self.ping_outstanding).await {
-                Ok(frame) => {
+            let refresh_at = self.refresh_at;
+            let woke = tokio::select! {
+                frame = read_live(conn, self.config.keepalive, &mut self.ping_outstanding) => Woke::Frame(frame),
+                () = until(refresh_at) => Woke::RefreshDue,
+            };
+            match woke {
+                Woke::Frame(Ok(frame)) => {
                     if let Some(delivery) = self.accept(frame)? {
                         return Ok(delivery);
                     }
                 }
-                Err(err) if err.is_connection_lost() => {
-                    warn!(url = %self.url, error = %Chain(&err), "subscriber lost its connection");
+                Woke::Frame(Err(err)) if err.is_connection_lost() => {
+                    warn!(url = %self.log_url, error = %Chain(&err), "subscriber lost its connection");
                     self.conn = None;
                 }
-                Err(err) => return Err(err),
+                Woke::Frame(Err(err)) => return Err(err),
+                Woke::RefreshDue => self.refresh().await?,
             }
         }
     }
@@ -235,18 +279,55 @@ impl Subscriber {
         }
     }
 
+    /// Sends the provider's current token on the open connection and schedules the next
+    /// refresh from its expiry. The server's answer (`refreshed`, or an error) arrives later
+    /// among the frames.
+    async fn refresh(&mut self) -> Result<()> {
+        self.refresh_at = None;
+        let (Some(provider), Some(conn)) = (self.config.token.as_ref(), self.conn.as_mut()) else {
+            return Ok(());
+        };
+        let token = provider.token();
+        match conn
+            .send(&ClientFrame::Refresh {
+                token: token.clone(),
+            })
+            .await
+        {
+            Ok(()) => {
+                debug!(url = %self.log_url, "subscriber refreshed its token");
+                self.refresh_at = self.refresh_deadline(expiry(&token));
+                Ok(())
+            }
+            Err(err) if err.is_connection_lost() => {
+                self.conn = None;
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// When to refresh a token expiring at `exp`, if ever.
+    fn refresh_deadline(&self, exp: Option<SystemTime>) -> Option<Instant> {
+        self.config.token.as_ref()?;
+        let wait = refresh_after(exp, SystemTime::now(), self.config.refresh_margin)?;
+        Some(Instant::now() + wait)
+    }
+
     async fn reconnect(&mut self) -> Result<()> {
         let points = self.cursors.resume_points();
         let (url, timeout) = (self.url.as_str(), self.config.request_timeout);
-        let opened = (|| open(url, timeout, &points))
+        let token = self.config.token.as_ref();
+        let log_url = self.log_url.as_str();
+        let opened = (|| open(url, token, timeout, &points))
             .retry(self.backoff())
             .sleep(tokio::time::sleep)
             .when(|err| !matches!(err, ClientError::InvalidUrl { .. }))
-            .notify(|err, delay| warn!(url, error = %Chain(err), ?delay, "subscriber reconnect failed; retrying"))
+            .notify(|err, delay| warn!(url = log_url, error = %Chain(err), ?delay, "subscriber reconnect failed; retrying"))
             .await?;
         self.reconnects += 1;
         info!(
-            url,
+            url = %self.log_url,
             reconnects = self.reconnects,
             sessions = points.len(),
             "subscriber reconnected"
@@ -265,6 +346,7 @@ impl Subscriber {
         }
         self.conn = Some(opened.conn);
         self.ping_outstanding = false;
+        self.refresh_at = self.refresh_deadline(opened.token_expires);
     }
 
     fn backoff(&self) -> ExponentialBuilder {
@@ -304,6 +386,10 @@ impl Subscriber {
                 }
             },
             ServerFrame::Error(refusal) => Err(refusal.into()),
+            ServerFrame::Refreshed { exp } => {
+                debug!(exp, "the server took the refreshed token");
+                Ok(None)
+            }
             other => {
                 debug!(frame = ?other, "subscriber ignored a frame");
                 Ok(None)
@@ -312,13 +398,16 @@ impl Subscriber {
     }
 }
 
-/// Connects and subscribes every session, pipelining the subscribes before awaiting them.
+/// Connects (with the provider's current token) and subscribes every session, pipelining
+/// the subscribes before awaiting them.
 async fn open(
     url: &str,
+    token: Option<&TokenProvider>,
     timeout: Duration,
     points: &[(SessionKey, Option<Offset>, Option<String>)],
 ) -> Result<Opened> {
-    let mut conn = WsConnection::connect_with_timeout(url, timeout).await?;
+    let token = token.map(TokenProvider::token);
+    let mut conn = WsConnection::connect_authorized(url, token.as_deref(), timeout).await?;
     for (session, after, epoch) in points {
         conn.send(&ClientFrame::Subscribe {
             session: session.clone(),
@@ -330,6 +419,7 @@ async fn open(
     }
     let mut opened = Opened {
         conn,
+        token_expires: token.as_deref().and_then(expiry),
         live_from: Vec::new(),
         epochs: Vec::new(),
         refused: Vec::new(),
@@ -352,6 +442,22 @@ async fn open(
         }
     }
     Ok(opened)
+}
+
+/// Completes at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `url` without its query, which may carry a token: what the logs show.
+fn loggable(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_owned(),
+    }
 }
 
 /// Reads the next frame, pinging after `keepalive` of silence and giving up after a second.

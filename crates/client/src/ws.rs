@@ -13,6 +13,9 @@ use agentwire_protocol::{Ack, ClientFrame, ErrorFrame, Event, Offset, ServerFram
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::Result;
@@ -47,13 +50,31 @@ impl WsConnection {
 
     /// Connects with `request_timeout` bounding the handshake and every request helper.
     pub async fn connect_with_timeout(ws_url: &str, request_timeout: Duration) -> Result<Self> {
+        Self::connect_authorized(ws_url, None, request_timeout).await
+    }
+
+    /// Connects sending `token` as `Authorization: Bearer` on the upgrade request (never in
+    /// the URL, where proxies and servers log it).
+    pub async fn connect_authorized(
+        ws_url: &str,
+        token: Option<&str>,
+        request_timeout: Duration,
+    ) -> Result<Self> {
         if !(ws_url.starts_with("ws://") || ws_url.starts_with("wss://")) {
             return Err(ClientError::InvalidUrl {
                 url: ws_url.to_owned(),
                 reason: "must start with ws:// or wss://",
             });
         }
-        let (stream, _response) = tokio::time::timeout(request_timeout, connect_async(ws_url))
+        let mut request = ws_url.into_client_request()?;
+        if let Some(token) = token {
+            let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                ClientError::Protocol("the token is not a valid header value".to_owned())
+            })?;
+            value.set_sensitive(true);
+            request.headers_mut().insert(AUTHORIZATION, value);
+        }
+        let (stream, _response) = tokio::time::timeout(request_timeout, connect_async(request))
             .await
             .map_err(|_| ClientError::Timeout(request_timeout))??;
         Ok(Self {

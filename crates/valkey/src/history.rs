@@ -111,6 +111,39 @@ impl Window {
     }
 }
 
+/// Whether a live announcement of an event agrees with the session's window.
+///
+/// The relay writes the window entry and announces it in one script (`lua/append.lua`), so a
+/// genuine announcement always finds its entry (or finds it trimmed or expired since); an
+/// announcement that finds none, or a different event, was not sent by the relay: anyone who
+/// can `PUBLISH` on the channel could have sent it to push followers' cursors forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveCheck {
+    /// The window holds this event at this offset.
+    Genuine,
+    /// The window contradicts the announcement; the reason is a short metric label.
+    Forged(&'static str),
+    /// The window cannot tell (it expired, or trimmed that offset): read history instead.
+    Unverifiable,
+}
+
+impl Window {
+    /// Checks an announcement of `event_json` at `offset` against this window, read from
+    /// just before `offset` (the first entry, if any, is the first at or after `offset`).
+    pub fn check_live(&self, offset: Offset, event_json: &str) -> LiveCheck {
+        match self.entries.first() {
+            Some((first, json)) if *first == offset && json == event_json => LiveCheck::Genuine,
+            Some((first, _)) if *first == offset => LiveCheck::Forged("differs_from_window"),
+            _ => match self.latest {
+                None => LiveCheck::Unverifiable,
+                Some(latest) if latest < offset => LiveCheck::Forged("ahead_of_window"),
+                _ if self.trimmed_through.is_some_and(|t| t >= offset) => LiveCheck::Unverifiable,
+                _ => LiveCheck::Forged("not_in_window"),
+            },
+        }
+    }
+}
+
 /// What [`HistoryStore::annotate`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Annotated {
@@ -257,6 +290,19 @@ impl HistoryStore {
         })
     }
 
+    /// Checks a live announcement against the session's window (one script call; see
+    /// [`LiveCheck`]).
+    pub async fn check_live(
+        &self,
+        session: &SessionKey,
+        offset: Offset,
+        event_json: &str,
+    ) -> Result<LiveCheck, ValkeyError> {
+        let before = offset.0.checked_sub(1).map(Offset);
+        let window = self.read_after(session, before, 1).await?;
+        Ok(window.check_live(offset, event_json))
+    }
+
     /// The newest offset of a session's window, if it has one.
     pub async fn latest(&self, session: &SessionKey) -> Result<Option<Offset>, ValkeyError> {
         let window = self
@@ -310,6 +356,45 @@ mod tests {
                 .collect(),
             before_first,
         }
+    }
+
+    fn holding(latest: Option<u64>, trimmed: Option<u64>, entry: Option<(u64, &str)>) -> Window {
+        Window {
+            latest: latest.map(Offset),
+            trimmed_through: trimmed.map(Offset),
+            entries: entry
+                .map(|(o, json)| (Offset(o), json.to_owned()))
+                .into_iter()
+                .collect(),
+            before_first: Link::Start,
+        }
+    }
+
+    #[test]
+    fn live_announcements_are_checked_against_the_window() {
+        let live = |w: &Window, offset| w.check_live(Offset(offset), "{\"e\":1}");
+        let genuine = holding(Some(9), None, Some((7, "{\"e\":1}")));
+        assert_eq!(live(&genuine, 7), LiveCheck::Genuine);
+        let other = holding(Some(9), None, Some((7, "{\"e\":2}")));
+        assert_eq!(live(&other, 7), LiveCheck::Forged("differs_from_window"));
+        assert_eq!(
+            live(&holding(Some(9), None, None), 1000),
+            LiveCheck::Forged("ahead_of_window")
+        );
+        assert_eq!(
+            live(&holding(Some(9), None, Some((9, "x"))), 8),
+            LiveCheck::Forged("not_in_window")
+        );
+        assert_eq!(
+            live(&holding(Some(9), Some(8), Some((9, "x"))), 8),
+            LiveCheck::Unverifiable,
+            "trimmed since"
+        );
+        assert_eq!(
+            live(&holding(None, None, None), 3),
+            LiveCheck::Unverifiable,
+            "no window"
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@ mod producers;
 
 pub use args::ValkeyArgs;
 pub use error::ValkeyError;
-pub use history::{Annotated, Append, Appended, Gap, HistorySettings, HistoryStore, Link, Window};
+pub use history::{
+    Annotated, Append, Appended, Gap, HistorySettings, HistoryStore, Link, LiveCheck, Window,
+};
 pub use limits::{TenantLimiter, TenantQuota};
 pub use live::{
     Announcement, LiveAnnotation, LiveEphemeral, LiveMessage, LiveStream, LiveSubscriptions,

@@ -1,7 +1,9 @@
 //! There is no Docker engine where the tests run, so this checks `docker-compose.yml` against
 //! the code instead: every agentwire variable it sets is one the code reads, every command is
 //! a subcommand of the binary, published ports match the listen addresses, and the broker and
-//! Valkey addresses point at services of the file.
+//! Valkey addresses point at services of the file. It also checks that the file is safe by
+//! default: the gateway requires tokens, Valkey requires a password that every service's URL
+//! carries, Kafka and Valkey are not published, and what is published binds 127.0.0.1 only.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -49,23 +51,57 @@ fn env_of<'a>(service: &'a Value, name: &str) -> Option<&'a str> {
     service["environment"][name].as_str()
 }
 
-fn published_ports(service: &Value) -> Vec<(u16, u16)> {
+/// A published port: the host address it binds (`None`: every interface), host and
+/// container ports.
+#[derive(Debug, PartialEq)]
+struct Published {
+    address: Option<String>,
+    host: u16,
+    container: u16,
+}
+
+fn published(service: &Value) -> Vec<Published> {
     service["ports"]
         .as_sequence()
         .map(|ports| {
             ports
                 .iter()
-                .filter_map(|p| p.as_str())
-                .filter_map(|p| p.split_once(':'))
-                .map(|(h, c)| {
-                    (
-                        h.parse().expect("host port"),
-                        c.parse().expect("container port"),
-                    )
+                .map(|p| p.as_str().expect("ports are written as strings"))
+                .map(|p| {
+                    let parts: Vec<&str> = p.split(':').collect();
+                    let (address, host, container) = match parts.as_slice() {
+                        [host, container] => (None, *host, *container),
+                        [address, host, container] => {
+                            (Some((*address).to_owned()), *host, *container)
+                        }
+                        _ => panic!("unexpected port mapping {p:?}"),
+                    };
+                    Published {
+                        address,
+                        host: host.parse().expect("host port"),
+                        container: container.parse().expect("container port"),
+                    }
                 })
                 .collect()
         })
         .unwrap_or_default()
+}
+
+fn published_ports(service: &Value) -> Vec<(u16, u16)> {
+    published(service)
+        .into_iter()
+        .map(|p| (p.host, p.container))
+        .collect()
+}
+
+/// The command of a service as words.
+fn command_of(service: &Value) -> Vec<&str> {
+    service["command"]
+        .as_sequence()
+        .expect("command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
 }
 
 #[test]
@@ -140,15 +176,13 @@ fn the_compose_file_matches_what_the_code_reads() {
         let brokers = env_of(service, "AGENTWIRE_KAFKA_BROKERS").expect("brokers");
         assert_eq!(brokers, "kafka:9092", "{name}");
         if let Some(url) = env_of(service, "AGENTWIRE_VALKEY_URL") {
-            assert_eq!(url, "redis://valkey:6379", "{name}");
+            assert!(
+                url.starts_with("redis://:") && url.ends_with("@valkey:6379"),
+                "{name}: {url}"
+            );
         }
         // The command is a subcommand of the binary.
-        let command: Vec<&str> = service["command"]
-            .as_sequence()
-            .expect("command")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let command = command_of(service);
         let status = Command::new(env!("CARGO_BIN_EXE_agentwire"))
             .args(&command)
             .arg("--help")
@@ -183,8 +217,6 @@ fn the_compose_file_matches_what_the_code_reads() {
         .and_then(|p| p.parse().ok())
         .expect("admin");
     assert!(published_ports(relay).iter().any(|(_, c)| *c == admin));
-    assert!(published_ports(&compose["services"]["kafka"]).contains(&(9092, 9092)));
-    assert!(published_ports(&compose["services"]["valkey"]).contains(&(6379, 6379)));
 
     // Start order: the services wait for healthy dependencies and for the topic.
     for name in ["relay", "gateway"] {
@@ -200,4 +232,77 @@ fn the_compose_file_matches_what_the_code_reads() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn the_compose_file_is_safe_by_default() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().expect("services");
+
+    // Internal services are reachable from the compose network only; whatever is published
+    // binds the loopback interface.
+    for internal in ["kafka", "valkey"] {
+        assert!(
+            published(&compose["services"][internal]).is_empty(),
+            "{internal} is published on the host"
+        );
+    }
+    for (name, service) in services {
+        for port in published(service) {
+            assert_eq!(
+                port.address.as_deref(),
+                Some("127.0.0.1"),
+                "{name:?} publishes {port:?} on every interface"
+            );
+        }
+    }
+
+    // The gateway requires tokens, with a secret that says it is for development only.
+    let gateway = &compose["services"]["gateway"];
+    assert_eq!(env_of(gateway, "AGENTWIRE_AUTH"), Some("jwt"));
+    let secret = env_of(gateway, "AGENTWIRE_JWT_HS256_SECRET").expect("a gateway secret");
+    let default = secret
+        .strip_prefix("${AGENTWIRE_DEV_JWT_SECRET:-")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("the secret comes from AGENTWIRE_DEV_JWT_SECRET: {secret}"));
+    assert!(
+        default.contains("dev-only") && default.len() >= 16,
+        "the default secret must say it is for development: {default}"
+    );
+
+    // Valkey requires a password, its health check uses it and every Valkey URL carries it.
+    let valkey = &compose["services"]["valkey"];
+    let command = command_of(valkey);
+    let password = command
+        .iter()
+        .position(|w| *w == "--requirepass")
+        .and_then(|i| command.get(i + 1))
+        .copied()
+        .expect("valkey-server --requirepass");
+    assert!(
+        password.starts_with("${AGENTWIRE_DEV_VALKEY_PASSWORD:-dev-only"),
+        "{password}"
+    );
+    let health: Vec<&str> = valkey["healthcheck"]["test"]
+        .as_sequence()
+        .expect("valkey health check")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(health.contains(&password), "{health:?}");
+    let mut urls = 0;
+    for (name, service) in services {
+        let environment = service["environment"].as_mapping();
+        for (key, value) in environment.into_iter().flatten() {
+            if key.as_str() == Some("AGENTWIRE_VALKEY_URL") {
+                urls += 1;
+                assert_eq!(
+                    value.as_str(),
+                    Some(format!("redis://:{password}@valkey:6379").as_str()),
+                    "{name:?}"
+                );
+            }
+        }
+    }
+    assert!(urls >= 2, "the relay and the gateway use Valkey");
 }

@@ -121,7 +121,7 @@ pub async fn publish(
     // Every event must be allowed before any is written.
     if let Some(err) = events
         .iter()
-        .find_map(|e| principal.check_publish(&e.session).err())
+        .find_map(|e| principal.check_publish_event(e).err())
     {
         return err.into_response();
     }
@@ -197,9 +197,6 @@ pub struct HistoryQuery {
     /// Exclusive cursor: events with offsets strictly greater. Absent: from the oldest retained.
     after: Option<u64>,
     limit: Option<usize>,
-    /// The JWT, when not sent as a bearer header; read by the authentication extractor.
-    #[serde(rename = "token")]
-    _token: Option<String>,
 }
 
 #[derive(Serialize)]

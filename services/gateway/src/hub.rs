@@ -13,19 +13,31 @@
 //! - When the feed connection is lost, the hub reconnects, subscribes every followed session
 //!   again and sends [`Live::Resync`] to every follower: messages published meanwhile were
 //!   missed by pub/sub and must be read from history.
+//! - A live event is never trusted on its own word: anyone who can `PUBLISH` on a session
+//!   channel could announce `<huge offset>\n<json>` and push every follower's cursor past all
+//!   real events (cursor poisoning). Before delivery each announced event must name the
+//!   channel's session and be found, identical, at its offset in the session's window (one
+//!   script call per event per process, pipelined: checks run concurrently, deliveries keep
+//!   the order of arrival). One that contradicts the window is dropped, counted
+//!   (`agentwire_gateway_live_forged_total`) and logged as an error; one the window cannot
+//!   confirm (expired, trimmed, Valkey unreachable) is dropped too, and its followers re-read
+//!   history after their cursors ([`Live::Resync`]), which only the relay writes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use agentwire_protocol::SessionKey;
 use agentwire_protocol::frames::event_frame_json;
+use agentwire_protocol::{Offset, SessionKey};
 use agentwire_valkey::{
-    Announcement, LiveAnnotation, LiveEphemeral, LiveMessage, LiveStream, LiveSubscriptions,
-    connect_live,
+    Announcement, HistoryStore, LiveAnnotation, LiveCheck, LiveEphemeral, LiveMessage, LiveStream,
+    LiveSubscriptions, connect_live,
 };
 use axum::extract::ws::Utf8Bytes;
 use backon::{ExponentialBuilder, Retryable as _};
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +47,9 @@ use crate::metrics as m;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queued SUBSCRIBE/UNSUBSCRIBE requests; a full queue makes `follow` wait (backpressure).
 const COMMAND_QUEUE: usize = 1024;
+/// Announcements being checked against their windows at once; when full, the feed stops
+/// reading from Valkey until the oldest check is done (backpressure, never a drop).
+const CHECKS_IN_FLIGHT: usize = 256;
 
 /// A live message and its JSON frame, built once for every follower of this process.
 #[derive(Debug)]
@@ -85,6 +100,8 @@ struct Entry {
 struct Shared {
     sessions: Mutex<HashMap<SessionKey, Entry>>,
     commands: mpsc::Sender<Command>,
+    /// Where live events are checked before delivery.
+    windows: HistoryStore,
     capacity: usize,
     ephemeral_capacity: usize,
 }
@@ -142,8 +159,10 @@ impl Drop for Follow {
 impl Hub {
     /// Starts the feed task for the Valkey at `url`. The first connection is made before this
     /// returns, so a wrong URL fails start-up; later losses are retried forever.
+    /// Live events are checked against the session windows of `windows` before delivery.
     pub async fn start(
         url: &str,
+        windows: HistoryStore,
         capacity: usize,
         ephemeral_capacity: usize,
         shutdown: CancellationToken,
@@ -153,6 +172,7 @@ impl Hub {
             shared: Arc::new(Shared {
                 sessions: Mutex::new(HashMap::new()),
                 commands,
+                windows,
                 capacity: capacity.max(1),
                 ephemeral_capacity: ephemeral_capacity.max(1),
             }),
@@ -268,6 +288,87 @@ impl Hub {
         }
     }
 
+    /// Starts the check of one announcement; what it resolves to is delivered in order by
+    /// [`Hub::deliver`]. Events of sessions nobody here follows are not checked (nor sent).
+    fn check(&self, announcement: Announcement) -> BoxFuture<'static, Checked> {
+        let Announcement::Event(message) = announcement else {
+            return Box::pin(std::future::ready(Checked::Deliver(announcement)));
+        };
+        if !self.is_followed(&message.session) {
+            return Box::pin(std::future::ready(Checked::Unfollowed));
+        }
+        if !names_session(&message.event_json, &message.session) {
+            return Box::pin(std::future::ready(Checked::Forged {
+                session: message.session,
+                offset: message.offset,
+                reason: "wrong_session",
+            }));
+        }
+        let windows = self.shared.windows.clone();
+        Box::pin(async move {
+            let (session, offset) = (message.session.clone(), message.offset);
+            match windows
+                .check_live(&session, offset, &message.event_json)
+                .await
+            {
+                Ok(LiveCheck::Genuine) => Checked::Deliver(Announcement::Event(message)),
+                Ok(LiveCheck::Forged(reason)) => Checked::Forged {
+                    session,
+                    offset,
+                    reason,
+                },
+                Ok(LiveCheck::Unverifiable) => Checked::Unverified {
+                    session,
+                    offset,
+                    why: "the window does not hold that offset (expired or trimmed)".into(),
+                },
+                Err(err) => Checked::Unverified {
+                    session,
+                    offset,
+                    why: format!("the window could not be read: {err}"),
+                },
+            }
+        })
+    }
+
+    /// Delivers a checked announcement, or drops a rejected one and resyncs its followers.
+    fn deliver(&self, checked: Checked) {
+        match checked {
+            Checked::Deliver(announcement) => self.dispatch(announcement),
+            Checked::Unfollowed => {}
+            Checked::Forged {
+                session,
+                offset,
+                reason,
+            } => {
+                metrics::counter!(m::LIVE_FORGED, "reason" => reason).increment(1);
+                tracing::error!(
+                    %session,
+                    %offset,
+                    reason,
+                    "DROPPED A FORGED LIVE PUBLICATION: it contradicts the session's window; someone other than the relay can PUBLISH on session channels (check Valkey's password and ACLs)"
+                );
+                self.resync(&session);
+            }
+            Checked::Unverified {
+                session,
+                offset,
+                why,
+            } => {
+                metrics::counter!(m::LIVE_FORGED, "reason" => "unverifiable").increment(1);
+                tracing::warn!(%session, %offset, why = %why, "live event not confirmed by the window; its followers re-read history");
+                self.resync(&session);
+            }
+        }
+    }
+
+    /// Tells the followers of `session` to read history after their cursors.
+    fn resync(&self, session: &SessionKey) {
+        if let Some(entry) = self.shared.sessions().get(session) {
+            let _ = entry.sender.send(Live::Resync);
+        }
+    }
+
     fn is_followed(&self, session: &SessionKey) -> bool {
         self.shared.sessions().contains_key(session)
     }
@@ -296,8 +397,47 @@ impl Hub {
     }
 }
 
-/// The feed task: applies subscription commands in order and dispatches messages, and
-/// reconnects (resubscribing and resyncing every session) whenever the connection is lost.
+/// An announcement after its check.
+enum Checked {
+    Deliver(Announcement),
+    /// An event of a session nobody here follows: nothing to do.
+    Unfollowed,
+    /// The window contradicts it.
+    Forged {
+        session: SessionKey,
+        offset: Offset,
+        reason: &'static str,
+    },
+    /// The window could not confirm it.
+    Unverified {
+        session: SessionKey,
+        offset: Offset,
+        why: String,
+    },
+}
+
+/// Whether `event_json` is a JSON object naming `session` (`tenant`, `agenttype`,
+/// `sessionid`), as every event the relay announces on that session's channel does.
+fn names_session(event_json: &str, session: &SessionKey) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Names<'a> {
+        #[serde(borrow)]
+        tenant: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        agenttype: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        sessionid: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Names<'_>>(event_json).is_ok_and(|n| {
+        n.tenant == session.tenant.as_str()
+            && n.agenttype == session.agent_type.as_str()
+            && n.sessionid == session.session_id.as_str()
+    })
+}
+
+/// The feed task: applies subscription commands in order, checks and dispatches messages
+/// in order, and reconnects (resubscribing and resyncing every session) whenever the
+/// connection is lost.
 async fn feed(
     hub: Hub,
     url: String,
@@ -305,6 +445,7 @@ async fn feed(
     mut queue: mpsc::Receiver<Command>,
     shutdown: CancellationToken,
 ) {
+    let mut checks: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
     let mut connection = Some(first);
     loop {
         let (mut subs, mut stream) = match connection.take() {
@@ -342,13 +483,14 @@ async fn feed(
                         break;
                     }
                 }
-                message = stream.next() => match message {
-                    Some(message) => hub.dispatch(message),
+                message = stream.next(), if checks.len() < CHECKS_IN_FLIGHT => match message {
+                    Some(message) => checks.push_back(hub.check(message)),
                     None => {
                         tracing::warn!("live feed connection lost");
                         break;
                     }
                 },
+                Some(checked) = checks.next() => hub.deliver(checked),
                 () = shutdown.cancelled() => return,
             }
         }
@@ -383,5 +525,24 @@ async fn apply(hub: &Hub, subs: &mut LiveSubscriptions, command: Command) -> boo
             tracing::warn!(error = %err, "live feed command failed; reconnecting");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_events_must_name_their_channels_session() {
+        let session: SessionKey = "acme:planner:s1".parse().expect("key");
+        let event = r#"{"type":"agent.message","tenant":"acme","agenttype":"planner","sessionid":"s1","text":"hi"}"#;
+        assert!(names_session(event, &session));
+        let other =
+            r#"{"type":"agent.message","tenant":"acme","agenttype":"planner","sessionid":"s2"}"#;
+        assert!(!names_session(other, &session));
+        let escaped = r#"{"tenant":"acm\u0065","agenttype":"planner","sessionid":"s1"}"#;
+        assert!(names_session(escaped, &session), "escapes are decoded");
+        assert!(!names_session("{not json", &session));
+        assert!(!names_session(r#"{"tenant":"acme"}"#, &session));
     }
 }

@@ -70,6 +70,7 @@ pub async fn run(
     let history = HistoryStore::connect(&config.valkey.url, config.valkey.history()).await?;
     let (hub, feed) = hub::Hub::start(
         &config.valkey.url,
+        history.clone(),
         config.session_buffer,
         config.ephemeral_buffer,
         shutdown.clone(),

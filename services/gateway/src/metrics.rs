@@ -46,3 +46,10 @@ pub const EPHEMERAL_DELIVERED: &str = "agentwire_gateway_ephemeral_delivered_tot
 pub const EPHEMERAL_SHED: &str = "agentwire_gateway_ephemeral_shed_total";
 /// WebSocket connections closed because their token expired (close 4001).
 pub const TOKEN_EXPIRED: &str = "agentwire_gateway_token_expired_total";
+/// Follows a refreshed token no longer allowed, ended with a `forbidden` frame.
+pub const FOLLOWS_REVOKED: &str = "agentwire_gateway_follows_revoked_total";
+/// Label-feed annotations not delivered because the token may not follow their session.
+pub const LABEL_FEED_FILTERED: &str = "agentwire_gateway_label_feed_filtered_total";
+/// Live publications on a session channel that contradict the session's window (forged or
+/// corrupt), dropped, by reason.
+pub const LIVE_FORGED: &str = "agentwire_gateway_live_forged_total";

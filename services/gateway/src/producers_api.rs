@@ -1,6 +1,9 @@
 //! `POST /v1/producers/{tenant}/{producer_id}/epoch`: a producer starting up takes a new
 //! epoch, which fences off every publish of its older epochs (as Kafka's idempotent producer
 //! does with its producer epoch). Its sequence restarts at 1.
+//!
+//! Taking an epoch fences the producer's running instance, so it needs publish rights and
+//! ownership of the producer id (the token's `producers` claim, see `auth::claims`).
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -31,7 +34,7 @@ pub async fn new_epoch(
         path.map_err(|e| ApiError::new(ErrorCode::InvalidField, e.body_text()))?;
     let tenant = Tenant::new(tenant)?;
     let producer_id = ProducerId::new(producer)?;
-    principal.check_tenant(&tenant)?;
+    principal.check_epoch(&tenant, &producer_id)?;
     let epoch = state.idempotency().new_epoch(&tenant, &producer_id).await?;
     Ok(Json(EpochBody {
         tenant,

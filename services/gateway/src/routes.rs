@@ -2,6 +2,7 @@
 //! `docs/protocol.md` and served as OpenAPI at `/v1/openapi.json`).
 
 use axum::Router;
+use axum::http::Request;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -33,8 +34,18 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// The span of one request: like tower-http's default, with the URI's `token` redacted.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        uri = %crate::auth::redact_uri(request.uri()),
+        version = ?request.version(),
+    )
 }
 
 async fn openapi() -> impl IntoResponse {

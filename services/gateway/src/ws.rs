@@ -5,7 +5,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse as _, Response};
 
-use crate::auth::Principal;
+use crate::auth::WsPrincipal;
 use crate::error::ApiError;
 
 use crate::session::driver;
@@ -16,16 +16,17 @@ const CONNECTION_BUFFER: usize = 4 * 1024;
 
 /// Upgrades to a WebSocket and runs the connection under the gateway's task tracker.
 ///
-/// Authentication, the Origin allow-list and the tenant's connection limit are checked
+/// The token comes as a bearer header or, since browsers cannot set headers here, as a
+/// `token` query parameter (the only route that accepts one). Authentication, the Origin allow-list and the tenant's connection limit are checked
 /// before the upgrade: a refused client gets a plain HTTP error (401, 403, 429).
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
     headers: HeaderMap,
-    principal: Result<Principal, ApiError>,
+    principal: Result<WsPrincipal, ApiError>,
 ) -> Response {
     let admitted = state.auth().check_origin(&headers).and_then(|()| {
-        let principal = principal?;
+        let WsPrincipal(principal) = principal?;
         let permit = state.tenant_connections().acquire(principal.tenant())?;
         Ok((principal, permit))
     });

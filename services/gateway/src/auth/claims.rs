@@ -1,12 +1,20 @@
-//! What a verified token allows: one tenant, and the sessions of it the client may subscribe
-//! to and publish into, as glob patterns over `agent_type:session_id` (`*` matches anything).
+//! What a verified token allows: one tenant, the sessions of it the client may subscribe to
+//! and publish into, as glob patterns over `agent_type:session_id` (`*` matches anything),
+//! and the producer ids it may publish under and take epochs for (`producers`, glob patterns
+//! over producer ids).
+//!
+//! Producer ids are owned: a producer's sequence and epoch are shared state of the tenant, so
+//! whoever may use an id can burn its next sequence or fence it. A token without `producers`
+//! may use every producer id only when it may publish into every session of the tenant (no
+//! `publish` claim): it can already write anything anywhere in the tenant. A token narrowed by
+//! `publish` patterns needs a `producers` claim to name a producer id at all.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use agentwire_protocol::{ErrorCode, SessionKey, Tenant};
+use agentwire_protocol::{ErrorCode, Event, ProducerId, SessionKey, Tenant};
 
 use crate::error::ApiError;
 
@@ -19,6 +27,10 @@ pub struct Claims {
     pub subscribe: Option<Vec<String>>,
     /// Session patterns the client may publish into; absent: every session of the tenant.
     pub publish: Option<Vec<String>>,
+    /// Producer id patterns the client may publish under and take epochs for; absent: every
+    /// producer id when `publish` is absent too, none otherwise (see the module docs).
+    #[serde(default)]
+    pub producers: Option<Vec<String>>,
     #[serde(default)]
     pub sub: Option<String>,
 }
@@ -30,6 +42,7 @@ pub struct Principal {
     tenant: Option<Tenant>,
     subscribe: Option<GlobSet>,
     publish: Option<GlobSet>,
+    producers: Option<GlobSet>,
     /// When the token stops being valid; `None` with authentication off.
     expires_at: Option<SystemTime>,
     pub subject: Option<String>,
@@ -64,6 +77,7 @@ impl Principal {
             tenant: None,
             subscribe: None,
             publish: None,
+            producers: None,
             expires_at: None,
             subject: None,
         }
@@ -80,6 +94,7 @@ impl Principal {
             tenant: Some(tenant),
             subscribe: patterns(claims.subscribe, "subscribe")?,
             publish: patterns(claims.publish, "publish")?,
+            producers: patterns(claims.producers, "producers")?,
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
             subject: claims.sub,
         })
@@ -114,6 +129,41 @@ impl Principal {
         self.check(session, self.publish.as_ref(), "publish into")
     }
 
+    /// Whether the client may publish `event`: into its session, under its producer id.
+    pub fn check_publish_event(&self, event: &Event) -> Result<(), ApiError> {
+        self.check_publish(&event.session)?;
+        match &event.producer_id {
+            Some(producer) => self.check_producer(producer),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the client may take a new epoch for `producer` of `tenant`: it must be allowed
+    /// to publish at all (not read-only) and own the producer id.
+    pub fn check_epoch(&self, tenant: &Tenant, producer: &ProducerId) -> Result<(), ApiError> {
+        self.check_tenant(tenant)?;
+        if self.publish.as_ref().is_some_and(GlobSet::is_empty) {
+            return Err(forbidden(
+                "the token may not publish, so it may not take producer epochs".into(),
+            ));
+        }
+        self.check_producer(producer)
+    }
+
+    /// Whether the client owns `producer` (see the module docs).
+    pub fn check_producer(&self, producer: &ProducerId) -> Result<(), ApiError> {
+        match (&self.producers, &self.publish) {
+            (Some(set), _) if set.is_match(producer.as_str()) => Ok(()),
+            (Some(_), _) => Err(forbidden(format!(
+                "the token may not use producer id {producer}"
+            ))),
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(forbidden(format!(
+                "the token's publish patterns narrow it to some sessions and it has no producers claim, so it may not use producer id {producer}"
+            ))),
+        }
+    }
+
     fn check(
         &self,
         session: &SessionKey,
@@ -140,15 +190,28 @@ mod tests {
     use super::*;
 
     fn principal(subscribe: Option<&[&str]>, publish: Option<&[&str]>) -> Principal {
+        owner(subscribe, publish, None)
+    }
+
+    fn owner(
+        subscribe: Option<&[&str]>,
+        publish: Option<&[&str]>,
+        producers: Option<&[&str]>,
+    ) -> Principal {
         let list = |l: Option<&[&str]>| l.map(|l| l.iter().map(|s| (*s).to_owned()).collect());
         Principal::from_claims(Claims {
             tenant: "acme".into(),
             exp: 4_000_000_000,
             subscribe: list(subscribe),
             publish: list(publish),
+            producers: list(producers),
             sub: None,
         })
         .expect("principal")
+    }
+
+    fn producer(id: &str) -> ProducerId {
+        ProducerId::new(id).expect("producer id")
     }
 
     fn key(text: &str) -> SessionKey {
@@ -173,6 +236,48 @@ mod tests {
         assert!(p.check_subscribe(&key("acme:coder:s1")).is_err());
         assert!(p.check_publish(&key("acme:planner:s1")).is_ok());
         assert!(p.check_publish(&key("acme:planner:s2")).is_err());
+    }
+
+    #[test]
+    fn producer_ids_are_owned_through_the_producers_claim() {
+        let acme = Tenant::new("acme").expect("tenant");
+        let p = owner(None, None, Some(&["planner-*"]));
+        assert!(p.check_producer(&producer("planner-1")).is_ok());
+        let err = p
+            .check_producer(&producer("billing"))
+            .expect_err("not owned");
+        assert_eq!(err.code, ErrorCode::Forbidden);
+        assert!(p.check_epoch(&acme, &producer("planner-1")).is_ok());
+        assert!(p.check_epoch(&acme, &producer("billing")).is_err());
+        let other = Tenant::new("other").expect("tenant");
+        assert!(p.check_epoch(&other, &producer("planner-1")).is_err());
+    }
+
+    #[test]
+    fn without_the_claim_only_tenant_wide_publishers_use_any_producer_id() {
+        let acme = Tenant::new("acme").expect("tenant");
+        let wide = principal(None, None);
+        assert!(wide.check_producer(&producer("anything")).is_ok());
+        assert!(wide.check_epoch(&acme, &producer("anything")).is_ok());
+        let narrow = principal(None, Some(&["planner:s1"]));
+        assert!(narrow.check_producer(&producer("anything")).is_err());
+        let mut event = Event::new(
+            key("acme:planner:s1"),
+            agentwire_protocol::EventType::new("agent.message").expect("type"),
+        );
+        assert!(narrow.check_publish_event(&event).is_ok(), "no producer id");
+        event.producer_id = Some(producer("p"));
+        assert!(narrow.check_publish_event(&event).is_err());
+    }
+
+    #[test]
+    fn read_only_tokens_take_no_epochs() {
+        let acme = Tenant::new("acme").expect("tenant");
+        let read_only = owner(None, Some(&[]), Some(&["*"]));
+        let err = read_only
+            .check_epoch(&acme, &producer("p"))
+            .expect_err("read only");
+        assert_eq!(err.code, ErrorCode::Forbidden);
     }
 
     #[test]

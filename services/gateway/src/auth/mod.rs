@@ -1,7 +1,11 @@
-//! Authentication and tenant isolation: a JWT on every request (`Authorization: Bearer …` or
-//! a `token` query parameter), verified with HS256, RS256 or a JWKS file; its claims name the
-//! tenant and the session patterns the client may subscribe to and publish into
+//! Authentication and tenant isolation: a JWT on every request (`Authorization: Bearer …`; on
+//! the WebSocket upgrade only, where browsers cannot set headers, also a `token` query
+//! parameter), verified with HS256, RS256 or a JWKS file; its claims name the tenant, the
+//! session patterns the client may subscribe to and publish into and the producer ids it owns
 //! (`claims.rs`). With `AGENTWIRE_AUTH=off` anyone may do anything, logged loudly at start.
+//!
+//! Tokens never reach the logs: request URIs are logged with the `token` parameter redacted
+//! ([`redact_uri`]).
 
 mod claims;
 mod config;
@@ -10,9 +14,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, Query};
-use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, ORIGIN};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Uri};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
@@ -132,6 +136,7 @@ impl Authenticator {
         .ok_or_else(|| unauthorized(format!("no {:?} key is configured", header.alg)))?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.args.leeway_secs;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         if let Some(issuer) = &self.args.issuer {
             validation.set_issuer(&[issuer]);
@@ -144,13 +149,15 @@ impl Authenticator {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => unauthorized("the token expired"),
+                ErrorKind::ImmatureSignature => unauthorized("the token is not valid yet (nbf)"),
                 _ => unauthorized(format!("invalid token: {e}")),
             }
         })?;
         Principal::from_claims(data.claims)
     }
 
-    /// The principal of a request: its bearer token, else its `token` query parameter.
+    /// The principal of a request: its bearer token, else (WebSocket upgrades only) its
+    /// `token` query parameter.
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
@@ -167,7 +174,11 @@ impl Authenticator {
                     .or_else(|| v.strip_prefix("bearer "))
             });
         let token = bearer.or(query_token).ok_or_else(|| {
-            unauthorized("a token is required: Authorization: Bearer <jwt> or ?token=<jwt>")
+            unauthorized(if query_token.is_some() {
+                "a token is required: Authorization: Bearer <jwt> or ?token=<jwt>"
+            } else {
+                "a token is required: Authorization: Bearer <jwt> (?token=<jwt> only on the WebSocket upgrade)"
+            })
         })?;
         self.verify(token.trim())
     }
@@ -194,14 +205,58 @@ struct TokenQuery {
     token: Option<String>,
 }
 
+/// The `token` query parameter of `uri`, if any.
+pub fn query_token(uri: &Uri) -> Option<String> {
+    Query::<TokenQuery>::try_from_uri(uri)
+        .ok()
+        .and_then(|q| q.0.token)
+}
+
+/// `uri` as it may be logged: its path and its decoded query with the value of every `token`
+/// parameter replaced by `REDACTED` (a query that does not parse is left out).
+pub fn redact_uri(uri: &Uri) -> String {
+    if uri.query().is_none() {
+        return uri.path().to_owned();
+    }
+    match Query::<Vec<(String, String)>>::try_from_uri(uri) {
+        Ok(Query(pairs)) => {
+            let pairs: Vec<String> = pairs
+                .into_iter()
+                .map(|(name, value)| {
+                    let value = if name == "token" { "REDACTED" } else { &value };
+                    format!("{name}={value}")
+                })
+                .collect();
+            format!("{}?{}", uri.path(), pairs.join("&"))
+        }
+        Err(_) => format!("{}?<query not logged>", uri.path()),
+    }
+}
+
+/// The principal of an HTTP request: a bearer token only. Query tokens end up in proxies'
+/// and servers' access logs, so they are accepted on the WebSocket upgrade alone
+/// ([`WsPrincipal`]), where browsers have no other way.
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let query = Query::<TokenQuery>::try_from_uri(&parts.uri)
-            .ok()
-            .and_then(|q| q.0.token);
-        state.auth().authenticate(&parts.headers, query.as_deref())
+        state.auth().authenticate(&parts.headers, None)
+    }
+}
+
+/// The principal of a WebSocket upgrade: a bearer token, else the `token` query parameter.
+#[derive(Debug)]
+pub struct WsPrincipal(pub Principal);
+
+impl FromRequestParts<AppState> for WsPrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let query = query_token(&parts.uri);
+        state
+            .auth()
+            .authenticate(&parts.headers, query.as_deref())
+            .map(WsPrincipal)
     }
 }
 
@@ -295,6 +350,20 @@ mod tests {
             limit.acquire(None).is_ok(),
             "uncounted without authentication"
         );
+    }
+
+    #[test]
+    fn logged_uris_never_carry_the_token() {
+        let uri: Uri = "/v1/ws?after=3&token=eyJ.secret.sig&x=token"
+            .parse()
+            .expect("uri");
+        let logged = redact_uri(&uri);
+        assert_eq!(logged, "/v1/ws?after=3&token=REDACTED&x=token");
+        let encoded: Uri = "/v1/ws?tok%65n=eyJ.secret.sig".parse().expect("uri");
+        assert_eq!(redact_uri(&encoded), "/v1/ws?token=REDACTED");
+        let plain: Uri = "/v1/events".parse().expect("uri");
+        assert_eq!(redact_uri(&plain), "/v1/events");
+        assert_eq!(query_token(&uri).as_deref(), Some("eyJ.secret.sig"));
     }
 
     #[test]

@@ -290,19 +290,16 @@ impl Connection {
                 }
                 self.subscribe(session, after, epoch).await
             }
-            ClientFrame::Unsubscribe { session } => match self.subs.remove(&session) {
-                Ok(()) => {
-                    self.pending.remove(&session);
-                    self.live.remove(&session);
-                    self.ephemeral.remove(&session);
-                    self.follows.remove(&session);
-                    self.send(&ServerFrame::Unsubscribed { session }).await
+            ClientFrame::Unsubscribe { session } => {
+                if let Err(err) = self.subs.check_followed(&session) {
+                    return self.send_error(session_error(&err, &session)).await;
                 }
-                Err(err) => self.send_error(session_error(&err, &session)).await,
-            },
+                self.end_follow(&session);
+                self.send(&ServerFrame::Unsubscribed { session }).await
+            }
             ClientFrame::Publish { event } => {
                 let id = event.id.map(|id| id.to_string());
-                let answer = match self.principal.check_publish(&event.session) {
+                let answer = match self.principal.check_publish_event(&event) {
                     Err(err) => Box::pin(std::future::ready(Err(err))) as publisher::Acked,
                     Ok(()) => match tenant_limits::charge(
                         self.state.tenants(),
@@ -344,7 +341,7 @@ impl Connection {
     /// no ack; a failure is reported with an error frame.
     async fn publish_ephemeral(&mut self, mut event: agentwire_protocol::Event) -> Result<(), End> {
         let id = event.id.map(|id| id.to_string());
-        if let Err(err) = self.principal.check_publish(&event.session) {
+        if let Err(err) = self.principal.check_publish_event(&event) {
             return self.send_error(ErrorFrame { id, ..err.frame() }).await;
         }
         event.stamp(std::time::SystemTime::now());
@@ -386,7 +383,46 @@ impl Connection {
             .map_or(0, |d| d.as_secs());
         self.expires = deadline(&principal);
         self.principal = principal;
-        self.send(&ServerFrame::Refreshed { exp }).await
+        self.send(&ServerFrame::Refreshed { exp }).await?;
+        self.drop_disallowed_follows().await
+    }
+
+    /// Ends every follow the connection's (refreshed) token no longer allows, each with a
+    /// `forbidden` error frame naming the session. Label feeds need no check: a refresh keeps
+    /// the tenant, and their annotations are filtered per session as they are delivered.
+    async fn drop_disallowed_follows(&mut self) -> Result<(), End> {
+        let mut refused: Vec<(SessionKey, ApiError)> = self
+            .follows
+            .keys()
+            .filter_map(|session| {
+                let err = self.principal.check_subscribe(session).err()?;
+                Some((session.clone(), err))
+            })
+            .collect();
+        refused.sort_by(|a, b| a.0.cmp(&b.0));
+        for (session, err) in refused {
+            self.end_follow(&session);
+            metrics::counter!(m::FOLLOWS_REVOKED).increment(1);
+            let err = ApiError::new(
+                err.code,
+                format!(
+                    "{}; the refreshed token ended this subscription",
+                    err.message
+                ),
+            );
+            self.send_error(err.frame_for(&session)).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets everything the connection holds for `session`: its cursor, its feeds (dropping
+    /// the hub follow) and any pending catch-up.
+    fn end_follow(&mut self, session: &SessionKey) {
+        let _ = self.subs.remove(session);
+        self.pending.remove(session);
+        self.live.remove(session);
+        self.ephemeral.remove(session);
+        self.follows.remove(session);
     }
 
     /// Sends an ephemeral message of a followed session, or sheds it.
@@ -466,6 +502,11 @@ impl Connection {
         item: Result<Arc<LiveAnnotation>, BroadcastStreamRecvError>,
     ) -> Result<(), End> {
         match item {
+            // A feed carries the whole tenant; deliver only sessions the token may follow.
+            Ok(annotation) if self.principal.check_subscribe(&annotation.session).is_err() => {
+                metrics::counter!(m::LABEL_FEED_FILTERED).increment(1);
+                Ok(())
+            }
             Ok(annotation) => self.send_annotation(&annotation).await,
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
                 metrics::counter!(m::LABEL_FEED_SKIPPED).increment(missed);

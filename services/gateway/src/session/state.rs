@@ -85,6 +85,18 @@ impl Subscriptions {
         self.cursors.insert(session, Cursor::new(after));
     }
 
+    /// `Ok` when `session` is followed, else the `not_subscribed` error.
+    pub fn check_followed(&self, session: &SessionKey) -> Result<(), ProtocolError> {
+        if self.cursors.contains_key(session) {
+            Ok(())
+        } else {
+            Err(ProtocolError::new(
+                ErrorCode::NotSubscribed,
+                format!("this connection does not follow {session}"),
+            ))
+        }
+    }
+
     /// Stops following `session`.
     pub fn remove(&mut self, session: &SessionKey) -> Result<(), ProtocolError> {
         match self.cursors.remove(session) {
