@@ -7,17 +7,12 @@ use std::time::Duration;
 
 use agentwire_client::ClientError;
 use agentwire_protocol::ErrorCode;
-use agentwire_test_support::{Broker, TestEnv, wait_until};
+use agentwire_test_support::wait_until;
 use common::{Stack, event};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_fail_with_503_while_the_broker_is_down_and_acked_events_survive() {
-    let mut broker = Broker::start().await;
-    let env = TestEnv {
-        kafka_brokers: broker.brokers(),
-        ..TestEnv::from_env()
-    };
-    let stack = Stack::with_env(env, 1).await;
+    let (stack, mut broker) = Stack::on_own_broker(1, |_| {}).await;
     let session = stack.session("down");
     // Longer than the gateway's delivery timeout, so the gateway's own answer arrives.
     let http = agentwire_client::HttpClient::with_timeout(&stack.http_url, Duration::from_secs(30))

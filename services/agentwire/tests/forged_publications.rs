@@ -42,11 +42,7 @@ async fn a_forged_live_publication_neither_moves_cursors_nor_hides_real_events()
         .expect("subscribe");
 
     // Forged announcements on the session's channel, straight into Valkey.
-    let valkey = redis::Client::open(stack.env.valkey_url.as_str()).expect("valkey url");
-    let mut conn = valkey
-        .get_multiplexed_async_connection()
-        .await
-        .expect("valkey");
+    let mut conn = stack.valkey().await;
     let far = first.offset.0 + 1_000_000;
     let payloads = [
         // A well-formed event of this session, far ahead of the window.

@@ -108,11 +108,7 @@ async fn an_unreadable_record_reaches_every_reader_as_a_gap_event() {
         }
     };
     assert_eq!(history(&stack).await, expected, "history from the window");
-    let mut valkey = redis::Client::open(stack.env.valkey_url.as_str())
-        .expect("valkey url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("valkey");
+    let mut valkey = stack.valkey().await;
     let _: () = redis::cmd("DEL")
         .arg(agentwire_valkey::keys::history(&session))
         .query_async(&mut valkey)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agentwire_client::{ClientError, HttpClient, WsConnection};
 use agentwire_protocol::{ClientFrame, ErrorCode, ServerFrame, SessionKey};
-use agentwire_test_support::{Broker, TestEnv, wait_until};
+use agentwire_test_support::{TestEnv, wait_until};
 use common::{LIMIT, Stack, event, sequenced};
 
 /// The log's records of `session` numbered `seq` by `producer`, as offsets.
@@ -31,12 +31,7 @@ async fn copies_of(stack: &Stack, session: &SessionKey, seq: u64, producer: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_kafka_did_not_confirm_is_resolved_from_the_log_never_written_twice() {
-    let mut broker = Broker::start().await;
-    let env = TestEnv {
-        kafka_brokers: broker.brokers(),
-        ..TestEnv::from_env()
-    };
-    let stack = Stack::with_env(env, 1).await;
+    let (stack, mut broker) = Stack::on_own_broker(1, |_| {}).await;
     let session = stack.session("hung-broker");
     let http = HttpClient::with_timeout(&stack.http_url, Duration::from_secs(45)).expect("client");
     http.publish(&sequenced(&session, "w", 0, 1, "confirmed"))
@@ -93,13 +88,8 @@ async fn open_connections(stack: &Stack) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_that_leaves_before_its_ack_does_not_strand_its_sequence() {
-    let mut broker = Broker::start().await;
-    let env = TestEnv {
-        kafka_brokers: broker.brokers(),
-        ..TestEnv::from_env()
-    };
     // A stranded reservation would make the retry wait this long.
-    let stack = Stack::configured(env, 1, |config| {
+    let (stack, mut broker) = Stack::on_own_broker(1, |config| {
         config.dedupe_pending_stale_ms = 600_000;
     })
     .await;

@@ -46,11 +46,7 @@ async fn events_lost_to_a_valkey_rollback_are_read_from_the_log() {
     let store = HistoryStore::connect(&stack.env.valkey_url, HistorySettings::default())
         .await
         .expect("valkey");
-    let mut valkey = redis::Client::open(stack.env.valkey_url.as_str())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut valkey = stack.valkey().await;
     let snapshot_keys = [keys::history(&session), keys::relay_mark(&stack.topic, 0)];
 
     let kept = publish(&stack, &session, 1..4).await;

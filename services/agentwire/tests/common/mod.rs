@@ -67,6 +67,29 @@ impl Stack {
         Stack::configured(env, partitions, |_| {}).await
     }
 
+    /// A stack on a broker of its own (for tests that kill or freeze it), the gateway's
+    /// configuration adjusted by `tweak`.
+    pub async fn on_own_broker(
+        partitions: u32,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> (Stack, agentwire_test_support::Broker) {
+        let broker = agentwire_test_support::Broker::start().await;
+        let env = TestEnv {
+            kafka_brokers: broker.brokers(),
+            ..TestEnv::from_env()
+        };
+        (Stack::configured(env, partitions, tweak).await, broker)
+    }
+
+    /// A plain connection to the stack's Valkey, for tests that read or tamper with it.
+    pub async fn valkey(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.env.valkey_url.as_str())
+            .expect("valkey url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to valkey")
+    }
+
     /// Like [`Stack::with_env`], with the gateway's configuration adjusted by `tweak`.
     pub async fn configured(
         env: TestEnv,
