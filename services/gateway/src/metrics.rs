@@ -46,3 +46,7 @@ pub const EPHEMERAL_DELIVERED: &str = "agentwire_gateway_ephemeral_delivered_tot
 pub const EPHEMERAL_SHED: &str = "agentwire_gateway_ephemeral_shed_total";
 /// WebSocket connections closed because their token expired (close 4001).
 pub const TOKEN_EXPIRED: &str = "agentwire_gateway_token_expired_total";
+/// HTTP connections being served (upgraded WebSockets are counted in `CONNECTIONS` instead).
+pub const HTTP_CONNECTIONS: &str = "agentwire_gateway_http_connections";
+/// Times the server reached `AGENTWIRE_MAX_HTTP_CONNECTIONS` and stopped accepting.
+pub const HTTP_CONNECTIONS_AT_CAP: &str = "agentwire_gateway_http_connections_at_cap_total";

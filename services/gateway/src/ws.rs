@@ -2,11 +2,12 @@
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap};
 use axum::response::{IntoResponse as _, Response};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::serve::ConnectionSlot;
 
 use crate::session::driver;
 use crate::state::AppState;
@@ -22,8 +23,11 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: Extensions,
     principal: Result<Principal, ApiError>,
 ) -> Response {
+    // The socket keeps its place under the HTTP connection cap for as long as it is open.
+    let slot = extensions.get::<ConnectionSlot>().cloned();
     let admitted = state.auth().check_origin(&headers).and_then(|()| {
         let principal = principal?;
         let permit = state.tenant_connections().acquire(principal.tenant())?;
@@ -44,6 +48,9 @@ pub async fn upgrade(
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| {
             let tracker = state.connections().clone();
-            tracker.track_future(driver::run(socket, state, principal, permit))
+            tracker.track_future(async move {
+                driver::run(socket, state, principal, permit).await;
+                drop(slot);
+            })
         })
 }
