@@ -10,7 +10,7 @@ use crate::config::KafkaSettings;
 use crate::consumer::LogMessage;
 use crate::error::KafkaError;
 
-fn reader(settings: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
+pub(crate) fn reader(settings: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
     settings
         .base()
         .set("group.id", "agentwire-reader")

@@ -28,6 +28,10 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// No such route or resource.
     NotFound,
+    /// The route exists but not with this HTTP method.
+    MethodNotAllowed,
+    /// The client did not send its request body in time.
+    RequestTimeout,
     /// The cursor is older than the history the server can still serve.
     HistoryUnavailable,
     /// The cursor's epoch is not the log's current one: the log was reset, its offsets mean
@@ -59,7 +63,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Malformed,
         ErrorCode::UnknownOp,
         ErrorCode::InvalidField,
@@ -69,6 +73,8 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RequestTimeout,
         ErrorCode::HistoryUnavailable,
         ErrorCode::EpochChanged,
         ErrorCode::AlreadySubscribed,
@@ -95,6 +101,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::HistoryUnavailable => "history_unavailable",
             ErrorCode::EpochChanged => "epoch_changed",
             ErrorCode::AlreadySubscribed => "already_subscribed",
@@ -115,6 +123,8 @@ impl ErrorCode {
         match self {
             ErrorCode::Malformed | ErrorCode::UnknownOp | ErrorCode::InvalidField => 400,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::AlreadySubscribed

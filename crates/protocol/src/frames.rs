@@ -93,7 +93,7 @@ impl ClientFrame {
         match raw.op.as_str() {
             "subscribe" => Ok(ClientFrame::Subscribe {
                 session: session(raw.session)?,
-                after: raw.after.map(Offset),
+                after: raw.after.map(Offset::cursor).transpose()?,
                 epoch: raw.epoch.filter(|e| !e.is_empty()),
             }),
             "unsubscribe" => Ok(ClientFrame::Unsubscribe {
@@ -146,7 +146,7 @@ impl ClientFrame {
             }
             Some(pb::client_frame::Op::Subscribe(s)) => Ok(ClientFrame::Subscribe {
                 session: s.session.parse()?,
-                after: s.after.map(Offset),
+                after: s.after.map(Offset::cursor).transpose()?,
                 epoch: (!s.epoch.is_empty()).then_some(s.epoch),
             }),
             Some(pb::client_frame::Op::Unsubscribe(u)) => Ok(ClientFrame::Unsubscribe {
@@ -635,6 +635,10 @@ mod tests {
             (
                 r#"{"op":"subscribe","session":"a:b:c","after":-1}"#,
                 ErrorCode::Malformed,
+            ),
+            (
+                r#"{"op":"subscribe","session":"a:b:c","after":18446744073709551615}"#,
+                ErrorCode::InvalidField,
             ),
             (
                 r#"{"op":"publish","event":{"type":"agent.x"}}"#,

@@ -194,6 +194,31 @@ impl fmt::Display for EventType {
 #[serde(transparent)]
 pub struct Offset(pub u64);
 
+impl Offset {
+    /// The largest offset Kafka can assign (offsets are non-negative `i64`s).
+    pub const MAX: Offset = Offset(i64::MAX as u64);
+
+    /// A client's cursor (`after`): any offset Kafka can assign. Larger values can never
+    /// name an event and are refused, so no arithmetic on a cursor can overflow.
+    pub fn cursor(after: u64) -> Result<Offset, ProtocolError> {
+        if after > Self::MAX.0 {
+            return Err(ProtocolError::invalid(
+                "after",
+                format!("must be a Kafka offset, at most {}", Self::MAX.0),
+            ));
+        }
+        Ok(Offset(after))
+    }
+
+    /// The offset after this one; `None` past [`Offset::MAX`].
+    pub fn next(self) -> Option<Offset> {
+        self.0
+            .checked_add(1)
+            .map(Offset)
+            .filter(|o| *o <= Self::MAX)
+    }
+}
+
 impl fmt::Display for Offset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -224,6 +249,22 @@ mod tests {
             let err = bad.parse::<SessionKey>().expect_err(bad);
             assert_eq!(err.field(), Some("session"), "{bad}");
         }
+    }
+
+    #[test]
+    fn cursors_are_kafka_offsets() {
+        assert_eq!(Offset::cursor(0), Ok(Offset(0)));
+        assert_eq!(Offset::cursor(i64::MAX as u64), Ok(Offset::MAX));
+        for absurd in [i64::MAX as u64 + 1, u64::MAX] {
+            let err = Offset::cursor(absurd).expect_err("refused");
+            assert_eq!(
+                (err.code(), err.field()),
+                (crate::ErrorCode::InvalidField, Some("after"))
+            );
+        }
+        assert_eq!(Offset(41).next(), Some(Offset(42)));
+        assert_eq!(Offset::MAX.next(), None);
+        assert_eq!(Offset(u64::MAX).next(), None);
     }
 
     #[test]

@@ -76,6 +76,28 @@ impl ValkeyServer {
         }
     }
 
+    /// Stops the server with SIGSTOP: it keeps its connections open and answers nothing, as
+    /// a hung (not crashed) server would, until [`ValkeyServer::resume`].
+    pub fn pause(&mut self) {
+        self.signal("STOP");
+    }
+
+    /// Continues a server stopped by [`ValkeyServer::pause`] (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&mut self, signal: &str) {
+        let Some(process) = &self.process else {
+            panic!("signal {signal}: valkey-server is not running");
+        };
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), process.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("run kill -{signal}: {e}"));
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+
     /// Kills the server if it still runs, then starts an empty one on the same port and
     /// returns once it answers `PING`.
     ///

@@ -82,6 +82,8 @@ pub struct Window {
     pub entries: Vec<(Offset, String)>,
     /// What precedes `entries[0]`.
     pub before_first: Link,
+    /// The read stopped at its count or byte bound: entries after the last one may follow.
+    pub more: bool,
 }
 
 /// A range of the session's events that the window cannot serve: offsets strictly after
@@ -253,14 +255,29 @@ impl HistoryStore {
         after: Option<Offset>,
         limit: usize,
     ) -> Result<Window, ValkeyError> {
+        self.read_page(session, after, limit, usize::MAX).await
+    }
+
+    /// Like [`HistoryStore::read_after`], and stops before the events' JSON would exceed
+    /// `max_bytes` in all (one event at least, however large, so a reader always progresses).
+    pub async fn read_page(
+        &self,
+        session: &SessionKey,
+        after: Option<Offset>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Window, ValkeyError> {
         let start = match after {
             Some(after) => format!("({}", keys::entry_id(after)),
             None => "-".to_owned(),
         };
-        let (last, deleted, raw): (String, String, Vec<(String, Vec<String>)>) = READ
+        type Reply = (String, String, Vec<(String, Vec<String>)>, i64);
+        let (last, deleted, raw, more): Reply = READ
             .key(keys::history(session))
             .arg(start)
             .arg(limit.max(1))
+            // Lua numbers are doubles: any budget above 2^53 bytes is unbounded anyway.
+            .arg(u64::try_from(max_bytes).unwrap_or(u64::MAX).min(1 << 53))
             .invoke_async(&mut self.conn.clone())
             .await?;
         let mut entries = Vec::with_capacity(raw.len());
@@ -287,6 +304,7 @@ impl HistoryStore {
             trimmed_through: keys::offset_of_entry_id(&deleted),
             entries,
             before_first,
+            more: more == 1,
         })
     }
 
@@ -355,6 +373,7 @@ mod tests {
                 .map(|o| (Offset(*o), String::new()))
                 .collect(),
             before_first,
+            more: false,
         }
     }
 
@@ -367,6 +386,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             before_first: Link::Start,
+            more: false,
         }
     }
 

@@ -221,3 +221,76 @@ async fn bad_websocket_frames_get_error_frames_and_the_connection_stays_usable()
         .expect("frame");
     assert!(matches!(pong, ServerFrame::Pong));
 }
+
+/// A cursor Kafka can never assign (above `i64::MAX`) is refused with `invalid_field` naming
+/// `after`; the largest one it can is answered with nothing. Neither may panic the handler
+/// (debug) or wrap around to the start of the log (release).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_cursors_are_refused_or_answered_empty() {
+    let stack = Stack::without_relay(1).await;
+    let client = reqwest::Client::new();
+    let url = format!(
+        "{}/v1/sessions/{}/planner/absurd/events",
+        stack.http_url, stack.tenant
+    );
+    let largest = i64::MAX.to_string();
+    for (after, status, field) in [
+        (u64::MAX.to_string(), 400, Some("after")),
+        ((i64::MAX as u64 + 1).to_string(), 400, Some("after")),
+        ("18446744073709551616".to_owned(), 400, None),
+        (largest.clone(), 200, None),
+    ] {
+        let response = client
+            .get(format!("{url}?after={after}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("after={after}: no answer: {e}"));
+        let got_status = response.status().as_u16();
+        let body: Value = response.json().await.expect("a JSON body");
+        assert_eq!(got_status, status, "after={after}: {body}");
+        if status == 400 {
+            assert_eq!(code(&body), "invalid_field", "after={after}: {body}");
+            if let Some(field) = field {
+                assert_eq!(body["error"]["field"], field, "after={after}: {body}");
+            }
+        } else {
+            assert_eq!(
+                body["events"],
+                serde_json::json!([]),
+                "after={after}: {body}"
+            );
+        }
+    }
+
+    let session = stack.session("absurd");
+    let mut conn = WsConnection::connect(&stack.ws_url).await.expect("connect");
+    conn.send_text(&format!(
+        r#"{{"op":"subscribe","session":"{session}","after":{}}}"#,
+        u64::MAX
+    ))
+    .await
+    .expect("send");
+    expect_error(&mut conn, ErrorCode::InvalidField).await;
+    conn.send_text(&format!(
+        r#"{{"op":"subscribe","session":"{session}","after":{largest}}}"#
+    ))
+    .await
+    .expect("send");
+    let subscribed = tokio::time::timeout(LIMIT, conn.next_frame())
+        .await
+        .expect("an answer")
+        .expect("a frame");
+    assert!(
+        matches!(subscribed, ServerFrame::Subscribed { .. }),
+        "{subscribed:?}"
+    );
+    // The catch-up after the largest cursor ends (nothing follows it) and the connection lives.
+    conn.send(&agentwire_protocol::ClientFrame::Ping)
+        .await
+        .expect("ping");
+    let pong = tokio::time::timeout(LIMIT, conn.next_frame())
+        .await
+        .expect("pong in time")
+        .expect("frame");
+    assert!(matches!(pong, ServerFrame::Pong), "{pong:?}");
+}

@@ -40,6 +40,37 @@ pub struct GatewayConfig {
     /// Largest accepted `POST /v1/events` body, in bytes (413 above it).
     #[arg(long = "max-body-bytes", env = "AGENTWIRE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Seconds a client may take to send a request head (and, on a keep-alive connection, to
+    /// start its next request) before it is disconnected: the slowloris guard.
+    #[arg(
+        long = "http-header-timeout-secs",
+        env = "AGENTWIRE_HTTP_HEADER_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a client may take to send a whole request body (408 `request_timeout` after).
+    #[arg(
+        long = "http-body-timeout-secs",
+        env = "AGENTWIRE_HTTP_BODY_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub http_body_timeout_secs: u64,
+    /// HTTP connections open at once, WebSockets included; at the cap new connections wait
+    /// in the kernel's backlog until one closes.
+    #[arg(
+        long = "max-http-connections",
+        env = "AGENTWIRE_MAX_HTTP_CONNECTIONS",
+        default_value_t = 20_000
+    )]
+    pub max_http_connections: usize,
+    /// Milliseconds the inline per-tenant quota check may take; past it the publish is
+    /// allowed (fail open, counted in `agentwire_gateway_tenant_limiter_errors_total`).
+    #[arg(
+        long = "tenant-quota-timeout-ms",
+        env = "AGENTWIRE_TENANT_QUOTA_TIMEOUT_MS",
+        default_value_t = 100
+    )]
+    pub tenant_quota_timeout_ms: u64,
     /// Largest accepted WebSocket message, in bytes (close 1009 above it).
     #[arg(long = "max-frame-bytes", env = "AGENTWIRE_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
     pub max_frame_bytes: usize,
@@ -118,6 +149,10 @@ pub struct GatewayConfig {
         default_value_t = 500
     )]
     pub catch_up_page: usize,
+    /// Most bytes of event JSON in one page of history (a catch-up page or a `GET …/events`
+    /// answer), besides the page's count limit. A page holds one event at least, however large.
+    #[arg(long = "page-max-bytes", env = "AGENTWIRE_PAGE_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub page_max_bytes: usize,
     /// Acks kept per producer for duplicate answers (the dedupe window, in sequences).
     #[arg(
         long = "dedupe-window",
@@ -162,6 +197,14 @@ impl GatewayConfig {
                 .ws_bytes_rate
                 .max(u32::try_from(self.max_frame_bytes).unwrap_or(u32::MAX)),
             max_strikes: self.ws_abuse_strikes,
+        }
+    }
+
+    /// The HTTP server's limits.
+    pub fn http_limits(&self) -> crate::serve::HttpLimits {
+        crate::serve::HttpLimits {
+            header_read_timeout: std::time::Duration::from_secs(self.http_header_timeout_secs),
+            max_connections: self.max_http_connections,
         }
     }
 
@@ -212,6 +255,18 @@ impl GatewayConfig {
             return Err(
                 "--catch-up-page (AGENTWIRE_CATCH_UP_PAGE) must be between 1 and 10000".into(),
             );
+        }
+        if self.http_header_timeout_secs == 0
+            || self.http_body_timeout_secs == 0
+            || self.max_http_connections == 0
+        {
+            return Err("--http-header-timeout-secs, --http-body-timeout-secs and --max-http-connections (AGENTWIRE_HTTP_*, AGENTWIRE_MAX_HTTP_CONNECTIONS) must be above 0".into());
+        }
+        if !(1..=10_000).contains(&self.tenant_quota_timeout_ms) {
+            return Err("--tenant-quota-timeout-ms (AGENTWIRE_TENANT_QUOTA_TIMEOUT_MS) must be between 1 and 10000".into());
+        }
+        if self.page_max_bytes < 1024 {
+            return Err("--page-max-bytes (AGENTWIRE_PAGE_MAX_BYTES) must be at least 1024".into());
         }
         if self.max_connections_per_tenant == 0 {
             return Err("--max-connections-per-tenant (AGENTWIRE_MAX_CONNECTIONS_PER_TENANT) must be above 0".into());

@@ -104,12 +104,23 @@ pub async fn publish(
         Err(err) => return err.into_response(),
     };
     let limit = state.config().max_body_bytes;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("body is larger than {limit} bytes"),
-        )
-        .into_response();
+    let deadline = std::time::Duration::from_secs(state.config().http_body_timeout_secs);
+    let bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("body is larger than {limit} bytes"),
+            )
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!("the body did not arrive within {deadline:?}; nothing was written"),
+            )
+            .into_response();
+        }
     };
     let (mut events, batch) = match decode(format, &bytes) {
         Ok(decoded) => decoded,
@@ -135,7 +146,8 @@ pub async fn publish(
         }
     }
 
-    if let Err(err) = tenant_limits::charge(state.tenants(), &events).await {
+    let quota_timeout = std::time::Duration::from_millis(state.config().tenant_quota_timeout_ms);
+    if let Err(err) = tenant_limits::charge(state.tenants(), &events, quota_timeout).await {
         return err.into_response();
     }
 
@@ -213,6 +225,9 @@ struct HistoryBody {
     /// The epoch of the session's offsets (see `docs/protocol.md`, "Cursor epochs").
     epoch: String,
     events: Vec<HistoryEntry>,
+    /// The page stopped at `limit` or at the page byte bound: more events may follow; ask
+    /// again with `after` = the last offset of this page.
+    more: bool,
 }
 
 /// `GET /v1/sessions/{tenant}/{agent_type}/{session_id}/events?after=N&limit=M`.
@@ -234,7 +249,7 @@ pub async fn history(
             format!("must be between 1 and {MAX_HISTORY_LIMIT}"),
         )));
     }
-    let after = query.after.map(Offset);
+    let after = query.after.map(Offset::cursor).transpose()?;
     let page = state.history().read(&session, after, limit).await?;
     let events = page
         .events
@@ -260,6 +275,7 @@ pub async fn history(
         latest: page.latest,
         epoch,
         events,
+        more: page.more,
     }))
 }
 

@@ -1,17 +1,52 @@
 //! Liveness, readiness and metrics endpoints.
+//!
+//! Readiness checks Kafka (the log topic's metadata) and Valkey (PING). One check runs at a
+//! time and its answer is reused for [`READY_CACHE`]: probes from many balancers cost one
+//! metadata fetch a second, not one each. Failures are answered with a reason code; the
+//! underlying error is logged, not sent.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::json;
+
+use agentwire_kafka::KafkaError;
 
 use crate::state::AppState;
 
 /// How long each dependency check of `/readyz` may take.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a readiness answer is reused.
+const READY_CACHE: Duration = Duration::from_secs(1);
+
+/// The outcome of one dependency check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Check {
+    Ok,
+    /// It refused or dropped the connection, or answered with an error.
+    Unreachable,
+    /// It did not answer within [`READY_TIMEOUT`].
+    Timeout,
+    /// Kafka answers but the log topic does not exist (or has no partitions).
+    TopicMissing,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Readiness {
+    kafka: Check,
+    valkey: Check,
+}
+
+/// The latest readiness answer and when it was made.
+#[derive(Debug, Default)]
+pub struct ReadinessCache {
+    last: tokio::sync::Mutex<Option<(Instant, Readiness)>>,
+}
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> &'static str {
@@ -20,20 +55,26 @@ pub async fn healthz() -> &'static str {
 
 /// `GET /readyz`: Kafka (the log topic's metadata) and Valkey (PING) both answer.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let kafka = state.log().check_reachable(READY_TIMEOUT).await;
-    let valkey = match tokio::time::timeout(READY_TIMEOUT, state.history().store().ping()).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {READY_TIMEOUT:?}")),
+    let readiness = {
+        let mut last = state.readiness().last.lock().await;
+        match *last {
+            Some((at, readiness)) if at.elapsed() < READY_CACHE => readiness,
+            _ => {
+                let readiness = check(&state).await;
+                *last = Some((Instant::now(), readiness));
+                readiness
+            }
+        }
     };
-    let describe = |r: Result<(), String>| match r {
-        Ok(()) => json!({"ok": true}),
-        Err(e) => json!({"ok": false, "error": e}),
+    let describe = |c: Check| match c {
+        Check::Ok => json!({"ok": true}),
+        reason => json!({"ok": false, "reason": reason}),
     };
-    let ready = kafka.is_ok() && valkey.is_ok();
+    let ready = readiness.kafka == Check::Ok && readiness.valkey == Check::Ok;
     let body = json!({
         "ready": ready,
-        "kafka": describe(kafka.map_err(|e| e.to_string())),
-        "valkey": describe(valkey),
+        "kafka": describe(readiness.kafka),
+        "valkey": describe(readiness.valkey),
     });
     let status = if ready {
         StatusCode::OK
@@ -41,6 +82,36 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+async fn check(state: &AppState) -> Readiness {
+    let (kafka, valkey) = tokio::join!(
+        state.log().check_reachable(READY_TIMEOUT),
+        tokio::time::timeout(READY_TIMEOUT, state.history().store().ping()),
+    );
+    let kafka = match kafka {
+        Ok(()) => Check::Ok,
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness: kafka check failed");
+            match err {
+                KafkaError::Timeout(_) => Check::Timeout,
+                KafkaError::Admin(_) => Check::TopicMissing,
+                _ => Check::Unreachable,
+            }
+        }
+    };
+    let valkey = match valkey {
+        Ok(Ok(())) => Check::Ok,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness: valkey check failed");
+            Check::Unreachable
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?READY_TIMEOUT, "readiness: valkey did not answer");
+            Check::Timeout
+        }
+    };
+    Readiness { kafka, valkey }
 }
 
 /// `GET /metrics`: Prometheus text format.

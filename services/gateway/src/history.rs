@@ -2,11 +2,16 @@
 //! window where its chain of entries reaches back to the cursor, and from the session's Kafka
 //! partition where it does not (trimmed, expired or lost windows). The log is the truth; the
 //! window is only the fast path.
+//!
+//! Every page is bounded twice: by a count of events and by the bytes of their JSON
+//! (`AGENTWIRE_PAGE_MAX_BYTES`), so a page of large events stays small. A page holds one event
+//! at least, however large, so paging always makes progress; [`Page::more`] says whether to
+//! read on from the last offset.
 
 use std::time::Duration;
 
 use agentwire_kafka::{
-    KafkaError, KafkaSettings, Watermarks, partition_count, partition_for, read_range,
+    KafkaError, KafkaSettings, KeyedReader, ReadBudget, Watermarks, partition_count, partition_for,
 };
 use agentwire_protocol::{Offset, SessionKey, cloudevents};
 use agentwire_valkey::{Gap, HistoryStore, ValkeyError};
@@ -14,10 +19,10 @@ use tokio::sync::OnceCell;
 
 use crate::metrics as m;
 
-/// Records read from the partition per Kafka fetch round when scanning for a session.
-const LOG_CHUNK: u64 = 5_000;
-/// Longest time one chunk read may take.
-const LOG_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Log reads running at once per process (each holds a Kafka consumer, kept for reuse).
+const LOG_READERS: usize = 8;
+/// Longest wait for the next record of a log read (or for a free reader).
+const LOG_READ_STALL: Duration = Duration::from_secs(10);
 
 /// Why a history read failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,8 @@ pub struct Page {
     pub events: Vec<(Offset, String)>,
     /// How many of `events` were read from Kafka rather than the window.
     pub from_log: usize,
+    /// The page stopped at its count or byte bound: read again after its last offset.
+    pub more: bool,
 }
 
 /// Reads history from the window, falling back to the log.
@@ -53,9 +60,13 @@ pub struct HistoryReader {
     kafka: KafkaSettings,
     /// One client for every watermark query of the process.
     watermarks: Watermarks,
+    /// Reused consumers for reads from the log.
+    readers: KeyedReader,
     topic: String,
     /// Bumped by the operator when offsets change meaning (see [`cursor_epoch`]).
     generation: u64,
+    /// Most bytes of event JSON in one page (exceeded only by a page's single first event).
+    page_max_bytes: usize,
     partitions: OnceCell<usize>,
 }
 
@@ -73,13 +84,16 @@ impl HistoryReader {
         kafka: KafkaSettings,
         topic: String,
         generation: u64,
+        page_max_bytes: usize,
     ) -> Result<Self, KafkaError> {
         Ok(Self {
             store,
             watermarks: Watermarks::new(&kafka)?,
+            readers: KeyedReader::new(&kafka, LOG_READERS),
             kafka,
             topic,
             generation,
+            page_max_bytes,
             partitions: OnceCell::new(),
         })
     }
@@ -100,34 +114,54 @@ impl HistoryReader {
         &self.store
     }
 
-    /// Up to `limit` events after `after` (exclusive). With `after = None`: the window only,
-    /// from its oldest entry.
+    /// Up to `limit` events after `after` (exclusive), and no more than the page's byte
+    /// bound. With `after = None`: the window only, from its oldest entry.
     pub async fn read(
         &self,
         session: &SessionKey,
         after: Option<Offset>,
         limit: usize,
     ) -> Result<Page, HistoryError> {
-        let window = self.store.read_after(session, after, limit).await?;
+        let max_bytes = self.page_max_bytes;
+        let window = self
+            .store
+            .read_page(session, after, limit, max_bytes)
+            .await?;
         let Some(gap) = after.and_then(|a| window.gap(a)) else {
             return Ok(Page {
                 latest: window.latest,
                 events: window.entries,
                 from_log: 0,
+                more: window.more,
             });
         };
-        let mut events = self.read_log(session, gap, limit).await?;
+        let budget = ReadBudget {
+            records: limit,
+            bytes: max_bytes,
+        };
+        let (mut events, mut more) = self.read_log(session, gap, budget).await?;
         let from_log = events.len();
         metrics::counter!(m::LOG_READS).increment(1);
-        // The log filled the gap: the window's entries (all at or after the gap's end) follow.
-        if events.len() < limit && gap.until.is_some() {
-            let room = limit - events.len();
-            events.extend(window.entries.into_iter().take(room));
+        // The log filled the gap: the window's entries (all at or after the gap's end) follow,
+        // within what is left of the page.
+        if !more && gap.until.is_some() {
+            more = window.more;
+            let mut bytes: usize = events.iter().map(|(_, json)| json.len()).sum();
+            for (offset, json) in window.entries {
+                let fits = events.is_empty() || bytes.saturating_add(json.len()) <= max_bytes;
+                if events.len() >= limit || !fits {
+                    more = true;
+                    break;
+                }
+                bytes = bytes.saturating_add(json.len());
+                events.push((offset, json));
+            }
         }
         Ok(Page {
             latest: window.latest,
             events,
             from_log,
+            more,
         })
     }
 
@@ -159,13 +193,14 @@ impl HistoryReader {
         Ok(*count)
     }
 
-    /// The session's events in the gap, read from its partition and filtered by key.
+    /// The session's events in the gap, read from its partition (only the session's records
+    /// are kept), within `budget`; and whether the budget stopped the read.
     async fn read_log(
         &self,
         session: &SessionKey,
         gap: Gap,
-        limit: usize,
-    ) -> Result<Vec<(Offset, String)>, HistoryError> {
+        budget: ReadBudget,
+    ) -> Result<(Vec<(Offset, String)>, bool), HistoryError> {
         let key = session.to_string();
         let partition = partition_for(key.as_bytes(), self.partitions().await?);
         let (low, high) = self.watermarks.get(&self.topic, partition).await?;
@@ -173,7 +208,11 @@ impl HistoryReader {
             Offset(u64::try_from(low).unwrap_or(0)),
             Offset(u64::try_from(high).unwrap_or(0)),
         );
-        let mut from = Offset(gap.after.0 + 1);
+        // Past the last offset Kafka can assign nothing can follow (cursors are checked at
+        // the edge; this keeps the arithmetic total).
+        let Some(from) = gap.after.next() else {
+            return Ok((Vec::new(), false));
+        };
         if from < low {
             return Err(HistoryError::Retention {
                 after: gap.after,
@@ -181,38 +220,34 @@ impl HistoryReader {
             });
         }
         let until = gap.until.map_or(high, |u| u.min(high));
-        let mut events = Vec::new();
-        while from < until && events.len() < limit {
-            let chunk_end = Offset(until.0.min(from.0.saturating_add(LOG_CHUNK)));
-            let records = read_range(
-                &self.kafka,
+        let read = self
+            .readers
+            .read(
                 &self.topic,
                 partition,
+                key.as_bytes(),
                 from,
-                chunk_end,
-                LOG_READ_TIMEOUT,
+                until,
+                budget,
+                LOG_READ_STALL,
             )
             .await?;
-            for record in records {
-                if record.key.as_deref() != Some(key.as_bytes()) {
-                    continue;
-                }
-                // The relay's rule: an unreadable record of the session is a gap event.
+        // The relay's rule: an unreadable record of the session is a gap event.
+        let events: Vec<(Offset, String)> = read
+            .records
+            .into_iter()
+            .map(|record| {
                 let entry = cloudevents::read_log_entry(
                     session,
                     partition,
                     record.offset,
                     record.value.as_deref(),
                 );
-                events.push((record.offset, entry.json));
-                if events.len() == limit {
-                    break;
-                }
-            }
-            from = chunk_end;
-        }
-        tracing::debug!(%session, partition, after = %gap.after, found = events.len(), "history read from the log");
-        Ok(events)
+                (record.offset, entry.json)
+            })
+            .collect();
+        tracing::debug!(%session, partition, after = %gap.after, found = events.len(), more = read.more, "history read from the log");
+        Ok((events, read.more))
     }
 }
 

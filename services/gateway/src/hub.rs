@@ -43,9 +43,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
 
-/// How long a follow may wait for Valkey to confirm the subscription.
+/// How long a follow may wait for Valkey to confirm the subscription, queueing included.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
-/// Queued SUBSCRIBE/UNSUBSCRIBE requests; a full queue makes `follow` wait (backpressure).
+/// Queued SUBSCRIBE/UNSUBSCRIBE requests; a full queue makes `follow` wait (backpressure), up
+/// to [`CONFIRM_TIMEOUT`]: a Valkey that stopped answering must not hold a connection forever.
 const COMMAND_QUEUE: usize = 1024;
 /// Announcements being checked against their windows at once; when full, the feed stops
 /// reading from Valkey until the oldest check is done (backpressure, never a drop).
@@ -222,14 +223,23 @@ impl Hub {
             ephemeral: Some(ephemeral),
             hub: self.clone(),
         };
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         if subscribe {
-            self.shared
+            let queued = self
+                .shared
                 .commands
-                .send(Command::Subscribe(session.clone()))
-                .await
-                .map_err(|_| HubError("the gateway is shutting down".into()))?;
+                .send(Command::Subscribe(session.clone()));
+            match tokio::time::timeout_at(deadline, queued).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(HubError("the gateway is shutting down".into())),
+                Err(_) => {
+                    return Err(HubError(format!(
+                        "the live feed's queue stayed full for {CONFIRM_TIMEOUT:?}: valkey is not keeping up"
+                    )));
+                }
+            }
         }
-        match tokio::time::timeout(CONFIRM_TIMEOUT, confirmed.wait_for(|c| *c)).await {
+        match tokio::time::timeout_at(deadline, confirmed.wait_for(|c| *c)).await {
             Ok(Ok(_)) => Ok(follow),
             Ok(Err(_)) => Err(HubError("the session feed was closed".into())),
             Err(_) => Err(HubError(format!(

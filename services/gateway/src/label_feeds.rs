@@ -19,6 +19,9 @@ use crate::hub::HubError;
 
 type Feed = (Tenant, Label);
 
+/// How long a follow may wait for Valkey to confirm the subscription, queueing included.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
 enum Command {
     Subscribe(String, oneshot::Sender<bool>),
     Unsubscribe(String),
@@ -117,13 +120,17 @@ impl LabelFeeds {
             feeds: self.clone(),
         };
         if subscribe {
+            // One deadline for queueing and confirmation: a Valkey that stopped answering
+            // (the queue stays full) must not hold the connection forever.
+            let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
             let (done, confirmed) = oneshot::channel();
-            self.shared
-                .commands
-                .send(Command::Subscribe(channel, done))
-                .await
-                .map_err(|_| HubError::new("the gateway is shutting down"))?;
-            match tokio::time::timeout(Duration::from_secs(5), confirmed).await {
+            let queued = self.shared.commands.send(Command::Subscribe(channel, done));
+            match tokio::time::timeout_at(deadline, queued).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(HubError::new("the gateway is shutting down")),
+                Err(_) => return Err(HubError::new("the label feed's queue stayed full")),
+            }
+            match tokio::time::timeout_at(deadline, confirmed).await {
                 Ok(Ok(true)) => {}
                 _ => return Err(HubError::new("valkey did not confirm the label feed")),
             }

@@ -22,6 +22,7 @@ mod metrics;
 mod producers_api;
 mod publish;
 pub mod routes;
+pub mod serve;
 pub mod session;
 mod state;
 mod tenant_limits;
@@ -92,6 +93,7 @@ pub async fn run(
         config.kafka.settings(),
         config.kafka.topic.clone(),
         config.log_generation,
+        config.page_max_bytes,
     )?;
     let (labels, label_task) =
         label_feeds::LabelFeeds::start(&config.valkey.url, config.session_buffer, shutdown.clone());
@@ -110,9 +112,8 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, topic = %log.topic(), "gateway listening");
     }
-    axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    let limits = state.config().http_limits();
+    serve::serve(listener, app(state.clone()), limits, shutdown.clone()).await;
 
     let connections = state.connections();
     connections.close();

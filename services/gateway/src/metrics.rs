@@ -53,3 +53,7 @@ pub const LABEL_FEED_FILTERED: &str = "agentwire_gateway_label_feed_filtered_tot
 /// Live publications on a session channel that contradict the session's window (forged or
 /// corrupt), dropped, by reason.
 pub const LIVE_FORGED: &str = "agentwire_gateway_live_forged_total";
+/// HTTP connections being served (upgraded WebSockets are counted in `CONNECTIONS` instead).
+pub const HTTP_CONNECTIONS: &str = "agentwire_gateway_http_connections";
+/// Times the server reached `AGENTWIRE_MAX_HTTP_CONNECTIONS` and stopped accepting.
+pub const HTTP_CONNECTIONS_AT_CAP: &str = "agentwire_gateway_http_connections_at_cap_total";

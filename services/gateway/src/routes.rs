@@ -34,6 +34,9 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
+        // After every route: it applies to the routes registered before it. The `Allow` header
+        // is still set.
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
 }
@@ -54,6 +57,13 @@ async fn openapi() -> impl IntoResponse {
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route; see /v1/openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take that method; see /v1/openapi.json",
+    )
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ pub struct Parts {
 struct Inner {
     parts: Parts,
     connections: TaskTracker,
+    readiness: crate::health::ReadinessCache,
 }
 
 impl AppState {
@@ -48,6 +49,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 parts,
                 connections: TaskTracker::new(),
+                readiness: crate::health::ReadinessCache::default(),
             }),
         }
     }
@@ -95,6 +97,11 @@ impl AppState {
 
     pub fn shutdown(&self) -> &CancellationToken {
         &self.inner.parts.shutdown
+    }
+
+    /// The latest `/readyz` answer.
+    pub(crate) fn readiness(&self) -> &crate::health::ReadinessCache {
+        &self.inner.readiness
     }
 
     /// Tracks WebSocket connections, which outlive axum's graceful shutdown of HTTP.

@@ -2,11 +2,12 @@
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap};
 use axum::response::{IntoResponse as _, Response};
 
 use crate::auth::WsPrincipal;
 use crate::error::ApiError;
+use crate::serve::ConnectionSlot;
 
 use crate::session::driver;
 use crate::state::AppState;
@@ -23,8 +24,11 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: Extensions,
     principal: Result<WsPrincipal, ApiError>,
 ) -> Response {
+    // The socket keeps its place under the HTTP connection cap for as long as it is open.
+    let slot = extensions.get::<ConnectionSlot>().cloned();
     let admitted = state.auth().check_origin(&headers).and_then(|()| {
         let WsPrincipal(principal) = principal?;
         let permit = state.tenant_connections().acquire(principal.tenant())?;
@@ -45,6 +49,9 @@ pub async fn upgrade(
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| {
             let tracker = state.connections().clone();
-            tracker.track_future(driver::run(socket, state, principal, permit))
+            tracker.track_future(async move {
+                driver::run(socket, state, principal, permit).await;
+                drop(slot);
+            })
         })
 }

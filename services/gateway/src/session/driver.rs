@@ -299,11 +299,14 @@ impl Connection {
             }
             ClientFrame::Publish { event } => {
                 let id = event.id.map(|id| id.to_string());
+                let quota_timeout =
+                    Duration::from_millis(self.state.config().tenant_quota_timeout_ms);
                 let answer = match self.principal.check_publish_event(&event) {
                     Err(err) => Box::pin(std::future::ready(Err(err))) as publisher::Acked,
                     Ok(()) => match tenant_limits::charge(
                         self.state.tenants(),
                         std::slice::from_ref(&*event),
+                        quota_timeout,
                     )
                     .await
                     {
@@ -328,6 +331,7 @@ impl Connection {
             }
             ClientFrame::UnfollowLabel { tenant, label } => {
                 let feed = (tenant, label);
+                self.subs.remove_feed(&feed);
                 self.labels.remove(&feed);
                 self.label_follows.remove(&feed);
                 let (tenant, label) = feed;
@@ -464,23 +468,18 @@ impl Connection {
     /// Follows a tenant's label feed. Counts against the connection's subscription limit.
     async fn follow_label(&mut self, tenant: Tenant, label: Label) -> Result<(), End> {
         let feed = (tenant, label);
-        if self.label_follows.contains_key(&feed) {
+        if self.subs.follows_feed(&feed) {
             let (tenant, label) = feed;
             return self
                 .send(&ServerFrame::LabelSubscribed { tenant, label })
                 .await;
         }
-        let max = self.state.config().max_subscriptions;
-        if self.subs.len() + self.label_follows.len() >= max {
-            return self
-                .send_error(ErrorFrame::from(&ProtocolError::new(
-                    ErrorCode::TooManySubscriptions,
-                    format!("at most {max} subscriptions (sessions and labels) per connection"),
-                )))
-                .await;
+        if let Err(err) = self.subs.check_follow_feed() {
+            return self.send_error(ErrorFrame::from(&err)).await;
         }
         match self.state.labels().follow(&feed).await {
             Ok((follow, receiver)) => {
+                self.subs.insert_feed(feed.clone());
                 self.label_follows.insert(feed.clone(), follow);
                 self.labels
                     .insert(feed.clone(), BroadcastStream::new(receiver));
@@ -622,11 +621,10 @@ impl Connection {
                     return Ok(());
                 }
             };
-            let full = read.events.len() >= page;
             for (offset, json) in read.events {
                 self.deliver(session, offset, &json).await?;
             }
-            if !full {
+            if !read.more {
                 self.pending.remove(session);
                 return Ok(());
             }

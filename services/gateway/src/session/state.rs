@@ -6,11 +6,12 @@
 //!   offset for "only new events"); an event is delivered only if its offset is strictly
 //!   greater than the cursor, which then moves to it. History and live messages may overlap
 //!   at the seam, after a lag or after a feed resync: the cursor drops the overlap.
-//! - A connection follows at most `max_subscriptions` sessions, each once.
+//! - A connection follows at most `max_subscriptions` sessions and label feeds together
+//!   (each costs a Valkey subscription and a broadcast receiver), each once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use agentwire_protocol::{ErrorCode, Offset, ProtocolError, SessionKey};
+use agentwire_protocol::{ErrorCode, Label, Offset, ProtocolError, SessionKey, Tenant};
 
 /// Whether an event reaches the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,10 +49,14 @@ impl Cursor {
     }
 }
 
-/// The sessions one connection follows.
+/// A tenant's label feed.
+pub type Feed = (Tenant, Label);
+
+/// The sessions and label feeds one connection follows.
 #[derive(Debug)]
 pub struct Subscriptions {
     cursors: HashMap<SessionKey, Cursor>,
+    feeds: HashSet<Feed>,
     max: usize,
 }
 
@@ -59,6 +64,7 @@ impl Subscriptions {
     pub fn new(max_subscriptions: usize) -> Self {
         Self {
             cursors: HashMap::new(),
+            feeds: HashSet::new(),
             max: max_subscriptions,
         }
     }
@@ -71,13 +77,41 @@ impl Subscriptions {
                 format!("this connection already follows {session}"),
             ));
         }
-        if self.cursors.len() >= self.max {
+        self.check_room()
+    }
+
+    /// Checks that one more session or feed fits the connection's limit.
+    fn check_room(&self) -> Result<(), ProtocolError> {
+        if self.len() >= self.max {
             return Err(ProtocolError::new(
                 ErrorCode::TooManySubscriptions,
-                format!("a connection may follow at most {} sessions", self.max),
+                format!(
+                    "a connection may follow at most {} sessions and label feeds together",
+                    self.max
+                ),
             ));
         }
         Ok(())
+    }
+
+    /// Whether the connection follows `feed`.
+    pub fn follows_feed(&self, feed: &Feed) -> bool {
+        self.feeds.contains(feed)
+    }
+
+    /// Checks that `feed`, not followed yet, may be followed now (before any I/O for it).
+    pub fn check_follow_feed(&self) -> Result<(), ProtocolError> {
+        self.check_room()
+    }
+
+    /// Starts following `feed`.
+    pub fn insert_feed(&mut self, feed: Feed) {
+        self.feeds.insert(feed);
+    }
+
+    /// Stops following `feed` (a no-op if not followed).
+    pub fn remove_feed(&mut self, feed: &Feed) {
+        self.feeds.remove(feed);
     }
 
     /// Starts following `session` with its cursor at `after`.
@@ -138,12 +172,13 @@ impl Subscriptions {
         self.cursors.get(session).copied()
     }
 
+    /// Sessions and feeds followed.
     pub fn len(&self) -> usize {
-        self.cursors.len()
+        self.cursors.len() + self.feeds.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.cursors.is_empty()
+        self.len() == 0
     }
 }
 
@@ -192,6 +227,33 @@ mod tests {
         );
         subs.remove(&key("a")).expect("remove");
         assert!(subs.is_empty());
+    }
+
+    #[test]
+    fn sessions_and_feeds_share_one_limit() {
+        let feed = |l: &str| {
+            (
+                Tenant::new("t").expect("tenant"),
+                Label::new(l).expect("label"),
+            )
+        };
+        let mut subs = Subscriptions::new(2);
+        subs.check_follow_feed().expect("room");
+        subs.insert_feed(feed("billing"));
+        subs.check_subscribe(&key("a")).expect("room");
+        subs.insert(key("a"), None);
+        assert_eq!(
+            subs.check_subscribe(&key("b")).expect_err("full").code(),
+            ErrorCode::TooManySubscriptions
+        );
+        assert_eq!(
+            subs.check_follow_feed().expect_err("full").code(),
+            ErrorCode::TooManySubscriptions
+        );
+        assert!(subs.follows_feed(&feed("billing")));
+        subs.remove_feed(&feed("billing"));
+        subs.check_subscribe(&key("b")).expect("room again");
+        assert_eq!(subs.len(), 1);
     }
 
     proptest! {

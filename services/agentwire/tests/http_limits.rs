@@ -1,0 +1,143 @@
+//! The plain HTTP server's limits: a client that sends its request head slowly (slowloris)
+//! or its body slowly is cut off, and the gateway serves everyone else meanwhile; a wrong
+//! method gets the coded JSON error body every other error has.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use agentwire_test_support::TestEnv;
+use common::{LIMIT, Stack};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+const HEADER_TIMEOUT_SECS: u64 = 2;
+const BODY_TIMEOUT_SECS: u64 = 2;
+
+async fn limited_stack() -> Stack {
+    Stack::configured(TestEnv::from_env(), 1, |config| {
+        config.http_header_timeout_secs = HEADER_TIMEOUT_SECS;
+        config.http_body_timeout_secs = BODY_TIMEOUT_SECS;
+    })
+    .await
+}
+
+fn address(stack: &Stack) -> String {
+    stack
+        .http_url
+        .strip_prefix("http://")
+        .expect("an http URL")
+        .to_owned()
+}
+
+async fn healthy(stack: &Stack) {
+    let response = reqwest::Client::new()
+        .get(format!("{}/healthz", stack.http_url))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("healthz answers");
+    assert!(response.status().is_success());
+}
+
+/// Reads until the server closes the connection (EOF or reset); returns what it sent.
+async fn read_to_close(reader: &mut tokio::net::tcp::OwnedReadHalf) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return received,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_disconnected_and_others_are_served() {
+    let stack = limited_stack().await;
+    let started = Instant::now();
+    let stream = TcpStream::connect(address(&stack)).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write the start of a head");
+    // The client paces its own writes: one byte of a never-ending header per second.
+    let dribble = tokio::spawn(async move {
+        while writer.write_all(b"a").await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let closed = tokio::spawn(async move { read_to_close(&mut reader).await });
+
+    // Meanwhile others are served.
+    healthy(&stack).await;
+
+    let received = tokio::time::timeout(LIMIT, closed)
+        .await
+        .expect("the server closed the slow connection")
+        .expect("reader task");
+    let after = started.elapsed();
+    println!(
+        "slowloris connection closed after {after:?} (header timeout {HEADER_TIMEOUT_SECS} s), \
+         {} bytes answered",
+        received.len()
+    );
+    dribble.abort();
+    assert!(
+        after < Duration::from_secs(HEADER_TIMEOUT_SECS * 5),
+        "closed only after {after:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&received).contains("200 OK"),
+        "the slow request was not served"
+    );
+    healthy(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_arrive_in_time_gets_408() {
+    let stack = limited_stack().await;
+    let stream = TcpStream::connect(address(&stack)).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{\"type\":",
+        )
+        .await
+        .expect("write a head and part of the body");
+    let started = Instant::now();
+    let received = tokio::time::timeout(LIMIT, read_to_close(&mut reader))
+        .await
+        .expect("an answer in time");
+    println!("answered after {:?}", started.elapsed());
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""code":"request_timeout""#), "{text}");
+    healthy(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_gets_a_coded_405() {
+    let stack = Stack::without_relay(1).await;
+    let client = reqwest::Client::new();
+    for request in [
+        client.get(format!("{}/v1/events", stack.http_url)),
+        client.post(format!("{}/healthz", stack.http_url)),
+        client.delete(format!("{}/v1/sessions/t/a/s/events", stack.http_url)),
+    ] {
+        let response = request.send().await.expect("an answer");
+        assert_eq!(response.status().as_u16(), 405);
+        assert!(response.headers().contains_key("allow"), "{response:?}");
+        let body: Value = response.json().await.expect("a JSON error body");
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+        assert!(
+            !body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        );
+    }
+}
