@@ -114,3 +114,56 @@ async fn a_relay_killed_mid_stream_resumes_without_loss_or_duplicates() {
     }
     relay.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stopped_during_a_valkey_outage_exits_and_loses_nothing() {
+    let mut valkey = agentwire_test_support::ValkeyServer::start().await;
+    let env = agentwire_test_support::TestEnv {
+        valkey_url: valkey.url(),
+        ..agentwire_test_support::TestEnv::from_env()
+    };
+    let stack = Stack::with_env(env, 1).await;
+    let session = stack.session("outage");
+    let mut relay = stack.relay_process();
+    let http = stack.http();
+    let first = http
+        .publish(&event(&session, "p", 1, "before"))
+        .await
+        .expect("publish")
+        .offset;
+    let window_reaches = |offset: Offset| {
+        let (url, session) = (stack.env.valkey_url.clone(), session.clone());
+        async move {
+            wait_until(LIMIT, "the relay to write the window", || async {
+                let store = HistoryStore::connect(&url, HistorySettings::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let latest = store.latest(&session).await.map_err(|e| e.to_string())?;
+                (latest == Some(offset))
+                    .then_some(())
+                    .ok_or(format!("window latest {latest:?}"))
+            })
+            .await
+        }
+    };
+    window_reaches(first).await;
+
+    valkey.kill();
+    let second = http
+        .publish(&event(&session, "p", 2, "during the outage"))
+        .await
+        .expect("publishing needs only Kafka")
+        .offset;
+    wait_until(LIMIT, "the relay to retry its Valkey write", || {
+        std::future::ready(relay.log().contains("retrying the batch"))
+    })
+    .await;
+    // Before the drain had a deadline this waited for Valkey forever.
+    let status = relay.terminate(LIMIT).await;
+    println!("relay stopped during the outage: {status}");
+
+    // What it could not write stayed uncommitted: the next relay writes it.
+    valkey.restart().await;
+    let _next = stack.relay_process();
+    window_reaches(second).await;
+}

@@ -16,6 +16,8 @@ use crate::{RelayError, metrics as m};
 
 /// Batches buffered between the poll thread and the Valkey writer.
 const CHANNEL_BATCHES: usize = 4;
+/// How long a stopping relay keeps trying to write the batches it already read.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the relay until `shutdown` is cancelled, then finishes the batches already read,
 /// commits their offsets and returns.
@@ -64,15 +66,24 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
         }
     }
 
-    // Stop polling, finish what was already read, then commit it.
+    // Stop polling, finish what was already read (for at most DRAIN_GRACE: during a Valkey
+    // outage what is left stays uncommitted and the next relay reads it again), commit it.
     poll_stop.cancel();
     rx.close();
+    let drain = CancellationToken::new();
+    let deadline = {
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(DRAIN_GRACE).await;
+            drain.cancel();
+        })
+    };
     while let Some(event) = rx.recv().await {
         if let ConsumerEvent::Batch(batch) = event {
-            let stop = CancellationToken::new();
-            write_batch(&store, &offsets, &topic, &mut marks, &batch, &stop).await;
+            write_batch(&store, &offsets, &topic, &mut marks, &batch, &drain).await;
         }
     }
+    deadline.abort();
     // The poll thread ends within one poll interval; join it off the async runtime.
     let _ = tokio::task::spawn_blocking(move || consumer.join()).await;
     if let Err(err) = offsets.commit_sync() {
