@@ -16,7 +16,7 @@ pub fn run(devices: &[String], extra: &[String]) -> anyhow::Result<()> {
     let servers = deps::ensure_all()?;
     let root = workspace_root();
     let enricher = build_workspace()?.join("agentwire-enricher");
-    let fixture = root.join("../shared/fixtures/minilm_golden.json");
+    let fixture = root.join("services/enricher/tests/fixtures/minilm_golden.json");
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     for device in devices {
         println!("xtask: burn on {device}");

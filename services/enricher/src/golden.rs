@@ -1,6 +1,7 @@
-//! The reference every backend must reproduce: `shared/fixtures/minilm_golden.json`
-//! (32 sentences, their token ids and sentence-transformers embeddings, PyTorch CPU f32), and
-//! the parity check against it shared by the tests and `agentwire-enricher parity`.
+//! The reference every backend must reproduce: `tests/fixtures/minilm_golden.json` in this
+//! crate (32 sentences, their token ids and sentence-transformers embeddings of
+//! all-MiniLM-L6-v2, PyTorch CPU f32), and the parity check against it shared by the tests and
+//! `agentwire-enricher parity`. The repository carries the fixture so a clone stands alone.
 
 use std::path::{Path, PathBuf};
 
@@ -26,13 +27,9 @@ pub struct Case {
 }
 
 impl Golden {
-    /// `$AGENTWIRE_SHARED_DIR/fixtures/minilm_golden.json`, else the `shared/` folder beside
-    /// the repository root.
+    /// The fixture committed with this crate.
     pub fn default_path() -> PathBuf {
-        std::env::var_os("AGENTWIRE_SHARED_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-            .join("fixtures/minilm_golden.json")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_golden.json")
     }
 
     pub fn load(path: &Path) -> Result<Self, ModelError> {

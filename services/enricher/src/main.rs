@@ -46,7 +46,7 @@ enum Command {
     Parity {
         #[arg(long, default_value = "auto")]
         device: DeviceChoice,
-        /// The fixture (default: ../shared/fixtures/minilm_golden.json beside the repository).
+        /// The fixture (default: services/enricher/tests/fixtures/minilm_golden.json).
         #[arg(long)]
         fixture: Option<PathBuf>,
     },
