@@ -55,6 +55,8 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             // Past the 64 KiB attribute limits and up to a whole frame: the limits themselves
             // must be reached (libFuzzer's default stops at 4 KiB).
             .arg("-max_len=2097152")
+            // ... from the start, not after libFuzzer's slow growth of its length limit.
+            .arg("-len_control=0")
             .arg("-print_final_stats=1"),
     )
     .context("the fuzz run failed (a crash is reported above, its input under fuzz/artifacts)")
