@@ -792,17 +792,9 @@ async fn a_reader_that_never_reads_is_bounded_and_later_gets_everything_in_order
         }
     }
     assert_eq!(got, acked, "every event once, in order");
-    let metrics = reqwest::get(format!("{}/metrics", stack.http_url))
+    let lagged = stack
+        .metric(r#"agentwire_gateway_catch_ups_total{reason="lagged"}"#)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let lagged = metrics
-        .lines()
-        .find(|l| l.starts_with("agentwire_gateway_catch_ups_total{reason=\"lagged\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(
         lagged >= 1.0,

@@ -65,8 +65,12 @@ async fn a_slowloris_client_is_disconnected_and_others_are_served() {
         .expect("write the start of a head");
     // The client paces its own writes: one byte of a never-ending header per second.
     let dribble = tokio::spawn(async move {
-        while writer.write_all(b"a").await.is_ok() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut pace = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            pace.tick().await;
+            if writer.write_all(b"a").await.is_err() {
+                break;
+            }
         }
     });
     let closed = tokio::spawn(async move { read_to_close(&mut reader).await });

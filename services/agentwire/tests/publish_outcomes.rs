@@ -73,19 +73,6 @@ async fn an_append_kafka_did_not_confirm_is_resolved_from_the_log_never_written_
     );
 }
 
-/// The gateway's open WebSocket connections, from its `/metrics`.
-async fn open_connections(stack: &Stack) -> Option<f64> {
-    let text = reqwest::get(format!("{}/metrics", stack.http_url))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("agentwire_gateway_ws_connections "))
-        .and_then(|value| value.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_that_leaves_before_its_ack_does_not_strand_its_sequence() {
     // A stranded reservation would make the retry wait this long.
@@ -108,7 +95,7 @@ async fn a_publisher_that_leaves_before_its_ack_does_not_strand_its_sequence() {
     .expect("warm-up publish");
     let mut ws = WsConnection::connect(&stack.ws_url).await.expect("connect");
     wait_until(LIMIT, "the connection to count", || async {
-        open_connections(&stack).await == Some(1.0)
+        stack.metric("agentwire_gateway_ws_connections").await == Some(1.0)
     })
     .await;
 
@@ -121,7 +108,7 @@ async fn a_publisher_that_leaves_before_its_ack_does_not_strand_its_sequence() {
     .expect("send");
     drop(ws);
     wait_until(LIMIT, "the connection to end", || async {
-        open_connections(&stack).await == Some(0.0)
+        stack.metric("agentwire_gateway_ws_connections").await == Some(0.0)
     })
     .await;
     broker.resume();

@@ -81,6 +81,20 @@ impl Stack {
         (Stack::configured(env, partitions, tweak).await, broker)
     }
 
+    /// One series of the gateway's `/metrics` (the name with its labels, exactly as exported,
+    /// e.g. `agentwire_gateway_catch_ups_total{reason="lagged"}`); `None` until it is exported.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.http_url))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
     /// A plain connection to the stack's Valkey, for tests that read or tamper with it.
     pub async fn valkey(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.env.valkey_url.as_str())
