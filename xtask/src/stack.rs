@@ -28,8 +28,14 @@ fn loopback(port: u16) -> SocketAddr {
 }
 
 /// The workspace root (xtask lives one level below it).
+///
+/// `cargo run` (the `xtask` alias) sets `CARGO_MANIFEST_DIR` for the process it starts; the
+/// compile-time value is only the fallback, since one build may serve several checkouts that
+/// share a target directory (and the checkout it was built in may be gone).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 /// First pause between two checks; it doubles up to [`MAX_INTERVAL`].
 const FIRST_INTERVAL: Duration = Duration::from_millis(5);
 const MAX_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a check started at or after the deadline may take before it counts as hung.
+const LAST_CHECK_GRACE: Duration = Duration::from_secs(1);
 
 /// What a polled condition returns: `true`, `Some(value)` or `Ok(value)` when it holds.
 ///
@@ -74,7 +76,10 @@ where
     let mut interval = FIRST_INTERVAL;
     let mut last_error = None;
     loop {
-        match tokio::time::timeout_at(deadline, f()).await {
+        // The last check, made after the deadline, still gets a moment to answer: cutting it
+        // off at once would report a condition that merely never held as a hung check.
+        let answer_by = deadline.max(tokio::time::Instant::now() + LAST_CHECK_GRACE);
+        match tokio::time::timeout_at(answer_by, f()).await {
             Ok(outcome) => match outcome.check() {
                 Ok(value) => return value,
                 Err(error) => last_error = error.or(last_error),

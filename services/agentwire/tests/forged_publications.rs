@@ -8,6 +8,7 @@ mod common;
 use agentwire_client::WsConnection;
 use agentwire_protocol::{Offset, ServerFrame, SessionKey, cloudevents};
 use agentwire_test_support::wait_until;
+use agentwire_valkey::{HistorySettings, HistoryStore};
 use common::{LIMIT, Stack, event};
 
 /// The next `event` frame of `ws` (other frames are skipped): its session and offset.
@@ -36,6 +37,20 @@ async fn a_forged_live_publication_neither_moves_cursors_nor_hides_real_events()
         .publish(&event(&session, "p", 1, "first"))
         .await
         .expect("publish");
+    // The relay writes the window after the ack: until it holds `first`, the window is empty
+    // and cannot contradict anything (a forgery then only counts as `unverifiable`).
+    let store = HistoryStore::connect(&stack.env.valkey_url, HistorySettings::default())
+        .await
+        .expect("valkey");
+    wait_until(LIMIT, "the window to hold the first event", || async {
+        let latest = store.latest(&session).await.map_err(|e| e.to_string())?;
+        if latest >= Some(first.offset) {
+            Ok(())
+        } else {
+            Err(format!("the window's latest offset is {latest:?}"))
+        }
+    })
+    .await;
     let mut ws = WsConnection::connect(&stack.ws_url).await.expect("connect");
     ws.subscribe(&session, Some(first.offset))
         .await
@@ -87,10 +102,23 @@ async fn a_forged_live_publication_neither_moves_cursors_nor_hides_real_events()
     wait_until(LIMIT, "the forged publications to be counted", || {
         let url = metrics_url.clone();
         async move {
-            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
-            (text.contains(r#"agentwire_gateway_live_forged_total{reason="ahead_of_window"}"#)
-                && text.contains(r#"agentwire_gateway_live_forged_total{reason="wrong_session"}"#))
-            .then_some(())
+            let text = reqwest::get(url)
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
+            if text.contains(r#"agentwire_gateway_live_forged_total{reason="ahead_of_window"}"#)
+                && text.contains(r#"agentwire_gateway_live_forged_total{reason="wrong_session"}"#)
+            {
+                Ok(())
+            } else {
+                let counted: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.starts_with("agentwire_gateway_live_forged_total"))
+                    .collect();
+                Err(format!("counted so far: {counted:?}"))
+            }
         }
     })
     .await;
