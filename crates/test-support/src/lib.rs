@@ -7,6 +7,7 @@
 //! - [`ValkeyServer`] and [`Broker`]: a dedicated process per test, for fault tests that kill
 //!   and restart the server. [`ChildProcess`] does the same for any other binary, such as
 //!   `agentwire relay`.
+//! - [`ValkeyCluster`]: a Valkey Cluster of three primaries and three replicas per test.
 //!
 //! Tests never sleep: they poll with [`wait_until`] against a deadline. A missing server is a
 //! panic that says how to get one, never a silent skip.
@@ -22,6 +23,7 @@ mod names;
 mod probe;
 mod process;
 mod valkey;
+mod valkey_cluster;
 mod wait;
 
 pub use broker::{Broker, create_topic};
@@ -29,4 +31,5 @@ pub use env::TestEnv;
 pub use names::unique;
 pub use process::ChildProcess;
 pub use valkey::ValkeyServer;
+pub use valkey_cluster::ValkeyCluster;
 pub use wait::{Check, wait_until, wait_until_blocking};

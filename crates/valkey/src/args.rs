@@ -8,7 +8,8 @@ use crate::history::HistorySettings;
 /// Where the realtime view lives and how much history it keeps.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ValkeyArgs {
-    /// Valkey URL, `redis://host:port[/db]`.
+    /// Valkey URL: one server, `redis://host:port[/db]`; or a cluster, its seed nodes separated
+    /// by commas (`redis://h1:7000,redis://h2:7001`) or `redis+cluster://host:port`.
     #[arg(
         long = "valkey-url",
         env = "AGENTWIRE_VALKEY_URL",
@@ -33,12 +34,8 @@ pub struct ValkeyArgs {
 
 impl ValkeyArgs {
     pub fn validate(&self) -> Result<(), String> {
-        redis::Client::open(self.url.as_str()).map_err(|e| {
-            format!(
-                "--valkey-url (AGENTWIRE_VALKEY_URL) is not a valid Valkey URL ({e}): {:?}",
-                self.url
-            )
-        })?;
+        crate::ValkeyUrl::parse(&self.url)
+            .map_err(|e| format!("--valkey-url (AGENTWIRE_VALKEY_URL): {e}"))?;
         if self.history_maxlen == 0 {
             return Err("--history-maxlen (AGENTWIRE_HISTORY_MAXLEN) must be at least 1".into());
         }

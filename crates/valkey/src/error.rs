@@ -7,6 +7,8 @@ pub enum ValkeyError {
     Redis(#[from] redis::RedisError),
     #[error("valkey returned an unexpected reply: {0}")]
     Reply(String),
+    #[error("invalid valkey configuration: {0}")]
+    Config(String),
     #[error("the valkey subscription connection is closed")]
     SubscriptionClosed,
 }

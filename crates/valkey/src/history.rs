@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use agentwire_protocol::{Offset, SessionKey};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script};
 
+use crate::connection::{Connection, slot};
 use crate::error::ValkeyError;
 use crate::keys;
 
@@ -39,13 +39,14 @@ impl Default for HistorySettings {
 #[derive(Clone, Copy, Debug)]
 pub struct Append<'a> {
     pub session: &'a SessionKey,
-    /// The source topic and partition of the record (the relay's mark is kept per partition).
+    /// The source topic and partition of the record (the relay's mark is kept per partition,
+    /// and on a cluster per partition and slot: [`HistoryStore::mark_scope`]).
     pub topic: &'a str,
     pub partition: i32,
     pub offset: Offset,
     pub event_json: &'a str,
-    /// The offset of the same partition the relay appended last, if it knows one: a mark
-    /// below it means Valkey lost appends (see `lua/append.lua`).
+    /// The offset of the same partition (and mark scope) the relay appended last, if it knows
+    /// one: a mark below it means Valkey lost appends (see `lua/append.lua`).
     pub expected: Option<Offset>,
 }
 
@@ -159,7 +160,7 @@ pub enum Annotated {
 /// Reads and writes session windows.
 #[derive(Clone)]
 pub struct HistoryStore {
-    conn: ConnectionManager,
+    conn: Connection,
     settings: HistorySettings,
 }
 
@@ -172,45 +173,70 @@ impl std::fmt::Debug for HistoryStore {
 }
 
 impl HistoryStore {
-    /// Connects (and reconnects on its own after failures) to the Valkey at `url`.
+    /// Connects (and reconnects on its own after failures) to the Valkey or the Valkey
+    /// Cluster at `url` (see [`crate::ValkeyUrl`]).
     pub async fn connect(url: &str, settings: HistorySettings) -> Result<Self, ValkeyError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let conn = Connection::connect(url).await?;
         Ok(Self { conn, settings })
     }
 
-    /// Appends a batch in one pipeline. Each append is atomic (stream entry + publish) and
-    /// idempotent (an offset already written is a no-op).
+    /// What the relay's mark of a partition is kept per besides the partition: `None` on a
+    /// standalone Valkey (one mark per partition), the session's slot on a cluster, where a
+    /// script may only touch keys of one slot (one mark per partition and slot).
+    pub fn mark_scope(&self, session: &SessionKey) -> Option<u16> {
+        self.conn
+            .is_cluster()
+            .then(|| slot(&keys::history(session)))
+    }
+
+    /// The command that announces on a session channel: sharded pub/sub on a cluster, so
+    /// that an announcement travels only within the session's shard.
+    fn publish_verb(&self) -> &'static str {
+        if self.conn.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// Appends a batch in one pipeline (on a cluster, one pipeline per slot, sent at once).
+    /// Each append is atomic (stream entry + publish) and idempotent (an offset already
+    /// written is a no-op); appends of one session keep their order.
     pub async fn append_batch(&self, batch: &[Append<'_>]) -> Result<Appended, ValkeyError> {
         if batch.is_empty() {
             return Ok(Appended::default());
         }
         let ttl = self.settings.idle_ttl.as_secs().max(1);
-        let invocations: Vec<_> = batch
-            .iter()
-            .map(|a| {
-                let mut inv = APPEND.key(keys::history(a.session));
-                inv.key(keys::relay_mark(a.topic, a.partition))
-                    .arg(a.offset.0)
-                    .arg(a.event_json)
-                    .arg(self.settings.maxlen)
-                    .arg(keys::channel(a.session))
-                    .arg(ttl)
-                    .arg(a.expected.map(|o| o.0.to_string()).unwrap_or_default());
-                inv
-            })
-            .collect();
-        let mut pipe = redis::pipe();
-        // Loading first makes the batch survive a Valkey restart that lost its script cache.
-        pipe.load_script(&APPEND).ignore();
-        for inv in &invocations {
-            pipe.invoke_script(inv);
+        let mut pipes: std::collections::BTreeMap<Option<u16>, redis::Pipeline> =
+            std::collections::BTreeMap::new();
+        for a in batch {
+            let scope = self.mark_scope(a.session);
+            let mut inv = APPEND.key(keys::history(a.session));
+            inv.key(keys::relay_mark(a.topic, a.partition, scope))
+                .arg(a.offset.0)
+                .arg(a.event_json)
+                .arg(self.settings.maxlen)
+                .arg(keys::channel(a.session))
+                .arg(ttl)
+                .arg(a.expected.map(|o| o.0.to_string()).unwrap_or_default())
+                .arg(self.publish_verb());
+            pipes
+                .entry(scope)
+                .or_insert_with(|| {
+                    let mut pipe = redis::pipe();
+                    // Loading first makes the batch survive a Valkey restart that lost its
+                    // script cache (on a cluster: the node that owns the slot).
+                    pipe.load_script(&APPEND).ignore();
+                    pipe
+                })
+                .invoke_script(&inv);
         }
-        let replies: Vec<i64> = pipe.query_async(&mut self.conn.clone()).await?;
+        let replies: Vec<Vec<i64>> =
+            futures::future::try_join_all(pipes.values().map(|pipe| async move {
+                pipe.query_async::<Vec<i64>>(&mut self.conn.clone()).await
+            }))
+            .await?;
+        let replies: Vec<i64> = replies.into_iter().flatten().collect();
         Ok(Appended {
             written: replies.iter().filter(|r| *r & 1 == 1).count(),
             rollbacks: replies.iter().filter(|r| *r & 2 == 2).count(),
@@ -236,7 +262,8 @@ impl HistoryStore {
             .arg(annotation_json)
             .arg(keys::channel(session))
             .arg(ttl)
-            .arg(if force { "1" } else { "0" });
+            .arg(if force { "1" } else { "0" })
+            .arg(self.publish_verb());
         for channel in label_channels {
             invocation.arg(channel);
         }
@@ -336,7 +363,7 @@ impl HistoryStore {
         session: &SessionKey,
         event_json: &str,
     ) -> Result<u64, ValkeyError> {
-        let receivers: u64 = redis::cmd("PUBLISH")
+        let receivers: u64 = redis::cmd(self.publish_verb())
             .arg(keys::channel(session))
             .arg(crate::live::ephemeral_message(event_json))
             .query_async(&mut self.connection())
@@ -345,7 +372,7 @@ impl HistoryStore {
     }
 
     /// The connection, shared with other Valkey-backed parts of the same process.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Connection {
         self.conn.clone()
     }
 

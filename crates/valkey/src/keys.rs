@@ -53,10 +53,17 @@ pub fn producers_rebuild_lock(tenant: &Tenant) -> String {
 /// The relay's mark of one partition of its source topic: the highest offset it appended
 /// (`through`) and where a Valkey rollback was last found (`floor`, see `lua/append.lua`).
 ///
-/// Not hash-tagged with the sessions it covers: the append script touches it with a session's
-/// stream, which a standalone Valkey allows; on a cluster it must become one mark per shard.
-pub fn relay_mark(topic: &str, partition: i32) -> String {
-    format!("{PREFIX}relay:{topic}:{partition}")
+/// The append script touches it together with a session's stream. A standalone Valkey has
+/// one mark per partition (`slot` `None`); on a cluster, where a script touches one slot only,
+/// there is one mark per partition and slot, hash-tagged into that slot.
+pub fn relay_mark(topic: &str, partition: i32, slot: Option<u16>) -> String {
+    match slot {
+        None => format!("{PREFIX}relay:{topic}:{partition}"),
+        Some(slot) => format!(
+            "{PREFIX}relay:{{{}}}:{topic}:{partition}",
+            crate::connection::slot_tag(slot)
+        ),
+    }
 }
 
 /// The session a channel name belongs to, if it is one of ours.
@@ -90,6 +97,18 @@ mod tests {
         assert_eq!(channel(&s), "aw:{acme:planner:s1}:ch");
         assert_eq!(session_of_channel(&channel(&s)), Some(s));
         assert_eq!(session_of_channel("other"), None);
+    }
+
+    #[test]
+    fn a_cluster_mark_lives_in_its_sessions_slot() {
+        let s: SessionKey = "acme:planner:s1".parse().expect("key");
+        let slot = crate::connection::slot(&history(&s));
+        let mark = relay_mark("agent.events", 3, Some(slot));
+        assert_eq!(crate::connection::slot(&mark), slot);
+        assert_eq!(
+            relay_mark("agent.events", 3, None),
+            "aw:relay:agent.events:3"
+        );
     }
 
     #[test]

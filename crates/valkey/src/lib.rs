@@ -5,6 +5,7 @@
 //! Kafka offset it came from, and everything here can be rebuilt by replaying the log.
 
 mod args;
+mod connection;
 mod error;
 mod history;
 pub mod keys;
@@ -13,6 +14,7 @@ mod live;
 mod producers;
 
 pub use args::ValkeyArgs;
+pub use connection::{Connection, SLOTS, ValkeyUrl, slot, slot_tag};
 pub use error::ValkeyError;
 pub use history::{
     Annotated, Append, Appended, Gap, HistorySettings, HistoryStore, Link, LiveCheck, Window,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use agentwire_protocol::Tenant;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
+use crate::connection::Connection;
 use crate::error::ValkeyError;
 use crate::keys;
 
@@ -26,7 +26,7 @@ pub struct TenantQuota {
 /// Charges tenants' publishes against their quota.
 #[derive(Clone)]
 pub struct TenantLimiter {
-    conn: ConnectionManager,
+    conn: Connection,
     quota: TenantQuota,
 }
 
@@ -39,7 +39,7 @@ impl std::fmt::Debug for TenantLimiter {
 }
 
 impl TenantLimiter {
-    pub fn new(conn: ConnectionManager, quota: TenantQuota) -> Self {
+    pub fn new(conn: Connection, quota: TenantQuota) -> Self {
         Self { conn, quota }
     }
 

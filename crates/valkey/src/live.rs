@@ -1,14 +1,25 @@
 //! Live announcements of new events: one Valkey pub/sub connection per gateway process,
 //! shared by all its WebSocket connections (the gateway's hub multiplexes it).
 //!
-//! redis-rs 1.8 offers `SSUBSCRIBE` only on its cluster client, so on a standalone Valkey
-//! this uses classic `SUBSCRIBE`/`PUBLISH`; channel names already carry the session hash tag,
-//! so moving to sharded pub/sub on a cluster changes the two verbs only.
+//! On a standalone Valkey this is classic `SUBSCRIBE`/`PUBLISH`. On a Valkey Cluster session
+//! channels use sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`): a channel carries its session's
+//! hash tag, so an announcement travels only within the shard that holds the session, and
+//! adding shards adds pub/sub capacity. redis-rs 1.8 offers `SSUBSCRIBE` on its cluster
+//! client (RESP3 pushes), which also resubscribes on its own after reconnects and topology
+//! changes; since messages published meanwhile are missed, this feed reports any dropped node
+//! connection or subscription as a lost connection and the caller resynchronises.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use agentwire_protocol::{Offset, SessionKey};
 use futures::StreamExt as _;
 use redis::aio::{PubSubSink, PubSubStream};
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
 
+use crate::connection::ValkeyUrl;
 use crate::error::ValkeyError;
 use crate::keys;
 
@@ -101,7 +112,28 @@ pub fn parse_label_message(payload: &[u8]) -> Option<LiveAnnotation> {
 /// Adds and removes session subscriptions on the shared connection.
 #[derive(Clone)]
 pub struct LiveSubscriptions {
-    sink: PubSubSink,
+    inner: Subscriptions,
+}
+
+#[derive(Clone)]
+enum Subscriptions {
+    /// A standalone Valkey: classic `SUBSCRIBE` on a RESP2 pub/sub connection.
+    Single(PubSubSink),
+    /// A cluster: `SSUBSCRIBE` for session channels (sharded: each on its slot's node),
+    /// classic `SUBSCRIBE` for label feeds, over the cluster client's RESP3 connections.
+    Cluster {
+        conn: ClusterConnection,
+        tracked: Arc<Mutex<Tracked>>,
+    },
+}
+
+/// What a cluster feed asked for, to tell a subscription Valkey dropped (its slot moved to
+/// another node) from one this process ended.
+#[derive(Debug, Default)]
+struct Tracked {
+    wanted: HashSet<String>,
+    /// Unsubscribe confirmations still to come, by channel.
+    ending: HashMap<String, u32>,
 }
 
 impl std::fmt::Debug for LiveSubscriptions {
@@ -112,7 +144,17 @@ impl std::fmt::Debug for LiveSubscriptions {
 
 /// The incoming side of the shared connection.
 pub struct LiveStream {
-    stream: PubSubStream,
+    inner: Stream,
+}
+
+enum Stream {
+    Single(PubSubStream),
+    Cluster {
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+        tracked: Arc<Mutex<Tracked>>,
+        /// Keeps the cluster connection (and so its pushes) alive as long as the stream.
+        _conn: ClusterConnection,
+    },
 }
 
 impl std::fmt::Debug for LiveStream {
@@ -121,55 +163,170 @@ impl std::fmt::Debug for LiveStream {
     }
 }
 
-/// Opens the shared pub/sub connection.
+/// Opens the shared pub/sub connection to the Valkey or cluster `url` names.
 pub async fn connect(url: &str) -> Result<(LiveSubscriptions, LiveStream), ValkeyError> {
-    let client = redis::Client::open(url)?;
-    let (sink, stream) = client.get_async_pubsub().await?.split();
-    Ok((LiveSubscriptions { sink }, LiveStream { stream }))
+    match ValkeyUrl::parse(url)? {
+        ValkeyUrl::Single(url) => {
+            let client = redis::Client::open(url)?;
+            let (sink, stream) = client.get_async_pubsub().await?.split();
+            Ok((
+                LiveSubscriptions {
+                    inner: Subscriptions::Single(sink),
+                },
+                LiveStream {
+                    inner: Stream::Single(stream),
+                },
+            ))
+        }
+        ValkeyUrl::Cluster(seeds) => {
+            let (sender, pushes) = mpsc::unbounded_channel();
+            let conn = ValkeyUrl::cluster_builder(&seeds)
+                .push_sender(sender)
+                .build()?
+                .get_async_connection()
+                .await?;
+            let tracked = Arc::new(Mutex::new(Tracked::default()));
+            Ok((
+                LiveSubscriptions {
+                    inner: Subscriptions::Cluster {
+                        conn: conn.clone(),
+                        tracked: tracked.clone(),
+                    },
+                },
+                LiveStream {
+                    inner: Stream::Cluster {
+                        pushes,
+                        tracked,
+                        _conn: conn,
+                    },
+                },
+            ))
+        }
+    }
+}
+
+fn lock(tracked: &Mutex<Tracked>) -> std::sync::MutexGuard<'_, Tracked> {
+    tracked
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl LiveSubscriptions {
     /// Subscribes to a session's channel; returns once Valkey confirmed it.
     pub async fn subscribe(&mut self, session: &SessionKey) -> Result<(), ValkeyError> {
-        Ok(self.sink.subscribe(keys::channel(session)).await?)
+        let channel = keys::channel(session);
+        match &mut self.inner {
+            Subscriptions::Single(sink) => Ok(sink.subscribe(channel).await?),
+            Subscriptions::Cluster { conn, tracked } => {
+                lock(tracked).wanted.insert(channel.clone());
+                Ok(conn.ssubscribe(channel).await?)
+            }
+        }
     }
 
     pub async fn unsubscribe(&mut self, session: &SessionKey) -> Result<(), ValkeyError> {
-        Ok(self.sink.unsubscribe(keys::channel(session)).await?)
+        let channel = keys::channel(session);
+        match &mut self.inner {
+            Subscriptions::Single(sink) => Ok(sink.unsubscribe(channel).await?),
+            Subscriptions::Cluster { conn, tracked } => {
+                end(tracked, &channel);
+                Ok(conn.sunsubscribe(channel).await?)
+            }
+        }
     }
 
-    /// Subscribes to any channel by name (label feeds: [`keys::label_channel`]).
+    /// Subscribes to any channel by name (label feeds: [`keys::label_channel`]), with
+    /// classic pub/sub.
     pub async fn subscribe_channel(&mut self, channel: &str) -> Result<(), ValkeyError> {
-        Ok(self.sink.subscribe(channel).await?)
+        match &mut self.inner {
+            Subscriptions::Single(sink) => Ok(sink.subscribe(channel).await?),
+            Subscriptions::Cluster { conn, tracked } => {
+                lock(tracked).wanted.insert(channel.to_owned());
+                Ok(conn.subscribe(channel).await?)
+            }
+        }
     }
 
     pub async fn unsubscribe_channel(&mut self, channel: &str) -> Result<(), ValkeyError> {
-        Ok(self.sink.unsubscribe(channel).await?)
+        match &mut self.inner {
+            Subscriptions::Single(sink) => Ok(sink.unsubscribe(channel).await?),
+            Subscriptions::Cluster { conn, tracked } => {
+                end(tracked, channel);
+                Ok(conn.unsubscribe(channel).await?)
+            }
+        }
     }
+}
+
+/// Records that this process ends its subscription to `channel`.
+fn end(tracked: &Mutex<Tracked>, channel: &str) {
+    let mut tracked = lock(tracked);
+    tracked.wanted.remove(channel);
+    *tracked.ending.entry(channel.to_owned()).or_default() += 1;
 }
 
 impl LiveStream {
     /// The next message as `(channel, payload)`, for feeds that parse their own messages;
-    /// `None` once the connection is lost.
+    /// `None` once the connection is lost (on a cluster: once any node's connection dropped,
+    /// or Valkey ended a subscription this process still wants, as when a slot moves). The
+    /// caller reconnects, subscribes again and treats what it follows as possibly behind.
     pub async fn next_raw(&mut self) -> Option<(String, Vec<u8>)> {
-        let msg = self.stream.next().await?;
-        Some((
-            msg.get_channel_name().to_owned(),
-            msg.get_payload_bytes().to_vec(),
-        ))
+        match &mut self.inner {
+            Stream::Single(stream) => {
+                let msg = stream.next().await?;
+                Some((
+                    msg.get_channel_name().to_owned(),
+                    msg.get_payload_bytes().to_vec(),
+                ))
+            }
+            Stream::Cluster {
+                pushes, tracked, ..
+            } => loop {
+                let push = pushes.recv().await?;
+                match push.kind {
+                    PushKind::Message | PushKind::SMessage => {
+                        if let [Value::BulkString(channel), Value::BulkString(payload), ..] =
+                            push.data.as_slice()
+                        {
+                            return Some((
+                                String::from_utf8_lossy(channel).into_owned(),
+                                payload.clone(),
+                            ));
+                        }
+                    }
+                    PushKind::Disconnection => {
+                        tracing::warn!("a valkey cluster node connection dropped");
+                        return None;
+                    }
+                    PushKind::Unsubscribe | PushKind::SUnsubscribe => {
+                        let Some(Value::BulkString(channel)) = push.data.first() else {
+                            continue;
+                        };
+                        let channel = String::from_utf8_lossy(channel).into_owned();
+                        let mut tracked = lock(tracked);
+                        if let Some(pending) = tracked.ending.get_mut(&channel) {
+                            *pending -= 1;
+                            if *pending == 0 {
+                                tracked.ending.remove(&channel);
+                            }
+                        } else if tracked.wanted.contains(&channel) {
+                            tracing::warn!(%channel, "valkey ended a subscription (its slot moved?)");
+                            return None;
+                        }
+                    }
+                    _ => {}
+                }
+            },
+        }
     }
 
-    /// The next announcement; `None` once the connection is lost (the caller reconnects and
-    /// treats every followed session as possibly behind).
+    /// The next announcement; `None` once the connection is lost (see [`Self::next_raw`]).
     pub async fn next(&mut self) -> Option<Announcement> {
         loop {
-            let msg = self.stream.next().await?;
-            match parse_message(msg.get_channel_name(), msg.get_payload_bytes()) {
+            let (channel, payload) = self.next_raw().await?;
+            match parse_message(&channel, &payload) {
                 Some(live) => return Some(live),
-                None => tracing::warn!(
-                    channel = msg.get_channel_name(),
-                    "ignoring a malformed live message"
-                ),
+                None => tracing::warn!(%channel, "ignoring a malformed live message"),
             }
         }
     }

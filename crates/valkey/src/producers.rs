@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use agentwire_protocol::{Offset, ProducerId, Tenant};
 use redis::Script;
-use redis::aio::ConnectionManager;
 
+use crate::connection::Connection;
 use crate::error::ValkeyError;
 use crate::keys;
 
@@ -111,7 +111,7 @@ pub struct Restored {
 /// The producer states of every tenant.
 #[derive(Clone)]
 pub struct ProducerStore {
-    conn: ConnectionManager,
+    conn: Connection,
     settings: ProducerSettings,
 }
 
@@ -135,7 +135,7 @@ fn number(reply: &[String], what: &str) -> Result<u64, ValkeyError> {
 }
 
 impl ProducerStore {
-    pub fn new(conn: ConnectionManager, settings: ProducerSettings) -> Self {
+    pub fn new(conn: Connection, settings: ProducerSettings) -> Self {
         Self { conn, settings }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use agentwire_client::WsConnection;
 use agentwire_protocol::{ClientFrame, Event, EventType, Offset, ServerFrame, SessionKey};
 use agentwire_test_support::TestEnv;
-use common::{LIMIT, Stack, event};
+use common::{LIMIT, Stack, Valkey, event};
 
 fn token(session: &SessionKey, i: usize, text: &str) -> ClientFrame {
     let mut event = Event::new(
@@ -38,13 +38,23 @@ async fn counter(stack: &Stack, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ephemeral_messages_reach_subscribers_in_order_and_never_the_log() {
-    let stack = Stack::start(1).await;
+    ephemerals_in_order(&Valkey::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_valkey_cluster_ephemeral_messages_reach_subscribers_in_order() {
+    ephemerals_in_order(&Valkey::cluster().await).await;
+}
+
+async fn ephemerals_in_order(valkey: &Valkey) {
+    let stack = Stack::start_on(valkey.env(), 1).await;
     let session = stack.session("stream");
     let mut subscriber = WsConnection::connect(&stack.ws_url).await.expect("connect");
     subscriber
         .subscribe(&session, None)
         .await
         .expect("subscribe");
+    valkey.assert_subscribed(&session).await;
     let mut producer = WsConnection::connect(&stack.ws_url).await.expect("connect");
     for i in 0..20 {
         producer

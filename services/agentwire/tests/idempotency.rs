@@ -11,7 +11,7 @@ use agentwire_client::WsConnection;
 use agentwire_kafka::{EventLog, LogRecord, watermarks};
 use agentwire_protocol::{ErrorCode, ProducerId, Tenant, cloudevents};
 use agentwire_valkey::{HistorySettings, HistoryStore, ProducerSettings, ProducerStore, Reserve};
-use common::{LIMIT, Stack, sequenced};
+use common::{LIMIT, Stack, Valkey, sequenced};
 
 /// Records in the stack's single partition.
 async fn records(stack: &Stack) -> i64 {
@@ -36,7 +36,16 @@ async fn post(base: &str, event: &agentwire_protocol::Event) -> (u16, serde_json
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_get_the_original_ack_on_every_gateway_and_gaps_and_stale_epochs_are_refused() {
-    let mut stack = Stack::without_relay(1).await;
+    retries_gaps_and_stale_epochs(&Valkey::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_valkey_cluster_retries_get_the_original_ack_and_gaps_are_refused() {
+    retries_gaps_and_stale_epochs(&Valkey::cluster().await).await;
+}
+
+async fn retries_gaps_and_stale_epochs(valkey: &Valkey) {
+    let mut stack = Stack::with_env(valkey.env(), 1).await;
     let other = stack.spawn_extra_gateway(|_| {}).await;
     let session = stack.session("idem");
     let tenant = Tenant::new(stack.tenant.clone()).expect("tenant");

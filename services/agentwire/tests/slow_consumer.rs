@@ -6,14 +6,21 @@ mod common;
 
 use agentwire_client::{Subscriber, WsConnection};
 use agentwire_protocol::{Offset, ServerFrame};
-use agentwire_test_support::TestEnv;
-use common::{LIMIT, Stack, event};
+use common::{LIMIT, Stack, Valkey, event};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_catches_up_from_history_and_a_fast_one_is_not_held_back() {
+    slow_and_fast_readers(&Valkey::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_valkey_cluster_a_slow_reader_catches_up_and_a_fast_one_is_not_held_back() {
+    slow_and_fast_readers(&Valkey::cluster().await).await;
+}
+
+async fn slow_and_fast_readers(valkey: &Valkey) {
     const EVENTS: u64 = 3000;
-    let mut stack =
-        Stack::configured(TestEnv::from_env(), 1, |config| config.session_buffer = 16).await;
+    let mut stack = Stack::configured(valkey.env(), 1, |config| config.session_buffer = 16).await;
     stack.spawn_relay();
     let session = stack.session("slow");
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use agentwire_client::{Delivery, PublishAck, Subscriber};
 use agentwire_protocol::{Offset, SessionKey, cloudevents};
-use common::{LIMIT, Stack, event};
+use common::{LIMIT, Stack, Valkey, event};
 use futures::future::try_join_all;
 
 /// Reads deliveries until `done` says enough, failing after [`LIMIT`].
@@ -82,11 +82,20 @@ async fn an_http_publish_reaches_a_subscriber_with_the_offset_post_returned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_producers_keep_each_session_in_order_without_gaps_or_duplicates() {
+    concurrent_producers(&Valkey::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_valkey_cluster_concurrent_producers_keep_each_session_in_order() {
+    concurrent_producers(&Valkey::cluster().await).await;
+}
+
+async fn concurrent_producers(valkey: &Valkey) {
     const PRODUCERS: usize = 4;
     const EVENTS: usize = 1000;
     const SESSIONS: usize = 20;
     const PARTITIONS: u32 = 4;
-    let stack = Stack::start(PARTITIONS).await;
+    let stack = Stack::start_on(valkey.env(), PARTITIONS).await;
     let sessions: Vec<SessionKey> = (0..SESSIONS)
         .map(|i| stack.session(&format!("s{i}")))
         .collect();
@@ -166,7 +175,16 @@ async fn concurrent_producers_keep_each_session_in_order_without_gaps_or_duplica
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribing_mid_history_while_publishing_has_no_loss_or_duplicate_at_the_seam() {
-    let stack = Stack::start(2).await;
+    seam(&Valkey::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_valkey_cluster_subscribing_mid_history_has_no_loss_or_duplicate_at_the_seam() {
+    seam(&Valkey::cluster().await).await;
+}
+
+async fn seam(valkey: &Valkey) {
+    let stack = Stack::start_on(valkey.env(), 2).await;
     let session = stack.session("seam");
     let http = stack.http();
     let first: Vec<_> = (1..=300)

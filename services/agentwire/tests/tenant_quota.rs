@@ -5,16 +5,25 @@
 mod common;
 
 use agentwire_protocol::SessionKey;
-use agentwire_test_support::{TestEnv, unique};
-use common::{Stack, event};
+use agentwire_test_support::unique;
+use common::{Stack, Valkey, event};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_its_quota_is_refused_on_every_gateway() {
+    quota_on_every_gateway(&Valkey::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_valkey_cluster_a_tenant_over_its_quota_is_refused_on_every_gateway() {
+    quota_on_every_gateway(&Valkey::cluster().await).await;
+}
+
+async fn quota_on_every_gateway(valkey: &Valkey) {
     let quota = |config: &mut agentwire_gateway::GatewayConfig| {
         config.tenant_publish_rate = 1;
         config.tenant_publish_burst = 5;
     };
-    let mut stack = Stack::configured(TestEnv::from_env(), 1, quota).await;
+    let mut stack = Stack::configured(valkey.env(), 1, quota).await;
     let other_gateway = stack.spawn_extra_gateway(quota).await;
     let session = stack.session("quota");
 

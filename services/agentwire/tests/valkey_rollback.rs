@@ -47,7 +47,10 @@ async fn events_lost_to_a_valkey_rollback_are_read_from_the_log() {
         .await
         .expect("valkey");
     let mut valkey = stack.valkey().await;
-    let snapshot_keys = [keys::history(&session), keys::relay_mark(&stack.topic, 0)];
+    let snapshot_keys = [
+        keys::history(&session),
+        keys::relay_mark(&stack.topic, 0, None),
+    ];
 
     let kept = publish(&stack, &session, 1..4).await;
     window_reaches(&store, &session, kept[2]).await;

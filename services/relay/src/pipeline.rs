@@ -57,9 +57,7 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
                 tracing::info!(partitions = ?p, "partitions assigned")
             }
             Some(ConsumerEvent::Revoked(p)) => {
-                for partition in &p {
-                    marks.remove(partition);
-                }
+                marks.retain(|(partition, _), _| !p.contains(partition));
                 tracing::info!(partitions = ?p, "partitions revoked")
             }
             None => break,
@@ -98,8 +96,9 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
     Ok(())
 }
 
-/// The last offset appended per partition by this relay since it was assigned the partition.
-type Marks = HashMap<i32, Offset>;
+/// The last offset appended per partition (and mark scope: [`HistoryStore::mark_scope`]) by
+/// this relay since it was assigned the partition.
+type Marks = HashMap<(i32, Option<u16>), Offset>;
 
 /// Writes one batch to Valkey, retrying until it succeeds or `stop` is cancelled, then
 /// stores the highest offset of each partition in it.
@@ -117,10 +116,15 @@ async fn write_batch(
         .iter()
         .map(|(session, partition, offset, json)| {
             // A partition's first record since assignment follows what the relay before this
-            // one committed: everything up to the record before it.
-            let expected = previous
-                .insert(*partition, *offset)
-                .or_else(|| offset.0.checked_sub(1).map(Offset));
+            // one committed: everything up to the record before it. A mark per slot (on a
+            // cluster) covers only that slot's sessions, whose last record is not known here.
+            let scope = store.mark_scope(session);
+            let expected = previous.insert((*partition, scope), *offset).or_else(|| {
+                scope
+                    .is_none()
+                    .then(|| offset.0.checked_sub(1).map(Offset))
+                    .flatten()
+            });
             Append {
                 session,
                 topic,

@@ -3,7 +3,8 @@
 -- KEYS[1] annotated-through marker   KEYS[2] history stream
 -- ARGV[1] source offset   ARGV[2] annotation JSON   ARGV[3] session channel
 -- ARGV[4] idle TTL in seconds   ARGV[5] '1' to publish even if the event is not in the window
--- ARGV[6..] further channels (label feeds)
+-- ARGV[6] the command announcing on the session channel: PUBLISH, or SPUBLISH on a cluster
+-- ARGV[7..] further channels (label feeds, classic PUBLISH: they are not in the session's slot)
 -- Returns 1 published, 0 already published (a replay), -1 the event is not announced yet.
 --
 -- A session lives in one partition and the enricher publishes its records in order, so the
@@ -25,8 +26,8 @@ if ARGV[5] ~= '1' then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
 local message = 'a\n' .. ARGV[2]
-redis.call('PUBLISH', ARGV[3], message)
-for i = 6, #ARGV do
+redis.call(ARGV[6], ARGV[3], message)
+for i = 7, #ARGV do
   redis.call('PUBLISH', ARGV[i], message)
 end
 return 1

@@ -3,6 +3,7 @@
 -- ARGV[1] Kafka offset   ARGV[2] CloudEvents JSON   ARGV[3] MAXLEN (approximate)
 -- ARGV[4] channel   ARGV[5] idle TTL in seconds
 -- ARGV[6] the offset of this partition the relay wrote last ('' when it knows none)
+-- ARGV[7] the announcing command: PUBLISH, or SPUBLISH (sharded) on a cluster
 -- Returns 1 when appended and published, 0 when this offset was already written (replay),
 -- plus 2 when this append found that Valkey lost writes it had acknowledged.
 --
@@ -50,5 +51,5 @@ if not ok then
   return redis.error_reply(message)
 end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[4], ARGV[1] .. '\n' .. ARGV[2])
+redis.call(ARGV[7], ARGV[4], ARGV[1] .. '\n' .. ARGV[2])
 return 1 + rolled_back

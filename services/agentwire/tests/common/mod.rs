@@ -21,6 +21,77 @@ use tokio_util::sync::CancellationToken;
 
 pub const LIMIT: Duration = Duration::from_secs(60);
 
+/// Where a scenario runs: the shared single Valkey, or a Valkey Cluster of its own (3 primaries,
+/// 3 replicas, sharded pub/sub). The cluster lives as long as the value.
+pub enum Valkey {
+    Single,
+    Cluster(agentwire_test_support::ValkeyCluster),
+}
+
+impl Valkey {
+    /// A fresh Valkey Cluster.
+    pub async fn cluster() -> Valkey {
+        Valkey::Cluster(agentwire_test_support::ValkeyCluster::start().await)
+    }
+
+    /// Checks that the gateway subscribed to `session`'s channel as the deployment requires:
+    /// classic pub/sub on one node; sharded pub/sub (`SSUBSCRIBE`) on a cluster, on exactly
+    /// one node (the primary of the session's slot), and no classic subscription anywhere.
+    pub async fn assert_subscribed(&self, session: &SessionKey) {
+        let channel = agentwire_valkey::keys::channel(session);
+        let count = |port: u16, sub: &'static str| {
+            let channel = channel.clone();
+            async move {
+                let client =
+                    redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("node url");
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("connect to a node");
+                let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                    .arg(sub)
+                    .arg(&channel)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("PUBSUB");
+                counts.first().map_or(0, |(_, n)| *n)
+            }
+        };
+        match self {
+            Valkey::Single => {
+                let port = TestEnv::from_env()
+                    .valkey_url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim_end_matches('/').parse().ok())
+                    .expect("the shared valkey's port");
+                assert!(count(port, "NUMSUB").await >= 1, "a classic subscription");
+            }
+            Valkey::Cluster(cluster) => {
+                let mut sharded = Vec::new();
+                for port in cluster.ports() {
+                    assert_eq!(count(port, "NUMSUB").await, 0, "no classic subscription");
+                    if count(port, "SHARDNUMSUB").await > 0 {
+                        sharded.push(port);
+                    }
+                }
+                assert_eq!(sharded.len(), 1, "one node holds the sharded subscription");
+            }
+        }
+    }
+
+    /// The shared broker with this Valkey.
+    pub fn env(&self) -> TestEnv {
+        match self {
+            Valkey::Single => TestEnv::from_env(),
+            Valkey::Cluster(cluster) => TestEnv {
+                valkey_url: cluster.url(),
+                ..TestEnv::from_env()
+            },
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Stack {
     pub env: TestEnv,
@@ -48,6 +119,13 @@ impl Stack {
     /// A topic and the gateway; start a relay yourself.
     pub async fn without_relay(partitions: u32) -> Stack {
         Stack::with_env(TestEnv::from_env(), partitions).await
+    }
+
+    /// A topic, the gateway and an in-process relay on the servers `env` names.
+    pub async fn start_on(env: TestEnv, partitions: u32) -> Stack {
+        let mut stack = Stack::with_env(env, partitions).await;
+        stack.spawn_relay();
+        stack
     }
 
     /// A stack with a relay on a Valkey of its own, for tests that kill or restart Valkey.
