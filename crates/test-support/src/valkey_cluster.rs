@@ -89,6 +89,45 @@ impl ValkeyCluster {
         }
     }
 
+    /// Moves `slot`, with its keys, to primary `to` (0..3) with Valkey 9's atomic slot
+    /// migration (`CLUSTER MIGRATESLOTS`, sent to the slot's owner), and returns once `to`
+    /// owns it.
+    ///
+    /// # Panics
+    /// When no live primary owns the slot, or the move does not finish within a minute.
+    pub async fn migrate_slot(&self, slot: u16, to: usize) {
+        let target = self.nodes[to].port;
+        let target_id: String = command(target, &["CLUSTER", "MYID"]).await;
+        let mut source = None;
+        for node in self.nodes.iter().filter(|n| n.process.is_some()) {
+            if owns(node.port, slot).await {
+                source = Some(node.port);
+            }
+        }
+        let source = source.unwrap_or_else(|| panic!("no live node owns slot {slot}"));
+        if source == target {
+            return;
+        }
+        let slot_arg = slot.to_string();
+        let _: String = command(
+            source,
+            &[
+                "CLUSTER",
+                "MIGRATESLOTS",
+                "SLOTSRANGE",
+                &slot_arg,
+                &slot_arg,
+                "NODE",
+                &target_id,
+            ],
+        )
+        .await;
+        wait_until(FORM_TIMEOUT, "the slot to move", || async {
+            owns(target, slot).await && !owns(source, slot).await
+        })
+        .await;
+    }
+
     async fn form(&self) {
         let mut ids = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
@@ -175,6 +214,24 @@ impl ValkeyCluster {
 }
 
 const SLOTS: u32 = 16_384;
+
+/// Whether the node on `port` says it serves `slot` (its `myself` line of `CLUSTER NODES`).
+async fn owns(port: u16, slot: u16) -> bool {
+    let nodes: String = command(port, &["CLUSTER", "NODES"]).await;
+    nodes
+        .lines()
+        .find(|line| line.split(' ').nth(2).is_some_and(|f| f.contains("myself")))
+        .is_some_and(|line| {
+            line.split(' ').skip(8).any(|range| {
+                let mut ends = range.splitn(2, '-').map(str::parse::<u16>);
+                match (ends.next(), ends.next()) {
+                    (Some(Ok(first)), Some(Ok(last))) => (first..=last).contains(&slot),
+                    (Some(Ok(only)), None) => only == slot,
+                    _ => false,
+                }
+            })
+        })
+}
 
 /// Sends one command to the node on `port` and returns its reply.
 ///
