@@ -167,3 +167,127 @@ async fn a_relay_stopped_during_a_valkey_outage_exits_and_loses_nothing() {
     let _next = stack.relay_process();
     window_reaches(second).await;
 }
+
+/// The partitions of the last `partitions assigned` line of a relay's log (its current
+/// assignment after an eager rebalance); `None` before the first assignment.
+fn last_assignment(log: &str) -> Option<Vec<i32>> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("partitions assigned"))?;
+    let list = line.rsplit_once('[')?.1.split_once(']')?.0;
+    Some(
+        list.split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect(),
+    )
+}
+
+/// Fails on tansu 0.6.0, the embedded broker: after the killed relay's session times out the
+/// group rebalances, but the survivor is given back only its own partitions and the dead
+/// member's are never consumed again (seen for 170 s; issue 12). Run it against another
+/// broker with `cargo xtask test -- --run-ignored all -E 'test(two_relays)'`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu 0.6.0 never reassigns a dead group member's partitions (issue 12)"]
+async fn two_relays_share_the_partitions_and_the_survivor_takes_over_a_killed_ones() {
+    const PARTITIONS: u32 = 4;
+    const SESSIONS: usize = 8;
+    const EVENTS: usize = 1200;
+    let stack = Stack::without_relay(PARTITIONS).await;
+    let sessions: Vec<SessionKey> = (0..SESSIONS)
+        .map(|i| stack.session(&format!("two{i}")))
+        .collect();
+    let mut subscriber = Subscriber::connect(
+        &stack.ws_url,
+        sessions.iter().map(|s| (s.clone(), None)).collect(),
+    )
+    .await
+    .expect("subscribe");
+
+    // Two relays in one consumer group: each ends up with part of the partitions.
+    let mut doomed = stack.relay_process();
+    let mut survivor = stack.relay_process();
+    wait_until(LIMIT, "both relays to hold partitions", || {
+        let (a, b) = (last_assignment(&doomed.log()), last_assignment(&survivor.log()));
+        async move {
+            match (a, b) {
+                (Some(a), Some(b))
+                    if !a.is_empty()
+                        && !b.is_empty()
+                        && a.len() + b.len() == PARTITIONS as usize =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("assignments so far: {other:?}")),
+            }
+        }
+    })
+    .await;
+
+    // The load: one event every 2 ms, round robin over the sessions.
+    let publisher = {
+        let (http, sessions) = (stack.http(), sessions.clone());
+        tokio::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(2));
+            let mut acks = Vec::with_capacity(EVENTS);
+            for i in 0..EVENTS {
+                pace.tick().await;
+                let session = &sessions[i % SESSIONS];
+                let ack = http
+                    .publish(&event(session, "p", i as u64 + 1, "load"))
+                    .await
+                    .expect("publish");
+                acks.push((session.clone(), ack));
+            }
+            acks
+        })
+    };
+
+    let mut delivered = Vec::new();
+    while delivered.len() < EVENTS / 4 {
+        let d = tokio::time::timeout(LIMIT, subscriber.next())
+            .await
+            .expect("deliveries before the kill")
+            .expect("delivery");
+        delivered.push(d);
+    }
+    doomed.kill();
+    let killed = std::time::Instant::now();
+
+    let acks = publisher.await.expect("publisher");
+    while delivered.len() < EVENTS {
+        let d = tokio::time::timeout(LIMIT, subscriber.next())
+            .await
+            .unwrap_or_else(|_| {
+                let log = survivor.log();
+                panic!(
+                    "only {} of {EVENTS} delivered; survivor's log:\n{}",
+                    delivered.len(),
+                    &log[log.len().saturating_sub(4000)..]
+                )
+            })
+            .expect("delivery");
+        delivered.push(d);
+    }
+    let all_delivered = killed.elapsed();
+    assert_eq!(subscriber.dropped(), 0, "the server sent duplicates");
+    let expected = common::offsets_by_session(acks.iter().map(|(s, a)| (s, a.offset)));
+    let mut seen: BTreeMap<SessionKey, Vec<Offset>> = BTreeMap::new();
+    for d in &delivered {
+        seen.entry(d.session.clone()).or_default().push(d.offset);
+    }
+    assert_eq!(seen, expected, "what the subscriber saw");
+    assert_eq!(
+        last_assignment(&survivor.log()).map(|mut p| {
+            p.sort_unstable();
+            p
+        }),
+        Some((0..PARTITIONS as i32).collect()),
+        "the survivor holds every partition"
+    );
+    println!(
+        "every event delivered {:.2} s after the kill ({EVENTS} events, {SESSIONS} sessions, {PARTITIONS} partitions, 0 lost, 0 duplicated)",
+        all_delivered.as_secs_f64()
+    );
+    survivor.kill();
+}
