@@ -27,6 +27,7 @@
 //! while the log's partition is completely empty is there no cursor to resume from.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use agentwire_protocol::{
@@ -62,6 +63,11 @@ pub struct SubscriberConfig {
     /// How long before the connection's token expires it is refreshed (at the latest: never
     /// before half its remaining validity).
     pub refresh_margin: Duration,
+    /// Other gateways of the same deployment (WebSocket URLs). A reconnection tries the
+    /// gateway it last used first, then these and the first URL in turn, one per attempt:
+    /// when a gateway dies its clients resume on the others. Cursors are Kafka offsets, valid
+    /// on every gateway of the same log.
+    pub fallback_urls: Vec<String>,
 }
 
 impl Default for SubscriberConfig {
@@ -74,6 +80,7 @@ impl Default for SubscriberConfig {
             keepalive: Duration::from_secs(15),
             token: None,
             refresh_margin: Duration::from_secs(30),
+            fallback_urls: Vec::new(),
         }
     }
 }
@@ -102,8 +109,11 @@ struct Opened {
 /// Follows sessions over a WebSocket, reconnecting and resuming as needed.
 #[derive(Debug)]
 pub struct Subscriber {
-    url: String,
-    /// The URL without its query (which may hold a token): what the logs show.
+    /// The first URL, then [`SubscriberConfig::fallback_urls`].
+    urls: Vec<String>,
+    /// The index in `urls` of the gateway of the current (or last) connection.
+    current: usize,
+    /// That URL without its query (which may hold a token): what the logs show.
     log_url: String,
     config: SubscriberConfig,
     cursors: Cursors,
@@ -154,9 +164,13 @@ impl Subscriber {
         if let Some(refusal) = opened.refused.first() {
             return Err(refusal.clone().into());
         }
+        let urls = std::iter::once(url)
+            .chain(config.fallback_urls.iter().cloned())
+            .collect::<Vec<_>>();
         let mut subscriber = Self {
-            log_url: loggable(&url),
-            url,
+            log_url: loggable(&urls[0]),
+            urls,
+            current: 0,
             config,
             cursors,
             conn: None,
@@ -316,15 +330,30 @@ impl Subscriber {
 
     async fn reconnect(&mut self) -> Result<()> {
         let points = self.cursors.resume_points();
-        let (url, timeout) = (self.url.as_str(), self.config.request_timeout);
+        let timeout = self.config.request_timeout;
         let token = self.config.token.as_ref();
-        let log_url = self.log_url.as_str();
-        let opened = (|| open(url, token, timeout, &points))
-            .retry(self.backoff())
-            .sleep(tokio::time::sleep)
-            .when(|err| !matches!(err, ClientError::InvalidUrl { .. }))
-            .notify(|err, delay| warn!(url = log_url, error = %Chain(err), ?delay, "subscriber reconnect failed; retrying"))
-            .await?;
+        let urls = &self.urls;
+        // Attempt k goes to the gateway `current + k` (wrapping): the last one first.
+        let attempt = AtomicUsize::new(self.current);
+        let (index, opened) = (|| {
+            let index = attempt.fetch_add(1, Ordering::Relaxed) % urls.len();
+            let points = &points;
+            async move {
+                open(&urls[index], token, timeout, points)
+                    .await
+                    .map(|opened| (index, opened))
+            }
+        })
+        .retry(self.backoff())
+        .sleep(tokio::time::sleep)
+        .when(|err| !matches!(err, ClientError::InvalidUrl { .. }))
+        .notify(|err, delay| {
+            let tried = (attempt.load(Ordering::Relaxed) + urls.len() - 1) % urls.len();
+            warn!(url = %loggable(&urls[tried]), error = %Chain(err), ?delay, "subscriber reconnect failed; retrying")
+        })
+        .await?;
+        self.current = index;
+        self.log_url = loggable(&self.urls[index]);
         self.reconnects += 1;
         info!(
             url = %self.log_url,

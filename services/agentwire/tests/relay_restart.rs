@@ -208,7 +208,10 @@ async fn two_relays_share_the_partitions_and_the_survivor_takes_over_a_killed_on
     let mut doomed = stack.relay_process();
     let mut survivor = stack.relay_process();
     wait_until(LIMIT, "both relays to hold partitions", || {
-        let (a, b) = (last_assignment(&doomed.log()), last_assignment(&survivor.log()));
+        let (a, b) = (
+            last_assignment(&doomed.log()),
+            last_assignment(&survivor.log()),
+        );
         async move {
             match (a, b) {
                 (Some(a), Some(b))
