@@ -45,6 +45,8 @@ use crate::metrics as m;
 
 /// How long a follow may wait for Valkey to confirm the subscription, queueing included.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first pause before the live feed tries to reconnect (it doubles up to 2 s).
+const RETRY_FIRST_DELAY: Duration = Duration::from_millis(50);
 /// Queued SUBSCRIBE/UNSUBSCRIBE requests; a full queue makes `follow` wait (backpressure), up
 /// to [`CONFIRM_TIMEOUT`]: a Valkey that stopped answering must not hold a connection forever.
 const COMMAND_QUEUE: usize = 1024;
@@ -464,7 +466,7 @@ async fn feed(
                 hub.unconfirm_all();
                 let attempt = || connect_live(&url);
                 let retry = attempt
-                    .retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(2)).without_max_times().with_jitter())
+                    .retry(ExponentialBuilder::default().with_min_delay(RETRY_FIRST_DELAY).with_max_delay(Duration::from_secs(2)).without_max_times().with_jitter())
                     .notify(|err, after| tracing::warn!(error = %err, retry_in = ?after, "live feed reconnect failed"))
                     .when(|_| !shutdown.is_cancelled());
                 let connected = tokio::select! {

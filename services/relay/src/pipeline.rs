@@ -16,6 +16,10 @@ use crate::{RelayError, metrics as m};
 
 /// Batches buffered between the poll thread and the Valkey writer.
 const CHANNEL_BATCHES: usize = 4;
+/// The first pause before a failed Valkey write is tried again (it doubles up to 2 s): a
+/// cluster failover or a restart is over in seconds, and every pause adds to the delay
+/// subscribers see.
+const RETRY_FIRST_DELAY: Duration = Duration::from_millis(50);
 /// How long a stopping relay keeps trying to write the batches it already read.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
@@ -138,7 +142,7 @@ async fn write_batch(
     let started = Instant::now();
     let attempt = || async { store.append_batch(&appends).await };
     let written = attempt
-        .retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(2)).without_max_times().with_jitter())
+        .retry(ExponentialBuilder::default().with_min_delay(RETRY_FIRST_DELAY).with_max_delay(Duration::from_secs(2)).without_max_times().with_jitter())
         .notify(|err, after| {
             metrics::counter!(m::VALKEY_ERRORS).increment(1);
             tracing::warn!(error = %err, retry_in = ?after, "valkey write failed; retrying the batch");
