@@ -43,6 +43,10 @@ pub struct Appended {
     pub offset: Offset,
 }
 
+/// Producers replaced after deliveries timed out (once per producer, however many of its
+/// deliveries failed).
+pub const PRODUCER_REPLACEMENTS: &str = "agentwire_kafka_producer_replacements_total";
+
 /// Appends events to the log topic.
 ///
 /// After a delivery times out the producer is replaced by a fresh one (a new producer id)
@@ -173,6 +177,7 @@ impl EventLog {
                     generation,
                     "kafka deliveries timed out; replacing the producer"
                 );
+                metrics::counter!(PRODUCER_REPLACEMENTS).increment(1);
                 current.producer = producer;
                 current.generation += 1;
             }

@@ -10,6 +10,9 @@ use agentwire_protocol::{ErrorCode, ErrorFrame, ProtocolError, SessionKey};
 
 use crate::history::HistoryError;
 
+/// How long a client should wait before retrying a publish the log did not take.
+pub const KAFKA_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A failure a client can see.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
@@ -17,7 +20,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
-    /// With `rate_limited`: when to retry (a `Retry-After` header over HTTP).
+    /// With `rate_limited`, `unavailable` (Kafka) and `outcome_unknown`: when to retry (a
+    /// `Retry-After` header over HTTP).
     pub retry_after_ms: Option<u64>,
     /// With `sequence_gap`: the `producer_seq` expected next.
     pub expected_seq: Option<u64>,
@@ -46,6 +50,20 @@ impl ApiError {
         ErrorFrame {
             session: Some(session.clone()),
             ..self.frame()
+        }
+    }
+
+    /// The log did not take (or confirm) an append: a 503 that says when to try again, so
+    /// clients back off instead of piling requests onto a broker that is behind.
+    pub fn kafka_unavailable(err: impl std::fmt::Display) -> Self {
+        Self::unavailable("kafka", err).retry_after(KAFKA_RETRY_AFTER)
+    }
+
+    /// The same error, telling the client when to retry (`retry_after_ms`, `Retry-After`).
+    pub fn retry_after(self, after: std::time::Duration) -> Self {
+        Self {
+            retry_after_ms: Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1)),
+            ..self
         }
     }
 

@@ -83,7 +83,7 @@ pub async fn enqueue(
                     .settle(ticket, Err(Unsettled::NotWritten))
                     .await;
             }
-            return Err(ApiError::unavailable("kafka", e));
+            return Err(ApiError::kafka_unavailable(e));
         }
     };
     // The outcome is awaited and recorded by a task of its own, so a caller that goes away
@@ -113,8 +113,9 @@ pub async fn enqueue(
                          retry with the same producerseq to learn which"
                     ),
                 )
+                .retry_after(crate::error::KAFKA_RETRY_AFTER)
             } else {
-                ApiError::unavailable("kafka", e)
+                ApiError::kafka_unavailable(e)
             }
         })?;
         tracing::debug!(partition = appended.partition, offset = %appended.offset, "appended");

@@ -275,7 +275,7 @@ impl Idempotency {
                 },
             )
             .await
-            .map_err(|e| ApiError::unavailable("kafka", e))?;
+            .map_err(ApiError::kafka_unavailable)?;
         }
         Ok(acc.finish())
     }
@@ -307,7 +307,7 @@ impl Idempotency {
             },
         )
         .await
-        .map_err(|e| ApiError::unavailable("kafka", e))?;
+        .map_err(ApiError::kafka_unavailable)?;
         Ok(found.map(|offset| Outcome { partition, offset }))
     }
 
@@ -321,7 +321,7 @@ impl Idempotency {
                         "the log topic has no partitions",
                     )),
                     Ok(n) => Ok(n),
-                    Err(e) => Err(ApiError::unavailable("kafka", e)),
+                    Err(e) => Err(ApiError::kafka_unavailable(e)),
                 }
             })
             .await?;
