@@ -14,6 +14,7 @@ mod fuzz;
 mod procs;
 mod stack;
 mod test;
+mod watch;
 
 use clap::{Parser, Subcommand};
 

@@ -161,8 +161,8 @@ pub fn up(demo: bool, with_enricher: bool) -> anyhow::Result<()> {
     let broker_dir = stack_dir.join("tansu");
     std::fs::create_dir_all(&broker_dir)?;
     println!("xtask: [3/4] starting Valkey, the broker, the relay, the gateway and the enricher");
-    let _valkey = start_valkey(&servers, VALKEY_PORT, &stack_dir)?;
-    let _broker = start_broker(&servers, KAFKA_PORT, &broker_dir)?;
+    let mut valkey = start_valkey(&servers, VALKEY_PORT, &stack_dir)?;
+    let mut broker = start_broker(&servers, KAFKA_PORT, &broker_dir)?;
     create_topic(&servers, KAFKA_PORT, TOPIC, PARTITIONS)?;
     let mut relay = Command::new(&agentwire);
     relay.arg("relay").env(
@@ -233,13 +233,9 @@ pub fn up(demo: bool, with_enricher: bool) -> anyhow::Result<()> {
         }
     }
     println!("xtask: the stack stays up; press Ctrl-C to stop it");
-    while !stopping.load(Ordering::SeqCst) {
-        let enricher_down = enricher.as_mut().is_some_and(|e| !e.is_running());
-        if !gateway.is_running() || !relay.is_running() || enricher_down {
-            bail!("a service exited; see the logs in {}", stack_dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut services: Vec<&mut Service> = vec![&mut valkey, &mut broker, &mut relay, &mut gateway];
+    services.extend(enricher.as_mut());
+    crate::watch::watch(&mut services, loopback(GATEWAY_PORT), &stopping)?;
     println!("xtask: stopping");
     Ok(())
 }
