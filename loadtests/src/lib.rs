@@ -10,7 +10,11 @@
 //! - `slow-consumers`: fast readers' latency with and without a share of clients not reading.
 //! - `latency`: publish→deliver latency next to the raw broker floor (HTTP publisher).
 //! - `idle`: the gateway's resident memory per idle WebSocket connection.
+//! - `broker`: the Kafka-API broker alone: ack and produce→consume latency, catch-up rate of
+//!   a backlog, and survival of a producer's delivery timeouts.
 
+pub mod broker;
+mod broker_trigger;
 mod chart;
 pub mod fanout;
 mod floor;
@@ -51,6 +55,8 @@ enum Scenario {
     Latency(latency::Args),
     /// Gateway memory per idle WebSocket connection.
     Idle(idle::Args),
+    /// The broker alone: ack and produce→consume latency, catch-up, timeout trigger.
+    Broker(broker::Args),
 }
 
 /// Runs the scenario the command line names.
@@ -63,5 +69,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Scenario::SlowConsumers(args) => slow::run(args).await.map(drop),
         Scenario::Latency(args) => latency::run(args).await,
         Scenario::Idle(args) => idle::run(args).await,
+        Scenario::Broker(args) => broker::run(args).await.map(drop),
     }
 }

@@ -16,11 +16,12 @@ pub struct Usage {
     pub peak_rss_mib: f64,
 }
 
-const WATCHED: [(&str, &str); 5] = [
+const WATCHED: [(&str, &str); 6] = [
     ("gateway", "agentwire gateway"),
     ("relay", "agentwire relay"),
     ("enricher", "agentwire-enricher"),
     ("broker", "tansu"),
+    ("broker", "nisshi"),
     ("valkey", "valkey-server"),
 ];
 

@@ -52,6 +52,9 @@ pub struct ConsumerSettings {
     pub fetch_wait: Duration,
     /// `session.timeout.ms`: short so a restarted member rejoins quickly.
     pub session_timeout: Duration,
+    /// librdkafka consumer properties set after all of the above, to try one setting at a
+    /// time against a broker (the load tool's `broker` scenario); empty in the services.
+    pub overrides: Vec<(String, String)>,
 }
 
 impl ConsumerSettings {
@@ -63,6 +66,7 @@ impl ConsumerSettings {
             batch_linger: Duration::ZERO,
             fetch_wait: Duration::from_millis(4),
             session_timeout: Duration::from_secs(6),
+            overrides: Vec::new(),
         }
     }
 }

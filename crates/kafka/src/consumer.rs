@@ -196,8 +196,8 @@ impl LogConsumer {
         let context = RebalanceContext {
             events: events.clone(),
         };
-        let consumer: Inner = kafka
-            .base()
+        let mut config = kafka.base();
+        config
             .set("group.id", &settings.group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "500")
@@ -215,7 +215,11 @@ impl LogConsumer {
             .set(
                 "heartbeat.interval.ms",
                 (settings.session_timeout.as_millis() / 3).to_string(),
-            )
+            );
+        for (key, value) in &settings.overrides {
+            config.set(key, value);
+        }
+        let consumer: Inner = config
             .create_with_context(context)
             .map_err(KafkaError::Client)?;
         consumer
