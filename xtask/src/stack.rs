@@ -1,4 +1,4 @@
-//! The local stack on loopback: Valkey, the tansu broker (SQLite storage under `.stack/`),
+//! The local stack on loopback: Valkey, the nisshi broker (SQLite storage under `.stack/`),
 //! the event topic, the relay, the gateway and the enricher, then the demo.
 
 use std::net::SocketAddr;
@@ -62,11 +62,11 @@ pub fn start_valkey(servers: &Servers, port: u16, dir: &Path) -> anyhow::Result<
     Ok(valkey)
 }
 
-/// Starts tansu on `port`, storing in SQLite under `dir` (it reads `dir/.env` too, so the
+/// Starts nisshi on `port`, storing in SQLite under `dir` (it reads `dir/.env` too, so the
 /// directory is its own).
 pub fn start_broker(servers: &Servers, port: u16, dir: &Path) -> anyhow::Result<Service> {
     let listener = format!("tcp://127.0.0.1:{port}");
-    let mut command = Command::new(&servers.tansu);
+    let mut command = Command::new(&servers.broker);
     command
         .arg("broker")
         .args([
@@ -75,21 +75,23 @@ pub fn start_broker(servers: &Servers, port: u16, dir: &Path) -> anyhow::Result<
             "--advertised-listener-url",
             &listener,
         ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(["--storage-engine", "sqlite://nisshi.db"])
+        // The relay's group forms at once instead of waiting 3 s for more members.
+        .args(["--group-initial-rebalance-delay", "0s"])
         .current_dir(dir);
-    let mut broker = Service::start("tansu", command, &dir.join("tansu.log"))?;
+    let mut broker = Service::start("nisshi", command, &dir.join("nisshi.log"))?;
     broker.wait_for_port(loopback(port), START_TIMEOUT)?;
     Ok(broker)
 }
 
-/// Creates `topic` unless it exists (`tansu topic create`).
+/// Creates `topic` unless it exists (`nisshi topic create`).
 pub fn create_topic(
     servers: &Servers,
     port: u16,
     topic: &str,
     partitions: u32,
 ) -> anyhow::Result<()> {
-    let output = Command::new(&servers.tansu)
+    let output = Command::new(&servers.broker)
         .args([
             "topic",
             "create",
@@ -99,7 +101,7 @@ pub fn create_topic(
         ])
         .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
         .output()
-        .context("run tansu topic create")?;
+        .context("run nisshi topic create")?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -111,7 +113,7 @@ pub fn create_topic(
     {
         return Ok(());
     }
-    bail!("tansu topic create {topic} failed: {text}")
+    bail!("nisshi topic create {topic} failed: {text}")
 }
 
 /// Builds the whole workspace with every target, as the test command builds it (cargo unifies
@@ -158,7 +160,7 @@ pub fn up(demo: bool, with_enricher: bool) -> anyhow::Result<()> {
     let enricher_bin = binaries.join("agentwire-enricher");
 
     let stack_dir = root.join(".stack");
-    let broker_dir = stack_dir.join("tansu");
+    let broker_dir = stack_dir.join("nisshi");
     std::fs::create_dir_all(&broker_dir)?;
     println!("xtask: [3/4] starting Valkey, the broker, the relay, the gateway and the enricher");
     let mut valkey = start_valkey(&servers, VALKEY_PORT, &stack_dir)?;
@@ -213,7 +215,7 @@ pub fn up(demo: bool, with_enricher: bool) -> anyhow::Result<()> {
             "  enricher  http://127.0.0.1:{ENRICHER_ADMIN_PORT}/metrics  (agent.enriched; `enriched` frames)"
         );
     }
-    println!("  kafka     127.0.0.1:{KAFKA_PORT} (tansu, topic {TOPIC}, {PARTITIONS} partitions)");
+    println!("  kafka     127.0.0.1:{KAFKA_PORT} (nisshi, topic {TOPIC}, {PARTITIONS} partitions)");
     println!("  valkey    redis://127.0.0.1:{VALKEY_PORT}");
     println!("  logs      {}", stack_dir.display());
     if demo {

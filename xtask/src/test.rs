@@ -39,7 +39,7 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
             "AGENTWIRE_VALKEY_SERVER",
             servers.valkey.display().to_string(),
         ),
-        ("AGENTWIRE_TANSU", servers.tansu.display().to_string()),
+        ("AGENTWIRE_BROKER_BIN", servers.broker.display().to_string()),
         ("AGENTWIRE_MODEL_DIR", servers.model.display().to_string()),
         // deps installed lavapipe: the enricher's wgpu parity test must run, not skip.
         ("AGENTWIRE_REQUIRE_WGPU", "1".to_owned()),

@@ -128,9 +128,18 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         std::thread::spawn(move || {
             if let Ok((mut stream, _)) = listener.accept() {
-                let mut request = [0_u8; 1024];
-                let _ = stream.read(&mut request);
+                // Read the whole request head first: closing a socket with unread input
+                // resets the connection, and the client would lose the answer.
+                let mut request = Vec::new();
+                let mut buf = [0_u8; 256];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
                 let _ = stream.write_all(response.as_bytes());
+                let _ = stream.shutdown(std::net::Shutdown::Write);
             }
         });
         addr

@@ -48,7 +48,9 @@ pub struct ConsumerSettings {
     /// Zero hands on whatever is already fetched.
     pub batch_linger: Duration,
     /// `fetch.wait.max.ms`: how long the broker may hold a Fetch. Small values keep latency
-    /// low (tansu sleeps half of it per Fetch).
+    /// low (an idle Fetch on nisshi sleeps about half of it). Not below what the broker needs
+    /// to read a batch: nisshi's postgres engine returns one record per Fetch when it cannot
+    /// (`docs/broker-notes.md`); its SQLite engine, the stack's, is fine at 4 ms.
     pub fetch_wait: Duration,
     /// `session.timeout.ms`: short so a restarted member rejoins quickly.
     pub session_timeout: Duration,

@@ -1,4 +1,4 @@
-//! Topic administration: the broker (tansu) does not auto-create topics, so the stack
+//! Topic administration: the embedded broker (nisshi) does not auto-create topics, so the stack
 //! scripts and tests create them explicitly.
 
 use std::time::Duration;

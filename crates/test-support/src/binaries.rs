@@ -7,21 +7,21 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Binary {
     ValkeyServer,
-    Tansu,
+    Broker,
 }
 
 impl Binary {
     fn env_var(self) -> &'static str {
         match self {
             Binary::ValkeyServer => "AGENTWIRE_VALKEY_SERVER",
-            Binary::Tansu => "AGENTWIRE_TANSU",
+            Binary::Broker => "AGENTWIRE_BROKER_BIN",
         }
     }
 
     fn file_name(self) -> &'static str {
         match self {
             Binary::ValkeyServer => "valkey-server",
-            Binary::Tansu => "tansu",
+            Binary::Broker => "nisshi",
         }
     }
 
@@ -29,7 +29,7 @@ impl Binary {
     fn cached(self, cache: &Path) -> PathBuf {
         match self {
             Binary::ValkeyServer => cache.join("valkey-9.1.2/valkey-server"),
-            Binary::Tansu => cache.join("tansu-0.6.0/bin/tansu"),
+            Binary::Broker => cache.join("nisshi-0.8.1/bin/nisshi"),
         }
     }
 

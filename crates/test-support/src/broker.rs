@@ -1,8 +1,8 @@
-//! A dedicated Kafka-API broker (tansu, storing in SQLite) for one test, for faults the shared
+//! A dedicated Kafka-API broker (nisshi, storing in SQLite) for one test, for faults the shared
 //! one cannot suffer: a crash (SIGKILL) and a restart on the same port with the same data, as
 //! a real broker restarted after a crash would come back.
 //!
-//! tansu does not create topics on first use: create them with [`create_topic`].
+//! nisshi does not create topics on first use: create them with [`create_topic`].
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,10 +17,10 @@ use crate::process::ChildProcess;
 
 /// Ports tried before giving up when other processes keep taking the free one first.
 const PORT_ATTEMPTS: usize = 5;
-/// How long `tansu topic create` may take.
+/// How long `nisshi topic create` may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A tansu broker on a free loopback port, killed when dropped.
+/// A nisshi broker on a free loopback port, killed when dropped.
 #[derive(Debug)]
 pub struct Broker {
     /// Declared first so that it is dropped (killed) before its directory is removed.
@@ -35,13 +35,13 @@ impl Broker {
     /// Starts a broker and returns once it answers a Kafka `ApiVersions` request.
     ///
     /// # Panics
-    /// When `tansu` cannot be found or does not come up; the message quotes its output.
+    /// When `nisshi` cannot be found or does not come up; the message quotes its output.
     pub async fn start() -> Broker {
-        let binary = Binary::Tansu.locate();
+        let binary = Binary::Broker.locate();
         let dir = tempfile::Builder::new()
             .prefix("agentwire-broker-")
             .tempdir()
-            .unwrap_or_else(|e| panic!("create a directory for tansu: {e}"));
+            .unwrap_or_else(|e| panic!("create a directory for nisshi: {e}"));
         let mut attempt = 1;
         loop {
             let port = free_port();
@@ -124,7 +124,7 @@ impl Broker {
 }
 
 fn log_path(dir: &Path) -> PathBuf {
-    dir.join("tansu.log")
+    dir.join("nisshi.log")
 }
 
 async fn run(binary: &Path, dir: &Path, port: u16) -> Result<ChildProcess, StartFailure> {
@@ -133,24 +133,26 @@ async fn run(binary: &Path, dir: &Path, port: u16) -> Result<ChildProcess, Start
     command
         .arg("broker")
         .args(["--listener-url", &listener])
-        // Advertise the address clients reach; tansu's default, localhost, may resolve to ::1.
+        // Advertise the address clients reach; nisshi's default, localhost, may resolve to ::1.
         .args(["--advertised-listener-url", &listener])
-        // tansu resolves the SQLite path against its working directory.
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        // tansu also reads a `.env` file from its working directory; this one is ours alone.
+        // nisshi resolves the SQLite path against its working directory.
+        .args(["--storage-engine", "sqlite://nisshi.db"])
+        // Tests start consumer groups all the time: no 3 s wait for more members.
+        .args(["--group-initial-rebalance-delay", "0s"])
+        // nisshi also reads a `.env` file from its working directory; this one is ours alone.
         .current_dir(dir);
-    let name = format!("tansu broker on 127.0.0.1:{port}");
+    let name = format!("nisshi broker on 127.0.0.1:{port}");
     launch(&name, command, &log_path(dir), || kafka_api_versions(port)).await
 }
 
 /// Creates `topic` with `partitions` partitions on the broker at `brokers` (the first
-/// address of a bootstrap list), with the `tansu topic create` admin command.
+/// address of a bootstrap list), with the `nisshi topic create` admin command.
 ///
 /// # Panics
-/// When tansu cannot be found or the broker refuses, for instance because the topic exists.
+/// When nisshi cannot be found or the broker refuses, for instance because the topic exists.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: u32) {
     let broker = brokers.split(',').next().unwrap_or(brokers).trim();
-    let mut command = tokio::process::Command::new(Binary::Tansu.locate());
+    let mut command = tokio::process::Command::new(Binary::Broker.locate());
     command
         .args(["topic", "create", topic])
         .args(["--partitions", &partitions.to_string()])
@@ -158,14 +160,14 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: u32) {
         .kill_on_drop(true);
     let output = match tokio::time::timeout(ADMIN_TIMEOUT, command.output()).await {
         Ok(Ok(output)) => output,
-        Ok(Err(e)) => panic!("run `tansu topic create {topic}`: {e}"),
+        Ok(Err(e)) => panic!("run `nisshi topic create {topic}`: {e}"),
         Err(_) => {
-            panic!("`tansu topic create {topic}` against {broker} hung for {ADMIN_TIMEOUT:?}")
+            panic!("`nisshi topic create {topic}` against {broker} hung for {ADMIN_TIMEOUT:?}")
         }
     };
     assert!(
         output.status.success(),
-        "`tansu topic create {topic}` against {broker} failed with {}: {}{}",
+        "`nisshi topic create {topic}` against {broker} failed with {}: {}{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)

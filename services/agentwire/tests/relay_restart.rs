@@ -183,12 +183,10 @@ fn last_assignment(log: &str) -> Option<Vec<i32>> {
     )
 }
 
-/// Fails on tansu 0.6.0, the embedded broker: after the killed relay's session times out the
-/// group rebalances, but the survivor is given back only its own partitions and the dead
-/// member's are never consumed again (seen for 170 s; issue 12). Run it against another
-/// broker with `cargo xtask test -- --run-ignored all -E 'test(two_relays)'`.
+/// Two relays in one consumer group, one SIGKILLed under load: once its session times out
+/// (6 s) the survivor holds every partition and nothing is lost or duplicated. (tansu 0.6.0,
+/// the broker before nisshi, never handed the dead member's partitions over.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6.0 never reassigns a dead group member's partitions (issue 12)"]
 async fn two_relays_share_the_partitions_and_the_survivor_takes_over_a_killed_ones() {
     const PARTITIONS: u32 = 4;
     const SESSIONS: usize = 8;
