@@ -43,17 +43,18 @@ pub struct Appended {
     pub offset: Offset,
 }
 
-/// Producers replaced after deliveries timed out (once per producer, however many of its
-/// deliveries failed).
+/// Producers replaced after a fatal error (once per producer, however many of its deliveries
+/// failed); timeouts do not replace the producer.
 pub const PRODUCER_REPLACEMENTS: &str = "agentwire_kafka_producer_replacements_total";
 
 /// Appends events to the log topic.
 ///
-/// After a delivery times out the producer is replaced by a fresh one (a new producer id)
-/// instead of letting librdkafka bump the idempotent producer's epoch: records that timed
-/// out were already failed back to their publishers, and tansu 0.6.0's SQLite storage
-/// panics on the first produce with a bumped epoch, which would take the broker's storage
-/// down for every client.
+/// One idempotent producer for the process. When deliveries time out, librdkafka bumps the
+/// producer's epoch itself, after the requests in flight are settled, so the records that
+/// follow keep their order in each partition. (A replacement producer, as with tansu 0.6.0,
+/// which died on a bumped epoch, could land later records before earlier ones still in the
+/// old producer's queue.) Only a fatal idempotence error, after which librdkafka refuses to
+/// produce, replaces the producer.
 #[derive(Clone)]
 pub struct EventLog {
     current: Arc<RwLock<Current>>,
@@ -123,19 +124,13 @@ fn create_producer(settings: &KafkaSettings) -> Result<LogProducer, KafkaError> 
 }
 
 impl KafkaError {
-    /// Whether a delivery failure leaves the producer in a state worth replacing.
+    /// Whether a delivery failure leaves the producer unable to produce (a fatal error of
+    /// the idempotent producer); timeouts are not: librdkafka recovers from them itself.
     fn poisons_producer(&self) -> bool {
         let (KafkaError::Delivery(err) | KafkaError::NotWritten(err)) = self else {
             return false;
         };
-        matches!(
-            err.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::MessageTimedOut
-                    | RDKafkaErrorCode::Fatal
-                    | RDKafkaErrorCode::UnknownProducerId
-            )
-        )
+        matches!(err.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal))
     }
 }
 
@@ -175,7 +170,7 @@ impl EventLog {
             Ok(producer) => {
                 tracing::warn!(
                     generation,
-                    "kafka deliveries timed out; replacing the producer"
+                    "the kafka producer hit a fatal error; replacing it"
                 );
                 metrics::counter!(PRODUCER_REPLACEMENTS).increment(1);
                 current.producer = producer;

@@ -74,10 +74,10 @@ async fn publishes_fail_with_503_while_the_broker_is_down_and_acked_events_survi
 
 /// A frozen broker (SIGSTOP: connections stay open, nothing is answered) under 64 concurrent
 /// publishes: each is answered 503 with a `Retry-After` within the delivery timeout instead of
-/// piling up, the producer is replaced once (not once per failed delivery, not in a loop),
-/// and publishing recovers on its own when the broker does.
+/// piling up, the producer is not replaced (librdkafka bumps its epoch and keeps one ordered
+/// stream), and publishing recovers on its own when the broker does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_broker_gets_quick_503s_with_retry_after_one_producer_replacement_and_recovery() {
+async fn a_frozen_broker_gets_quick_503s_with_retry_after_keeps_its_producer_and_recovers() {
     const PUBLISHES: usize = 64;
     let (stack, mut broker) = Stack::on_own_broker(1, |_| {}).await;
     let sessions: Vec<_> = (0..8).map(|i| stack.session(&format!("f{i}"))).collect();
@@ -155,8 +155,8 @@ async fn a_frozen_broker_gets_quick_503s_with_retry_after_one_producer_replaceme
     );
     let replaced = replacements(&stack).await - replaced_before;
     assert_eq!(
-        replaced, 1.0,
-        "producer replacements for one frozen period (one, however many deliveries failed)"
+        replaced, 0.0,
+        "producer replacements: timeouts are recovered by librdkafka's epoch bump"
     );
 }
 
