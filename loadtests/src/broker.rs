@@ -452,13 +452,15 @@ pub(crate) async fn produce(
             anyhow::Ok(produced)
         })
     };
+    let task = if rate.is_none() {
+        // A backlog is complete before its consumer starts: wait for it, and keep its result
+        // for whoever asks the task later.
+        let produced = task.await.map_err(anyhow::Error::from).and_then(|r| r);
+        tokio::spawn(std::future::ready(produced))
+    } else {
+        task
+    };
     let done = Done { started, task };
-    if rate.is_none() {
-        // A backlog is complete before its consumer starts.
-        while !done.task.is_finished() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
     Ok(Produced { done, acks, sent })
 }
 

@@ -102,23 +102,9 @@ impl Sender {
     fn new(kind: Producer, settings: &KafkaSettings, topic: &str) -> anyhow::Result<Self> {
         Ok(match kind {
             Producer::EventLog => Self::Log(EventLog::new(settings, topic)?),
-            // agentwire's producer settings (crates/kafka/src/producer.rs), without the
-            // replacement on timeout.
-            Producer::Plain => Self::Plain(
-                rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &settings.brokers)
-                    .set("socket.keepalive.enable", "true")
-                    .set("socket.connection.setup.timeout.ms", "3000")
-                    .set("enable.idempotence", "true")
-                    .set("acks", "all")
-                    .set("partitioner", "murmur2_random")
-                    .set("linger.ms", settings.linger.as_millis().to_string())
-                    .set(
-                        "message.timeout.ms",
-                        settings.delivery_timeout.as_millis().to_string(),
-                    )
-                    .create()?,
-            ),
+            // agentwire's producer settings on a bare librdkafka producer (no delivery
+            // bookkeeping of `EventLog`'s own).
+            Producer::Plain => Self::Plain(agentwire_kafka::producer_config(settings).create()?),
         })
     }
 

@@ -21,7 +21,7 @@ pub use consumer::{ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
 pub use error::KafkaError;
 pub use keyed_reader::{KeyedRead, KeyedReader, ReadBudget};
 pub use partitioner::{murmur2, partition_for};
-pub use producer::{Appended, EventLog, LogRecord, PRODUCER_REPLACEMENTS};
+pub use producer::{Appended, EventLog, LogRecord, PRODUCER_REPLACEMENTS, producer_config};
 pub use reader::{Watermarks, read_range, watermarks};
 pub use topics::{ensure_topic, ensure_topic_like, partition_count};
 

@@ -107,8 +107,17 @@ struct Current {
 }
 
 fn create_producer(settings: &KafkaSettings) -> Result<LogProducer, KafkaError> {
-    settings
-        .base()
+    producer_config(settings)
+        .create_with_context(Deliveries)
+        .map(Arc::new)
+        .map_err(KafkaError::Client)
+}
+
+/// The librdkafka configuration of agentwire's producer (for tools that drive a bare
+/// producer with the same settings, such as the load tool's broker scenario).
+pub fn producer_config(settings: &KafkaSettings) -> rdkafka::ClientConfig {
+    let mut config = settings.base();
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         // The Java client's partitioner, so `partition_for` (and any Kafka client) agrees.
@@ -117,10 +126,8 @@ fn create_producer(settings: &KafkaSettings) -> Result<LogProducer, KafkaError> 
         .set(
             "message.timeout.ms",
             settings.delivery_timeout.as_millis().to_string(),
-        )
-        .create_with_context(Deliveries)
-        .map(Arc::new)
-        .map_err(KafkaError::Client)
+        );
+    config
 }
 
 impl KafkaError {

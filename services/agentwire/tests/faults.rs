@@ -59,6 +59,60 @@ async fn drain(subscriber: &mut Subscriber, count: usize) -> Vec<(SessionKey, Of
         .collect()
 }
 
+/// `count` subscribers; client `i` follows session `i % sessions.len()` through the gateway
+/// `gateways(i)` names (its URL and fallbacks), retrying its first connection for up to 30 s.
+async fn connect_clients(
+    count: usize,
+    sessions: &[SessionKey],
+    gateways: impl Fn(usize) -> (String, Vec<String>),
+) -> Vec<Subscriber> {
+    join_all((0..count).map(|i| {
+        let (url, fallback_urls) = gateways(i);
+        let config = SubscriberConfig {
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+            fallback_urls,
+            ..SubscriberConfig::default()
+        };
+        let followed = vec![(sessions[i % sessions.len()].clone(), None)];
+        async move {
+            wait_until(Duration::from_secs(30), "a subscriber to connect", || {
+                Subscriber::connect_with(url.clone(), followed.clone(), config.clone())
+            })
+            .await
+        }
+    }))
+    .await
+}
+
+/// Drains every subscriber of [`connect_clients`] and asserts it received exactly the
+/// acknowledged offsets of its session, in order, with no duplicate sent by the server.
+/// `first`: what client 0 had already drained.
+async fn every_client_got_every_event(
+    subscribers: &mut [Subscriber],
+    sessions: &[SessionKey],
+    acks: &[(SessionKey, Offset)],
+    first: &[(SessionKey, Offset)],
+) {
+    let expected = common::offsets_by_session(acks.iter().map(|(s, o)| (s, *o)));
+    let results = join_all(subscribers.iter_mut().enumerate().map(|(i, sub)| {
+        let session = sessions[i % sessions.len()].clone();
+        let want = expected[&session].len() - if i == 0 { first.len() } else { 0 };
+        async move { (session, drain(sub, want).await) }
+    }))
+    .await;
+    for (i, (session, mut got)) in results.into_iter().enumerate() {
+        if i == 0 {
+            got.splice(0..0, first.iter().cloned());
+        }
+        let offsets: Vec<Offset> = got.iter().map(|(_, o)| *o).collect();
+        assert_eq!(&offsets, &expected[&session], "client {i} of {session}");
+    }
+    for (i, sub) in subscribers.iter().enumerate() {
+        assert_eq!(sub.dropped(), 0, "the server sent client {i} duplicates");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_killed_mid_stream_loses_nothing_for_connected_clients() {
     let (stack, mut valkey) = Stack::with_own_valkey(2).await;
@@ -121,22 +175,7 @@ async fn a_gateway_killed_under_200_connections_is_resumed_without_loss_or_dupli
     let mut gateway = gateway_process(&stack, port);
     let url = format!("ws://127.0.0.1:{port}/v1/ws");
     let sessions: Vec<SessionKey> = (0..10).map(|i| stack.session(&format!("g{i}"))).collect();
-    let config = SubscriberConfig {
-        min_delay: Duration::from_millis(50),
-        max_delay: Duration::from_millis(500),
-        ..SubscriberConfig::default()
-    };
-    let connect = |i: usize| {
-        let (url, config) = (url.clone(), config.clone());
-        let followed = vec![(sessions[i % sessions.len()].clone(), None)];
-        async move {
-            wait_until(Duration::from_secs(30), "a subscriber to connect", || {
-                Subscriber::connect_with(url.clone(), followed.clone(), config.clone())
-            })
-            .await
-        }
-    };
-    let mut subscribers = join_all((0..CLIENTS).map(connect)).await;
+    let mut subscribers = connect_clients(CLIENTS, &sessions, |_| (url.clone(), Vec::new())).await;
 
     // Publish through the in-process gateway (the one killed only serves subscribers).
     let publishing = publisher(&stack, sessions.clone(), 400);
@@ -145,25 +184,8 @@ async fn a_gateway_killed_under_200_connections_is_resumed_without_loss_or_dupli
     let _gateway = gateway_process(&stack, port);
     let acks = publishing.await.expect("publisher");
 
-    let expected = common::offsets_by_session(acks.iter().map(|(s, o)| (s, *o)));
-    let mut reconnects = 0;
-    let results = join_all(subscribers.iter_mut().enumerate().map(|(i, sub)| {
-        let session = sessions[i % sessions.len()].clone();
-        let want = expected[&session].len() - if i == 0 { first.len() } else { 0 };
-        async move { (session, drain(sub, want).await) }
-    }))
-    .await;
-    for (i, (session, mut got)) in results.into_iter().enumerate() {
-        if i == 0 {
-            got.splice(0..0, first.iter().cloned());
-        }
-        let offsets: Vec<Offset> = got.iter().map(|(_, o)| *o).collect();
-        assert_eq!(&offsets, &expected[&session], "client {i} of {session}");
-    }
-    for sub in &subscribers {
-        assert_eq!(sub.dropped(), 0, "the server sent duplicates");
-        reconnects += sub.reconnects();
-    }
+    every_client_got_every_event(&mut subscribers, &sessions, &acks, &first).await;
+    let reconnects: u64 = subscribers.iter().map(Subscriber::reconnects).sum();
     assert!(
         reconnects >= CLIENTS as u64,
         "only {reconnects} reconnections for {CLIENTS} clients"
@@ -192,26 +214,12 @@ async fn three_gateways_one_killed_its_clients_resume_on_the_others() {
     let sessions: Vec<SessionKey> = (0..6).map(|i| stack.session(&format!("m{i}"))).collect();
 
     // Client i starts on gateway i % 3 and knows the other two.
-    let connect = |i: usize| {
+    let mut subscribers = connect_clients(CLIENTS, &sessions, |i| {
         let home = i % GATEWAYS;
-        let config = SubscriberConfig {
-            min_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(500),
-            fallback_urls: (1..GATEWAYS)
-                .map(|k| urls[(home + k) % GATEWAYS].clone())
-                .collect(),
-            ..SubscriberConfig::default()
-        };
-        let url = urls[home].clone();
-        let followed = vec![(sessions[i % sessions.len()].clone(), None)];
-        async move {
-            wait_until(Duration::from_secs(30), "a subscriber to connect", || {
-                Subscriber::connect_with(url.clone(), followed.clone(), config.clone())
-            })
-            .await
-        }
-    };
-    let mut subscribers = join_all((0..CLIENTS).map(connect)).await;
+        let others = (1..GATEWAYS).map(|k| urls[(home + k) % GATEWAYS].clone());
+        (urls[home].clone(), others.collect())
+    })
+    .await;
 
     // Publish through the in-process gateway; gateway 0 dies (for good) mid-stream.
     let publishing = publisher(&stack, sessions.clone(), 400);
@@ -220,23 +228,9 @@ async fn three_gateways_one_killed_its_clients_resume_on_the_others() {
     let killed = std::time::Instant::now();
     let acks = publishing.await.expect("publisher");
 
-    let expected = common::offsets_by_session(acks.iter().map(|(s, o)| (s, *o)));
-    let results = join_all(subscribers.iter_mut().enumerate().map(|(i, sub)| {
-        let session = sessions[i % sessions.len()].clone();
-        let want = expected[&session].len() - if i == 0 { first.len() } else { 0 };
-        async move { (session, drain(sub, want).await) }
-    }))
-    .await;
+    every_client_got_every_event(&mut subscribers, &sessions, &acks, &first).await;
     let healed = killed.elapsed();
-    for (i, (session, mut got)) in results.into_iter().enumerate() {
-        if i == 0 {
-            got.splice(0..0, first.iter().cloned());
-        }
-        let offsets: Vec<Offset> = got.iter().map(|(_, o)| *o).collect();
-        assert_eq!(&offsets, &expected[&session], "client {i} of {session}");
-    }
     for (i, sub) in subscribers.iter().enumerate() {
-        assert_eq!(sub.dropped(), 0, "the server sent client {i} duplicates");
         if i % GATEWAYS == 0 {
             assert!(
                 sub.reconnects() >= 1,
