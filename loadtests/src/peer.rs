@@ -28,7 +28,9 @@ const PUBLISH_PORT: u16 = 3101;
 const SUBSCRIBE_PORT: u16 = 3102;
 
 fn peer_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/socketio")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("peers/socketio")
 }
 
 /// The two Node processes; killed on drop.

@@ -1,7 +1,7 @@
 //! One run's figures: printed, and written as `result.json`, `summary.md` and `latency.png`
 //! under `--out` (default `loadtests/results/<scenario>-<unix time>/`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -95,7 +95,11 @@ impl Report {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            Path::new(env!("CARGO_MANIFEST_DIR"))
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(
+                    || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+                    std::path::PathBuf::from,
+                )
                 .join("results")
                 .join(format!("{}-{now}", self.scenario))
         });

@@ -53,6 +53,22 @@ pub struct HttpClient {
 struct HistoryBody {
     session: SessionKey,
     events: Vec<HistoryEntry>,
+    #[serde(default)]
+    more: bool,
+    #[serde(default)]
+    next_after: Option<Offset>,
+}
+
+/// One page of a session's history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryPage {
+    /// The events, in offset order.
+    pub events: Vec<(Offset, Event)>,
+    /// More events may follow: read the next page after [`HistoryPage::next_after`]. A page
+    /// with more to come may hold no event (the server scanned the log without finding one).
+    pub more: bool,
+    /// Where the next page starts (exclusive) when `more`.
+    pub next_after: Option<Offset>,
 }
 
 #[derive(Deserialize)]
@@ -161,13 +177,23 @@ impl HttpClient {
 
     /// Reads a session's history: events with offsets strictly after `after` (from the
     /// oldest retained when `None`), at most `limit` of them (the server's default when
-    /// `None`), in offset order.
+    /// `None`), in offset order. One page only: see [`HttpClient::history_page`] to page on.
     pub async fn history(
         &self,
         session: &SessionKey,
         after: Option<Offset>,
         limit: Option<u32>,
     ) -> Result<Vec<(Offset, Event)>> {
+        Ok(self.history_page(session, after, limit).await?.events)
+    }
+
+    /// One page of a session's history after `after`, with where the next one starts.
+    pub async fn history_page(
+        &self,
+        session: &SessionKey,
+        after: Option<Offset>,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage> {
         // The three parts are validated to [A-Za-z0-9._-], so they need no escaping.
         let mut url = format!(
             "{}/v1/sessions/{}/{}/{}/events",
@@ -205,7 +231,20 @@ impl HttpClient {
             previous = Some(entry.offset);
             events.push((entry.offset, cloudevents::from_json(entry.event.get())?));
         }
-        Ok(events)
+        if body.more
+            && body
+                .next_after
+                .is_none_or(|next| after.is_some_and(|a| next <= a))
+        {
+            return Err(ClientError::Protocol(format!(
+                "a history page with more to come gives no cursor after {after:?}"
+            )));
+        }
+        Ok(HistoryPage {
+            events,
+            more: body.more,
+            next_after: body.next_after,
+        })
     }
 
     async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {

@@ -19,7 +19,7 @@ mod ws;
 
 pub use cursors::{Admit, Cursors};
 pub use error::ClientError;
-pub use http::{DEFAULT_HTTP_TIMEOUT, HttpClient, PublishAck};
+pub use http::{DEFAULT_HTTP_TIMEOUT, HistoryPage, HttpClient, PublishAck};
 pub use subscriber::{Delivery, Subscriber, SubscriberConfig};
 pub use token::{TokenProvider, expiry};
 pub use ws::{DEFAULT_REQUEST_TIMEOUT, WsConnection};

@@ -4,7 +4,9 @@
 //! Each record is checked against the key while it is polled, so only the key's records are
 //! copied out of librdkafka's buffers, and the read stops once it holds `budget.records`
 //! records or `budget.bytes` of values (one record at least, however large, so a reader of
-//! the range always makes progress). At most `max_readers` reads run at once; their
+//! the range always makes progress), or once it has examined `budget.scanned` records of any
+//! key: a session with few records in a busy partition costs a bounded read, and the caller
+//! reads on from [`KeyedRead::next`]. At most `max_readers` reads run at once; their
 //! consumers are kept for the next read instead of being created (threads, a broker
 //! connection) per read.
 
@@ -29,16 +31,22 @@ pub struct ReadBudget {
     pub records: usize,
     /// Most bytes of record values returned (exceeded only by a read's first record).
     pub bytes: usize,
+    /// Most records examined, of any key (at least one).
+    pub scanned: usize,
 }
 
 /// What a keyed read found.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KeyedRead {
     /// The key's records, in offset order.
     pub records: Vec<LogMessage>,
-    /// The read stopped at its budget: records of the key may follow the last one before
-    /// the end of the range.
+    /// The read stopped at its budget: records of the key may follow before the end of the
+    /// range, from [`KeyedRead::next`] on.
     pub more: bool,
+    /// The first offset the read did not examine (where a further read starts).
+    pub next: Offset,
+    /// Records examined, of any key.
+    pub scanned: usize,
 }
 
 /// Reads one key's records out of partition ranges, with a small pool of reused consumers.
@@ -68,6 +76,18 @@ struct Range {
     stall: Duration,
 }
 
+impl KeyedRead {
+    /// Nothing read yet, starting at `from`.
+    fn at(from: Offset) -> Self {
+        Self {
+            records: Vec::new(),
+            more: false,
+            next: from,
+            scanned: 0,
+        }
+    }
+}
+
 impl KeyedReader {
     /// A reader running at most `max_readers` reads (and holding as many consumers) at once.
     pub fn new(settings: &KafkaSettings, max_readers: usize) -> Self {
@@ -93,7 +113,7 @@ impl KeyedReader {
         stall: Duration,
     ) -> Result<KeyedRead, KafkaError> {
         if from >= until {
-            return Ok(KeyedRead::default());
+            return Ok(KeyedRead::at(from));
         }
         let _slot = tokio::time::timeout(stall, self.slots.acquire())
             .await
@@ -142,11 +162,14 @@ fn read_blocking(consumer: &BaseConsumer, range: &Range) -> Result<KeyedRead, Ka
     tpl.add_partition_offset(&range.topic, range.partition, KafkaOffset::Offset(start))
         .map_err(KafkaError::Read)?;
     consumer.assign(&tpl).map_err(KafkaError::Read)?;
-    let mut out = KeyedRead::default();
+    let mut out = KeyedRead::at(range.from);
     let mut bytes = 0usize;
-    let mut next = range.from;
     let mut deadline = Instant::now() + range.stall;
-    while next < range.until {
+    while out.next < range.until {
+        if out.scanned >= range.budget.scanned.max(1) {
+            out.more = true;
+            break;
+        }
         if Instant::now() >= deadline {
             return Err(KafkaError::Timeout(range.stall));
         }
@@ -158,21 +181,25 @@ fn read_blocking(consumer: &BaseConsumer, range: &Range) -> Result<KeyedRead, Ka
         deadline = Instant::now() + range.stall;
         let offset = Offset(u64::try_from(message.offset()).unwrap_or_default());
         if offset >= range.until {
+            out.next = range.until;
             break;
         }
-        next = Offset(offset.0.saturating_add(1));
+        out.scanned += 1;
         if message.key() != Some(range.key.as_slice()) {
+            out.next = offset.next().unwrap_or(range.until);
             continue;
         }
         let size = message.payload().map_or(0, <[u8]>::len);
         if !out.records.is_empty() && bytes.saturating_add(size) > range.budget.bytes {
+            // Not taken: the next read starts with it.
             out.more = true;
             break;
         }
+        out.next = offset.next().unwrap_or(range.until);
         bytes = bytes.saturating_add(size);
         out.records.push(LogMessage::from_kafka_message(&message));
         if out.records.len() >= range.budget.records {
-            out.more = next < range.until;
+            out.more = out.next < range.until;
             break;
         }
     }

@@ -34,6 +34,11 @@ pub fn tenant_rate(tenant: &Tenant) -> String {
     format!("{PREFIX}tenant:{{{tenant}}}:rate")
 }
 
+/// A tenant's GCRA bucket for records scanned by history reads from the log.
+pub fn tenant_scan_rate(tenant: &Tenant) -> String {
+    format!("{PREFIX}tenant:{{{tenant}}}:scan-rate")
+}
+
 /// A producer's sequence state (epoch, next sequence, recent outcomes) for idempotent publishing.
 pub fn producer(tenant: &Tenant, producer: &ProducerId) -> String {
     format!("{PREFIX}tenant:{{{tenant}}}:producer:{producer}")

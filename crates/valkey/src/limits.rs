@@ -1,6 +1,8 @@
 //! Per-tenant publish limits shared by every gateway instance: a GCRA (generic cell rate
 //! algorithm) bucket per tenant, kept in Valkey and charged atomically by `lua/gcra.lua`, so
-//! one hot tenant cannot starve the others whichever gateway it talks to.
+//! one hot tenant cannot starve the others whichever gateway it talks to. The same bucket, under
+//! another key, charges the records a tenant's history reads scan in the log
+//! ([`TenantLimiter::log_scans`]).
 
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ pub struct TenantQuota {
 pub struct TenantLimiter {
     conn: Connection,
     quota: TenantQuota,
+    key: fn(&Tenant) -> String,
 }
 
 impl std::fmt::Debug for TenantLimiter {
@@ -39,11 +42,25 @@ impl std::fmt::Debug for TenantLimiter {
 }
 
 impl TenantLimiter {
+    /// The publish quota: one unit per event.
     pub fn new(conn: Connection, quota: TenantQuota) -> Self {
-        Self { conn, quota }
+        Self {
+            conn,
+            quota,
+            key: keys::tenant_rate,
+        }
     }
 
-    /// Charges `events` publishes to `tenant`: `None` when allowed, else how long to wait.
+    /// The log-scan quota: one unit per record a history read may examine in the log.
+    pub fn log_scans(conn: Connection, quota: TenantQuota) -> Self {
+        Self {
+            conn,
+            quota,
+            key: keys::tenant_scan_rate,
+        }
+    }
+
+    /// Charges `events` units to `tenant`: `None` when allowed, else how long to wait.
     pub async fn charge(
         &self,
         tenant: &Tenant,
@@ -52,7 +69,7 @@ impl TenantLimiter {
         let interval = 1000.0 / f64::from(self.quota.per_second.max(1));
         let tolerance = interval * f64::from(self.quota.burst.max(1) - 1);
         let wait_ms: u64 = GCRA
-            .key(keys::tenant_rate(tenant))
+            .key((self.key)(tenant))
             .arg(interval)
             .arg(tolerance)
             .arg(events.max(1))

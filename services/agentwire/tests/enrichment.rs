@@ -29,7 +29,9 @@ fn enricher_config(stack: &Stack, group: &str) -> EnricherConfig {
         model_dir: None,
         batch_max: 16,
         batch_wait_ms: 10,
-        labels: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../infra/labels.toml"),
+        labels: std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+            .join("../../infra/labels.toml"),
         min_score: 0.25,
         top_k: 3,
         duplicate_threshold: 0.95,

@@ -153,6 +153,28 @@ pub struct GatewayConfig {
     /// answer), besides the page's count limit. A page holds one event at least, however large.
     #[arg(long = "page-max-bytes", env = "AGENTWIRE_PAGE_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub page_max_bytes: usize,
+    /// Most log records one history read examines (of any session) when the window cannot
+    /// serve it; a page then ends early with `more` and a `next_after` past what was scanned.
+    #[arg(
+        long = "log-scan-max-records",
+        env = "AGENTWIRE_LOG_SCAN_MAX_RECORDS",
+        default_value_t = 50_000
+    )]
+    pub log_scan_max_records: usize,
+    /// Log records per second one tenant's history reads may scan, across every gateway.
+    #[arg(
+        long = "tenant-log-scan-rate",
+        env = "AGENTWIRE_TENANT_LOG_SCAN_RATE",
+        default_value_t = 200_000
+    )]
+    pub tenant_log_scan_rate: u32,
+    /// Log records one tenant's history reads may scan at once, across every gateway.
+    #[arg(
+        long = "tenant-log-scan-burst",
+        env = "AGENTWIRE_TENANT_LOG_SCAN_BURST",
+        default_value_t = 1_000_000
+    )]
+    pub tenant_log_scan_burst: u32,
     /// Acks kept per producer for duplicate answers (the dedupe window, in sequences).
     #[arg(
         long = "dedupe-window",
@@ -264,6 +286,17 @@ impl GatewayConfig {
         }
         if !(1..=10_000).contains(&self.tenant_quota_timeout_ms) {
             return Err("--tenant-quota-timeout-ms (AGENTWIRE_TENANT_QUOTA_TIMEOUT_MS) must be between 1 and 10000".into());
+        }
+        if self.log_scan_max_records == 0
+            || self.tenant_log_scan_rate == 0
+            || self.tenant_log_scan_burst == 0
+        {
+            return Err("--log-scan-max-records and --tenant-log-scan-rate/-burst (AGENTWIRE_LOG_SCAN_MAX_RECORDS, AGENTWIRE_TENANT_LOG_SCAN_*) must be above 0".into());
+        }
+        if u64::try_from(self.log_scan_max_records).unwrap_or(u64::MAX)
+            > u64::from(self.tenant_log_scan_burst)
+        {
+            return Err("--log-scan-max-records must not exceed --tenant-log-scan-burst (one read could never be allowed)".into());
         }
         if self.page_max_bytes < 1024 {
             return Err("--page-max-bytes (AGENTWIRE_PAGE_MAX_BYTES) must be at least 1024".into());

@@ -103,6 +103,10 @@ impl From<HistoryError> for ApiError {
             retention @ HistoryError::Retention { .. } => {
                 Self::new(ErrorCode::HistoryUnavailable, retention.to_string())
             }
+            HistoryError::ScanQuota { wait } => Self::rate_limited(
+                "the tenant is over its log-scan quota (history read from the log); retry later",
+                wait,
+            ),
         }
     }
 }

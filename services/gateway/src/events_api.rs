@@ -225,9 +225,12 @@ struct HistoryBody {
     /// The epoch of the session's offsets (see `docs/protocol.md`, "Cursor epochs").
     epoch: String,
     events: Vec<HistoryEntry>,
-    /// The page stopped at `limit` or at the page byte bound: more events may follow; ask
-    /// again with `after` = the last offset of this page.
+    /// The page stopped at `limit`, at the page byte bound or at the log-scan bound: more
+    /// events may follow; ask again with `after` = `next_after`.
     more: bool,
+    /// Where the next page starts (exclusive) when `more`; past the last event when a read
+    /// from the log scanned further without finding the session's events.
+    next_after: Option<Offset>,
 }
 
 /// `GET /v1/sessions/{tenant}/{agent_type}/{session_id}/events?after=N&limit=M`.
@@ -276,6 +279,7 @@ pub async fn history(
         epoch,
         events,
         more: page.more,
+        next_after: page.next_after,
     }))
 }
 

@@ -6,7 +6,14 @@
 //! Every page is bounded twice: by a count of events and by the bytes of their JSON
 //! (`AGENTWIRE_PAGE_MAX_BYTES`), so a page of large events stays small. A page holds one event
 //! at least, however large, so paging always makes progress; [`Page::more`] says whether to
-//! read on from the last offset.
+//! read on, from [`Page::next_after`].
+//!
+//! A read from the log is bounded a third time, by the records it may examine of any session
+//! (`AGENTWIRE_LOG_SCAN_MAX_RECORDS`): a quiet session in a busy partition gets a short, maybe
+//! empty, page whose `next_after` lies past what was scanned. The records a read may scan are
+//! charged up front to the tenant's log-scan quota (a GCRA bucket in Valkey shared by every
+//! gateway, `AGENTWIRE_TENANT_LOG_SCAN_*`); over it, the read is refused with a wait. Like
+//! the publish quota, it fails open when Valkey cannot answer in time.
 
 use std::time::Duration;
 
@@ -14,7 +21,7 @@ use agentwire_kafka::{
     KafkaError, KafkaSettings, KeyedReader, ReadBudget, Watermarks, partition_count, partition_for,
 };
 use agentwire_protocol::{Offset, SessionKey, cloudevents};
-use agentwire_valkey::{Gap, HistoryStore, ValkeyError};
+use agentwire_valkey::{Gap, HistoryStore, TenantLimiter, ValkeyError};
 use tokio::sync::OnceCell;
 
 use crate::metrics as m;
@@ -39,6 +46,20 @@ pub enum HistoryError {
     },
     #[error("the log topic has no partitions")]
     NoPartitions,
+    /// The tenant's history reads scanned the log faster than its quota allows.
+    #[error("the tenant is over its log-scan quota; retry in {wait:?}")]
+    ScanQuota { wait: Duration },
+}
+
+/// How much of the log history reads may scan.
+#[derive(Clone, Debug)]
+pub struct ScanLimits {
+    /// Most records one read examines, of any session.
+    pub per_read: usize,
+    /// The tenants' log-scan quota.
+    pub tenants: TenantLimiter,
+    /// Longest wait for the quota check; past it the read goes on (fail open).
+    pub quota_timeout: Duration,
 }
 
 /// Events of a session after a cursor, in offset order.
@@ -49,8 +70,11 @@ pub struct Page {
     pub events: Vec<(Offset, String)>,
     /// How many of `events` were read from Kafka rather than the window.
     pub from_log: usize,
-    /// The page stopped at its count or byte bound: read again after its last offset.
+    /// The page stopped at a bound: read again after [`Page::next_after`].
     pub more: bool,
+    /// Where the next page starts (exclusive) when `more`: the page's last offset, or past it
+    /// when the read scanned further without finding the session's events.
+    pub next_after: Option<Offset>,
 }
 
 /// Reads history from the window, falling back to the log.
@@ -67,7 +91,16 @@ pub struct HistoryReader {
     generation: u64,
     /// Most bytes of event JSON in one page (exceeded only by a page's single first event).
     page_max_bytes: usize,
+    scan: ScanLimits,
     partitions: OnceCell<usize>,
+}
+
+/// What a read from the log found.
+struct LogPart {
+    events: Vec<(Offset, String)>,
+    more: bool,
+    /// The last offset examined.
+    scanned_to: Offset,
 }
 
 /// The epoch of a session's offsets: a digest of what gives an offset its meaning (the
@@ -85,6 +118,7 @@ impl HistoryReader {
         topic: String,
         generation: u64,
         page_max_bytes: usize,
+        scan: ScanLimits,
     ) -> Result<Self, KafkaError> {
         Ok(Self {
             store,
@@ -94,6 +128,7 @@ impl HistoryReader {
             topic,
             generation,
             page_max_bytes,
+            scan,
             partitions: OnceCell::new(),
         })
     }
@@ -128,8 +163,10 @@ impl HistoryReader {
             .read_page(session, after, limit, max_bytes)
             .await?;
         let Some(gap) = after.and_then(|a| window.gap(a)) else {
+            let next_after = window.more.then(|| window.entries.last().map(|e| e.0));
             return Ok(Page {
                 latest: window.latest,
+                next_after: next_after.flatten(),
                 events: window.entries,
                 from_log: 0,
                 more: window.more,
@@ -138,8 +175,13 @@ impl HistoryReader {
         let budget = ReadBudget {
             records: limit,
             bytes: max_bytes,
+            scanned: self.scan.per_read,
         };
-        let (mut events, mut more) = self.read_log(session, gap, budget).await?;
+        let LogPart {
+            mut events,
+            mut more,
+            scanned_to,
+        } = self.read_log(session, gap, budget).await?;
         let from_log = events.len();
         metrics::counter!(m::LOG_READS).increment(1);
         // The log filled the gap: the window's entries (all at or after the gap's end) follow,
@@ -157,11 +199,14 @@ impl HistoryReader {
                 events.push((offset, json));
             }
         }
+        let last = events.last().map(|e| e.0);
+        let next_after = more.then(|| last.max(Some(scanned_to))).flatten();
         Ok(Page {
             latest: window.latest,
             events,
             from_log,
             more,
+            next_after,
         })
     }
 
@@ -194,13 +239,13 @@ impl HistoryReader {
     }
 
     /// The session's events in the gap, read from its partition (only the session's records
-    /// are kept), within `budget`; and whether the budget stopped the read.
+    /// are kept), within `budget`; whether the budget stopped the read, and where.
     async fn read_log(
         &self,
         session: &SessionKey,
         gap: Gap,
         budget: ReadBudget,
-    ) -> Result<(Vec<(Offset, String)>, bool), HistoryError> {
+    ) -> Result<LogPart, HistoryError> {
         let key = session.to_string();
         let partition = partition_for(key.as_bytes(), self.partitions().await?);
         let (low, high) = self.watermarks.get(&self.topic, partition).await?;
@@ -211,7 +256,11 @@ impl HistoryReader {
         // Past the last offset Kafka can assign nothing can follow (cursors are checked at
         // the edge; this keeps the arithmetic total).
         let Some(from) = gap.after.next() else {
-            return Ok((Vec::new(), false));
+            return Ok(LogPart {
+                events: Vec::new(),
+                more: false,
+                scanned_to: gap.after,
+            });
         };
         if from < low {
             return Err(HistoryError::Retention {
@@ -220,6 +269,11 @@ impl HistoryReader {
             });
         }
         let until = gap.until.map_or(high, |u| u.min(high));
+        let cost = until
+            .0
+            .saturating_sub(from.0)
+            .min(u64::try_from(budget.scanned).unwrap_or(u64::MAX));
+        self.charge_scan(session, cost).await?;
         let read = self
             .readers
             .read(
@@ -246,8 +300,55 @@ impl HistoryReader {
                 (record.offset, entry.json)
             })
             .collect();
-        tracing::debug!(%session, partition, after = %gap.after, found = events.len(), more = read.more, "history read from the log");
-        Ok((events, read.more))
+        metrics::counter!(m::LOG_RECORDS_SCANNED)
+            .increment(u64::try_from(read.scanned).unwrap_or(u64::MAX));
+        tracing::debug!(%session, partition, after = %gap.after, found = events.len(), scanned = read.scanned, more = read.more, "history read from the log");
+        Ok(LogPart {
+            events,
+            more: read.more,
+            scanned_to: read
+                .next
+                .0
+                .checked_sub(1)
+                .map_or(gap.after, Offset)
+                .max(gap.after),
+        })
+    }
+
+    /// Charges `records` to the tenant's log-scan quota; fails open when Valkey cannot answer
+    /// within the quota timeout.
+    async fn charge_scan(&self, session: &SessionKey, records: u64) -> Result<(), HistoryError> {
+        let Ok(units) = u32::try_from(records) else {
+            return Err(HistoryError::ScanQuota {
+                wait: Duration::from_secs(1),
+            });
+        };
+        if units == 0 {
+            return Ok(());
+        }
+        let tenant = &session.tenant;
+        match tokio::time::timeout(
+            self.scan.quota_timeout,
+            self.scan.tenants.charge(tenant, units),
+        )
+        .await
+        {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(wait))) => {
+                metrics::counter!(m::LOG_SCANS_LIMITED).increment(1);
+                Err(HistoryError::ScanQuota { wait })
+            }
+            Ok(Err(err)) => {
+                metrics::counter!(m::TENANT_LIMITER_ERRORS, "reason" => "error").increment(1);
+                tracing::warn!(error = %err, %tenant, "log-scan quota unavailable; allowing the read");
+                Ok(())
+            }
+            Err(_) => {
+                metrics::counter!(m::TENANT_LIMITER_ERRORS, "reason" => "timeout").increment(1);
+                tracing::warn!(%tenant, "log-scan quota did not answer in time; allowing the read");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -88,12 +88,24 @@ pub async fn run(
         config.kafka.topic.clone(),
         config.dedupe_rebuild_depth,
     );
+    let scan = history::ScanLimits {
+        per_read: config.log_scan_max_records,
+        tenants: agentwire_valkey::TenantLimiter::log_scans(
+            history.connection(),
+            agentwire_valkey::TenantQuota {
+                per_second: config.tenant_log_scan_rate,
+                burst: config.tenant_log_scan_burst,
+            },
+        ),
+        quota_timeout: Duration::from_millis(config.tenant_quota_timeout_ms),
+    };
     let history = history::HistoryReader::new(
         history,
         config.kafka.settings(),
         config.kafka.topic.clone(),
         config.log_generation,
         config.page_max_bytes,
+        scan,
     )?;
     let (labels, label_task) =
         label_feeds::LabelFeeds::start(&config.valkey.url, config.session_buffer, shutdown.clone());

@@ -22,6 +22,10 @@ pub const FEED_RECONNECTS: &str = "agentwire_gateway_feed_reconnects_total";
 pub const ERRORS: &str = "agentwire_gateway_errors_total";
 /// History reads that had to go to Kafka (the window could not prove it held the range).
 pub const LOG_READS: &str = "agentwire_gateway_history_log_reads_total";
+/// Records history reads examined in the log, of any session.
+pub const LOG_RECORDS_SCANNED: &str = "agentwire_gateway_history_log_records_scanned_total";
+/// History reads refused because the tenant was over its log-scan quota.
+pub const LOG_SCANS_LIMITED: &str = "agentwire_gateway_history_log_scans_limited_total";
 /// Connections closed because the client stopped answering (no message within the idle
 /// timeout, or a send that could not complete within it).
 pub const REAPED: &str = "agentwire_gateway_ws_reaped_total";

@@ -621,11 +621,22 @@ impl Connection {
                     return Ok(());
                 }
             };
+            let scanned_only = read.more && read.events.is_empty();
             for (offset, json) in read.events {
                 self.deliver(session, offset, &json).await?;
             }
             if !read.more {
                 self.pending.remove(session);
+                return Ok(());
+            }
+            // A read from the log may scan past its last event of the session: go on from there.
+            if let Some(next_after) = read.next_after {
+                self.subs.skip_to(session, next_after);
+            }
+            if scanned_only {
+                // A long scan with nothing to deliver yet: let the connection answer pings and
+                // frames between its pieces; the retry tick reads on (live events stay held back).
+                self.pending.insert(session.clone());
                 return Ok(());
             }
         }
