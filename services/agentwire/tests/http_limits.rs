@@ -145,3 +145,63 @@ async fn a_wrong_method_gets_a_coded_405() {
         );
     }
 }
+
+/// Sends a keep-alive `GET /healthz` on `stream` and reads the answer's status line.
+async fn ask_health(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write a request");
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.expect("an answer");
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_new_connections_wait_until_one_closes() {
+    const CAP: usize = 3;
+    let stack = Stack::configured(TestEnv::from_env(), 1, |config| {
+        config.max_http_connections = CAP;
+    })
+    .await;
+    // Two keep-alive HTTP connections and a WebSocket (an upgraded connection keeps its place).
+    let mut held = Vec::new();
+    for _ in 0..CAP - 1 {
+        let mut stream = TcpStream::connect(address(&stack)).await.expect("connect");
+        assert_eq!(ask_health(&mut stream).await, "HTTP/1.1 200 OK");
+        held.push(stream);
+    }
+    let socket = agentwire_client::WsConnection::connect(&stack.ws_url)
+        .await
+        .expect("a WebSocket within the cap");
+
+    // The next connection is not accepted: its request waits in the kernel's backlog.
+    let mut waiting = TcpStream::connect(address(&stack)).await.expect("connect");
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write a request");
+    let mut buf = [0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_secs(1), waiting.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "a connection over the cap was served: {early:?}"
+    );
+
+    // Closing the WebSocket frees its place: the waiting request is served.
+    drop(socket);
+    let n = tokio::time::timeout(LIMIT, waiting.read(&mut buf))
+        .await
+        .expect("served once a place is free")
+        .expect("an answer");
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    // The held connections were served all along.
+    for stream in &mut held {
+        assert_eq!(ask_health(stream).await, "HTTP/1.1 200 OK");
+    }
+}
