@@ -18,11 +18,10 @@
 use std::time::Duration;
 
 use agentwire_kafka::{
-    KafkaError, KafkaSettings, KeyedReader, ReadBudget, Watermarks, partition_count, partition_for,
+    KafkaError, KafkaSettings, KeyedReader, Partitions, ReadBudget, Watermarks, partition_for,
 };
 use agentwire_protocol::{Offset, SessionKey, cloudevents};
 use agentwire_valkey::{Gap, HistoryStore, TenantLimiter, ValkeyError};
-use tokio::sync::OnceCell;
 
 use crate::metrics as m;
 
@@ -81,7 +80,6 @@ pub struct Page {
 #[derive(Debug)]
 pub struct HistoryReader {
     store: HistoryStore,
-    kafka: KafkaSettings,
     /// One client for every watermark query of the process.
     watermarks: Watermarks,
     /// Reused consumers for reads from the log.
@@ -92,7 +90,7 @@ pub struct HistoryReader {
     /// Most bytes of event JSON in one page (exceeded only by a page's single first event).
     page_max_bytes: usize,
     scan: ScanLimits,
-    partitions: OnceCell<usize>,
+    partitions: Partitions,
 }
 
 /// What a read from the log found.
@@ -115,6 +113,7 @@ impl HistoryReader {
     pub fn new(
         store: HistoryStore,
         kafka: KafkaSettings,
+        partitions: Partitions,
         topic: String,
         generation: u64,
         page_max_bytes: usize,
@@ -124,12 +123,11 @@ impl HistoryReader {
             store,
             watermarks: Watermarks::new(&kafka)?,
             readers: KeyedReader::new(&kafka, LOG_READERS),
-            kafka,
             topic,
             generation,
             page_max_bytes,
             scan,
-            partitions: OnceCell::new(),
+            partitions,
         })
     }
 
@@ -226,16 +224,10 @@ impl HistoryReader {
     }
 
     async fn partitions(&self) -> Result<usize, HistoryError> {
-        let count = self
-            .partitions
-            .get_or_try_init(|| async {
-                match partition_count(&self.kafka, &self.topic).await? {
-                    0 => Err(HistoryError::NoPartitions),
-                    n => Ok(n),
-                }
-            })
-            .await?;
-        Ok(*count)
+        match self.partitions.count().await? {
+            0 => Err(HistoryError::NoPartitions),
+            n => Ok(n),
+        }
     }
 
     /// The session's events in the gap, read from its partition (only the session's records

@@ -41,6 +41,9 @@ pub use state::AppState;
 
 /// How long connections get to finish after shutdown was requested.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the log topic's partition count is trusted before it is fetched again: added
+/// partitions reach the session-to-partition mapping and the cursor epochs within it.
+const PARTITIONS_TTL: Duration = Duration::from_secs(10);
 
 /// Why the gateway could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -82,9 +85,15 @@ pub async fn run(
         burst: config.tenant_publish_burst,
     };
     let tenants = agentwire_valkey::TenantLimiter::new(history.connection(), quota);
+    let partitions = agentwire_kafka::Partitions::new(
+        &config.kafka.settings(),
+        &config.kafka.topic,
+        PARTITIONS_TTL,
+    );
     let idempotency = idempotency::Idempotency::new(
         agentwire_valkey::ProducerStore::new(history.connection(), config.producer_settings()),
         config.kafka.settings(),
+        partitions.clone(),
         config.kafka.topic.clone(),
         config.dedupe_rebuild_depth,
     );
@@ -102,6 +111,7 @@ pub async fn run(
     let history = history::HistoryReader::new(
         history,
         config.kafka.settings(),
+        partitions,
         config.kafka.topic.clone(),
         config.log_generation,
         config.page_max_bytes,

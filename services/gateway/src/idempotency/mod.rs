@@ -12,10 +12,9 @@ mod rebuild;
 
 use std::time::Duration;
 
-use agentwire_kafka::{KafkaSettings, partition_count, partition_for};
+use agentwire_kafka::{KafkaSettings, Partitions, partition_for};
 use agentwire_protocol::{Ack, ErrorCode, Event, Offset, ProducerId, Tenant};
 use agentwire_valkey::{Outcome, ProducerStore, Reserve, Unsettled};
-use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -56,17 +55,23 @@ pub struct Idempotency {
     topic: String,
     /// Records per partition read back when rebuilding or checking an abandoned append.
     depth: u64,
-    partitions: OnceCell<usize>,
+    partitions: Partitions,
 }
 
 impl Idempotency {
-    pub fn new(store: ProducerStore, kafka: KafkaSettings, topic: String, depth: u64) -> Self {
+    pub fn new(
+        store: ProducerStore,
+        kafka: KafkaSettings,
+        partitions: Partitions,
+        topic: String,
+        depth: u64,
+    ) -> Self {
         Self {
             store,
             kafka,
             topic,
             depth,
-            partitions: OnceCell::new(),
+            partitions,
         }
     }
 
@@ -312,19 +317,13 @@ impl Idempotency {
     }
 
     async fn partitions(&self) -> Result<usize, ApiError> {
-        let count = self
-            .partitions
-            .get_or_try_init(|| async {
-                match partition_count(&self.kafka, &self.topic).await {
-                    Ok(0) => Err(ApiError::unavailable(
-                        "kafka",
-                        "the log topic has no partitions",
-                    )),
-                    Ok(n) => Ok(n),
-                    Err(e) => Err(ApiError::kafka_unavailable(e)),
-                }
-            })
-            .await?;
-        Ok(*count)
+        match self.partitions.count().await {
+            Ok(0) => Err(ApiError::unavailable(
+                "kafka",
+                "the log topic has no partitions",
+            )),
+            Ok(n) => Ok(n),
+            Err(e) => Err(ApiError::kafka_unavailable(e)),
+        }
     }
 }
