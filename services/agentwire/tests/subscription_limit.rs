@@ -96,3 +96,63 @@ async fn sessions_and_label_feeds_count_against_one_limit() {
     let (accepted, refused) = subscribe_sessions(&stack, &mut feed_first, "c", 1).await;
     assert_eq!((accepted, refused.len()), (1, 0));
 }
+
+/// The process's resident set size, in bytes (the gateway runs in the test's process).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("a VmRSS line")
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followed_sessions_that_stay_quiet_hold_no_ring() {
+    let mut stack = Stack::configured(TestEnv::from_env(), 1, |config| {
+        config.max_subscriptions = MAX;
+    })
+    .await;
+    stack.spawn_relay();
+    let mut conn = WsConnection::connect(&stack.ws_url).await.expect("connect");
+    let before = rss();
+    let (accepted, _) = subscribe_sessions(&stack, &mut conn, "quiet", MAX).await;
+    assert_eq!(accepted, MAX);
+    let after = rss();
+    println!(
+        "RSS {} KiB before and {} KiB after following {MAX} quiet sessions ({} B per follow, \
+         test process and gateway together)",
+        before / 1024,
+        after / 1024,
+        after.saturating_sub(before) / MAX as u64
+    );
+    let followed = stack.metric("agentwire_gateway_live_sessions").await;
+    assert_eq!(followed, Some(MAX as f64));
+    let rings = stack.metric("agentwire_gateway_live_rings").await;
+    assert_eq!(
+        rings.unwrap_or(0.0),
+        0.0,
+        "no ring for a session without a message"
+    );
+
+    // A message creates that session's rings, and its follower gets it.
+    let session = stack.session("quiet-7");
+    let ack = stack
+        .http()
+        .publish(&common::event(&session, "p", 1, "hello"))
+        .await
+        .expect("publish");
+    match next(&mut conn).await {
+        ServerFrame::Event {
+            session: s, offset, ..
+        } => {
+            assert_eq!((s, offset), (session, ack.offset));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        stack.metric("agentwire_gateway_live_rings").await,
+        Some(1.0)
+    );
+}

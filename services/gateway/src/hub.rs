@@ -3,7 +3,9 @@
 //!
 //! Each followed session has a bounded `broadcast` channel. A connection that falls more than
 //! `capacity` messages behind gets `Lagged` from it and catches up from history: the channel
-//! never grows and a slow reader never slows the feed or the other readers.
+//! never grows and a slow reader never slows the feed or the other readers. The channel (two
+//! rings: durable and ephemeral) is created at the session's first message, not when it is
+//! followed: a followed session that stays quiet holds no ring (see [`crate::live_feed`]).
 //!
 //! Invariants:
 //! - [`Hub::follow`] returns only after Valkey confirmed the subscription, so a history read
@@ -41,6 +43,7 @@ use futures::stream::FuturesOrdered;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::live_feed::{Handoff, LiveFeed};
 use crate::metrics as m;
 
 /// How long a follow may wait for Valkey to confirm the subscription, queueing included.
@@ -90,14 +93,50 @@ enum Command {
     Unsubscribe(SessionKey),
 }
 
+type EphemeralItem = Arc<Framed<LiveEphemeral>>;
+
 struct Entry {
-    sender: broadcast::Sender<Live>,
-    /// Ephemeral messages have their own, smaller channel: a slow reader sheds them first,
-    /// and they never push durable events out of the durable channel.
-    ephemeral: broadcast::Sender<Arc<Framed<LiveEphemeral>>>,
+    /// Created at the session's first message.
+    rings: Option<Rings>,
+    /// Followers that joined before the rings existed, waiting for their receivers.
+    waiting: Vec<(Handoff<Live>, Handoff<EphemeralItem>)>,
     followers: usize,
     /// `true` once Valkey confirmed the subscription on the current feed connection.
     confirmed: watch::Sender<bool>,
+}
+
+struct Rings {
+    sender: broadcast::Sender<Live>,
+    /// Ephemeral messages have their own, smaller channel: a slow reader sheds them first,
+    /// and they never push durable events out of the durable channel.
+    ephemeral: broadcast::Sender<EphemeralItem>,
+}
+
+impl Entry {
+    /// The session's rings, created (and handed to every waiting follower, before anything is
+    /// sent on them) on first use.
+    fn rings(&mut self, capacity: usize, ephemeral_capacity: usize) -> &Rings {
+        let waiting = &mut self.waiting;
+        self.rings.get_or_insert_with(|| {
+            let (sender, _) = broadcast::channel(capacity);
+            let (ephemeral, _) = broadcast::channel(ephemeral_capacity);
+            for (live, shed) in waiting.drain(..) {
+                // A follower that left meanwhile dropped its end: nothing to hand over.
+                let _ = live.send(sender.subscribe());
+                let _ = shed.send(ephemeral.subscribe());
+            }
+            metrics::gauge!(m::LIVE_RINGS).increment(1.0);
+            Rings { sender, ephemeral }
+        })
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if self.rings.is_some() {
+            metrics::gauge!(m::LIVE_RINGS).decrement(1.0);
+        }
+    }
 }
 
 struct Shared {
@@ -110,6 +149,17 @@ struct Shared {
 }
 
 impl Shared {
+    /// Sends `live` to the followers of `session` (creating its rings at its first message).
+    fn send(&self, session: &SessionKey, live: Live) {
+        if let Some(entry) = self.sessions().get_mut(session) {
+            // No receivers is fine: the last follower is leaving.
+            let _ = entry
+                .rings(self.capacity, self.ephemeral_capacity)
+                .sender
+                .send(live);
+        }
+    }
+
     fn sessions(&self) -> MutexGuard<'_, HashMap<SessionKey, Entry>> {
         // A panic while holding the lock leaves the map itself consistent.
         self.sessions
@@ -136,19 +186,19 @@ impl std::fmt::Debug for Hub {
 #[derive(Debug)]
 pub struct Follow {
     session: SessionKey,
-    receiver: Option<broadcast::Receiver<Live>>,
-    ephemeral: Option<broadcast::Receiver<Arc<Framed<LiveEphemeral>>>>,
+    receiver: Option<LiveFeed<Live>>,
+    ephemeral: Option<LiveFeed<EphemeralItem>>,
     hub: Hub,
 }
 
 impl Follow {
-    /// Takes the receiver (once); the hold stays until this value is dropped.
-    pub fn take_receiver(&mut self) -> Option<broadcast::Receiver<Live>> {
+    /// Takes the live feed (once); the hold stays until this value is dropped.
+    pub fn take_receiver(&mut self) -> Option<LiveFeed<Live>> {
         self.receiver.take()
     }
 
-    /// Takes the ephemeral messages' receiver (once).
-    pub fn take_ephemeral(&mut self) -> Option<broadcast::Receiver<Arc<Framed<LiveEphemeral>>>> {
+    /// Takes the ephemeral messages' feed (once).
+    pub fn take_ephemeral(&mut self) -> Option<LiveFeed<EphemeralItem>> {
         self.ephemeral.take()
     }
 }
@@ -189,34 +239,33 @@ impl Hub {
     pub async fn follow(&self, session: &SessionKey) -> Result<Follow, HubError> {
         let (receiver, ephemeral, mut confirmed, subscribe) = {
             let mut sessions = self.shared.sessions();
-            match sessions.get_mut(session) {
-                Some(entry) => {
-                    entry.followers += 1;
-                    (
-                        entry.sender.subscribe(),
-                        entry.ephemeral.subscribe(),
-                        entry.confirmed.subscribe(),
-                        false,
-                    )
-                }
+            let created = !sessions.contains_key(session);
+            let entry = sessions.entry(session.clone()).or_insert_with(|| Entry {
+                rings: None,
+                waiting: Vec::new(),
+                followers: 0,
+                confirmed: watch::channel(false).0,
+            });
+            entry.followers += 1;
+            let (receiver, ephemeral) = match &entry.rings {
+                Some(rings) => (
+                    LiveFeed::active(rings.sender.subscribe()),
+                    LiveFeed::active(rings.ephemeral.subscribe()),
+                ),
                 None => {
-                    let (sender, receiver) = broadcast::channel(self.shared.capacity);
-                    let (ephemeral_sender, ephemeral) =
-                        broadcast::channel(self.shared.ephemeral_capacity);
-                    let (confirmed, watch) = watch::channel(false);
-                    sessions.insert(
-                        session.clone(),
-                        Entry {
-                            sender,
-                            ephemeral: ephemeral_sender,
-                            followers: 1,
-                            confirmed,
-                        },
-                    );
-                    metrics::gauge!(m::LIVE_SESSIONS).set(sessions.len() as f64);
-                    (receiver, ephemeral, watch, true)
+                    // Followers that left before the first message leave closed handoffs.
+                    entry.waiting.retain(|(live, _)| !live.is_closed());
+                    let (receiver, live) = LiveFeed::waiting();
+                    let (ephemeral, shed) = LiveFeed::waiting();
+                    entry.waiting.push((live, shed));
+                    (receiver, ephemeral)
                 }
+            };
+            let confirmed = entry.confirmed.subscribe();
+            if created {
+                metrics::gauge!(m::LIVE_SESSIONS).set(sessions.len() as f64);
             }
+            (receiver, ephemeral, confirmed, created)
         };
         // From here on the hold is released by `Follow`'s drop, also on the error paths.
         let follow = Follow {
@@ -287,17 +336,15 @@ impl Hub {
                     e.session, e.event_json
                 )
                 .into();
-                if let Some(entry) = self.shared.sessions().get(&e.session) {
-                    let _ = entry.ephemeral.send(Arc::new(Framed { message: e, frame }));
+                let shared = &self.shared;
+                if let Some(entry) = shared.sessions().get_mut(&e.session) {
+                    let rings = entry.rings(shared.capacity, shared.ephemeral_capacity);
+                    let _ = rings.ephemeral.send(Arc::new(Framed { message: e, frame }));
                 }
                 return;
             }
         };
-        let sessions = self.shared.sessions();
-        if let Some(entry) = sessions.get(&session) {
-            // No receivers is fine: the last follower is leaving.
-            let _ = entry.sender.send(live);
-        }
+        self.shared.send(&session, live);
     }
 
     /// Starts the check of one announcement; what it resolves to is delivered in order by
@@ -376,9 +423,7 @@ impl Hub {
 
     /// Tells the followers of `session` to read history after their cursors.
     fn resync(&self, session: &SessionKey) {
-        if let Some(entry) = self.shared.sessions().get(session) {
-            let _ = entry.sender.send(Live::Resync);
-        }
+        self.shared.send(session, Live::Resync);
     }
 
     fn is_followed(&self, session: &SessionKey) -> bool {
@@ -402,9 +447,13 @@ impl Hub {
         }
     }
 
+    /// Every follower re-reads history (a quiet session's waiting followers too: they may
+    /// have missed messages while the feed was down).
     fn resync_all(&self) {
-        for entry in self.shared.sessions().values() {
-            let _ = entry.sender.send(Live::Resync);
+        let shared = &self.shared;
+        for entry in shared.sessions().values_mut() {
+            let rings = entry.rings(shared.capacity, shared.ephemeral_capacity);
+            let _ = rings.sender.send(Live::Resync);
         }
     }
 }

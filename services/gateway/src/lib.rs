@@ -18,6 +18,7 @@ pub mod history;
 pub mod hub;
 mod idempotency;
 pub mod label_feeds;
+pub mod live_feed;
 mod metrics;
 mod producers_api;
 mod publish;

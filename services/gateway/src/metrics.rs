@@ -16,6 +16,9 @@ pub const ANNOTATIONS: &str = "agentwire_gateway_annotations_total";
 pub const CATCH_UPS: &str = "agentwire_gateway_catch_ups_total";
 /// Sessions this gateway holds a Valkey subscription for.
 pub const LIVE_SESSIONS: &str = "agentwire_gateway_live_sessions";
+/// Of those, sessions that have had a message since they were followed and so hold their
+/// broadcast rings (a followed session that stays quiet holds none).
+pub const LIVE_RINGS: &str = "agentwire_gateway_live_rings";
 /// Reconnections of the shared Valkey subscription connection.
 pub const FEED_RECONNECTS: &str = "agentwire_gateway_feed_reconnects_total";
 /// Error frames and error responses sent, by code.

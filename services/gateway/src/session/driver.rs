@@ -34,6 +34,7 @@ use crate::error::ApiError;
 use crate::history::HistoryError;
 use crate::hub::{Follow, Framed, Live};
 use crate::label_feeds::LabelFollow;
+use crate::live_feed::LiveFeed;
 use crate::metrics as m;
 use crate::session::limits::{Admission, ConnectionLimits};
 use crate::session::publisher::{self, Publisher};
@@ -85,10 +86,10 @@ struct Connection {
     encoding: Encoding,
     subs: Subscriptions,
     follows: HashMap<SessionKey, Follow>,
-    live: StreamMap<SessionKey, BroadcastStream<Live>>,
+    live: StreamMap<SessionKey, LiveFeed<Live>>,
     label_follows: HashMap<(Tenant, Label), LabelFollow>,
     labels: StreamMap<(Tenant, Label), BroadcastStream<Arc<LiveAnnotation>>>,
-    ephemeral: StreamMap<SessionKey, BroadcastStream<Arc<Framed<LiveEphemeral>>>>,
+    ephemeral: StreamMap<SessionKey, LiveFeed<Arc<Framed<LiveEphemeral>>>>,
     acks: FuturesOrdered<AckFuture>,
     publisher: Publisher,
     limits: ConnectionLimits,
@@ -567,10 +568,8 @@ impl Connection {
         // "Only new events" starts after the latest event; a resume starts after `after`.
         self.subs.insert(session.clone(), after.or(latest));
         self.follows.insert(session.clone(), follow);
-        self.live
-            .insert(session.clone(), BroadcastStream::new(receiver));
-        self.ephemeral
-            .insert(session.clone(), BroadcastStream::new(ephemeral));
+        self.live.insert(session.clone(), receiver);
+        self.ephemeral.insert(session.clone(), ephemeral);
         self.send(&ServerFrame::Subscribed {
             session: session.clone(),
             offset: latest,
