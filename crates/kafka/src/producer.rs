@@ -202,7 +202,8 @@ impl EventLog {
         record: &LogRecord,
     ) -> Result<impl Future<Output = Result<Appended, KafkaError>> + Send + use<>, KafkaError> {
         let deadline = Instant::now() + self.delivery_timeout;
-        let (generation, producer) = self.producer();
+        let (mut generation, mut producer) = self.producer();
+        let mut renewed = false;
         loop {
             let mut headers = OwnedHeaders::new().insert(Header {
                 key: CONTENT_TYPE_HEADER,
@@ -246,6 +247,17 @@ impl EventLog {
                         return Err(KafkaError::QueueFull(self.delivery_timeout));
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                // The producer went fatal with nothing in flight (e.g. its producer id was
+                // fenced or forgotten by the broker, as when the topic is re-created): no
+                // delivery report will ever renew it, so the refusal does, once per record.
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::Fatal),
+                    _,
+                )) if !renewed => {
+                    self.renew(generation);
+                    (generation, producer) = self.producer();
+                    renewed = true;
                 }
                 Err((err, _)) => return Err(KafkaError::Refused(err)),
             }
