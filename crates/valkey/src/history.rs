@@ -57,6 +57,9 @@ pub struct Appended {
     pub written: usize,
     /// Partitions of the batch in which Valkey was found to have lost acknowledged appends.
     pub rollbacks: usize,
+    /// Records whose offset the session's window already holds for another record: the log
+    /// was reset under this Valkey (see `lua/append.lua`). They were not written.
+    pub mismatches: usize,
 }
 
 /// What precedes the first entry of a window read, as the relay recorded it.
@@ -240,6 +243,7 @@ impl HistoryStore {
         Ok(Appended {
             written: replies.iter().filter(|r| *r & 1 == 1).count(),
             rollbacks: replies.iter().filter(|r| *r & 2 == 2).count(),
+            mismatches: replies.iter().filter(|r| *r & 4 == 4).count(),
         })
     }
 

@@ -61,6 +61,12 @@ pub fn producers_rebuild_lock(tenant: &Tenant) -> String {
 /// The append script touches it together with a session's stream. A standalone Valkey has
 /// one mark per partition (`slot` `None`); on a cluster, where a script touches one slot only,
 /// there is one mark per partition and slot, hash-tagged into that slot.
+/// A remembered record of a log partition (see `probes.rs`): how the relay notices that the
+/// log was reset under this Valkey.
+pub fn log_probe(topic: &str, partition: i32) -> String {
+    format!("{PREFIX}probe:{topic}:{partition}")
+}
+
 pub fn relay_mark(topic: &str, partition: i32, slot: Option<u16>) -> String {
     match slot {
         None => format!("{PREFIX}relay:{topic}:{partition}"),

@@ -11,6 +11,7 @@ mod history;
 pub mod keys;
 mod limits;
 mod live;
+mod probes;
 mod producers;
 
 pub use args::ValkeyArgs;
@@ -24,4 +25,5 @@ pub use live::{
     Announcement, LiveAnnotation, LiveEphemeral, LiveMessage, LiveStream, LiveSubscriptions,
     connect as connect_live, ephemeral_message, parse_label_message, parse_message,
 };
+pub use probes::{LogProbes, Probe as LogProbe};
 pub use producers::{Outcome, ProducerSettings, ProducerStore, Reserve, Restored, Unsettled};

@@ -7,13 +7,17 @@
 //! - Writing an offset twice is a no-op (no second announcement): the relay can be killed
 //!   and restarted at any point, and any number of relays can share the partitions.
 //! - A Valkey outage stalls the relay (retrying with backoff); it never drops a durable event.
+//! - A log reset under the relay (the topic re-created) stops it with an error instead of
+//!   mixing two logs in one window (`log_watch.rs`).
 
 pub mod config;
 mod enriched;
+mod log_watch;
 mod metrics;
 mod pipeline;
 
 pub use config::RelayConfig;
+pub use log_watch::LogReset;
 pub use pipeline::run;
 
 /// Why the relay stopped.
@@ -25,4 +29,11 @@ pub enum RelayError {
     Kafka(#[from] agentwire_kafka::KafkaError),
     #[error(transparent)]
     Valkey(#[from] agentwire_valkey::ValkeyError),
+    /// The log topic was reset (deleted and re-created) under this Valkey.
+    #[error(
+        "the log was reset under this Valkey (partition {}: {}): its windows, marks and the relay group's offsets belong to the old log; \
+         see docs/ARCHITECTURE.md, \"Re-creating the log topic\"",
+        .0.partition, .0.found
+    )]
+    LogReset(log_watch::LogReset),
 }

@@ -20,5 +20,12 @@ pub const ANNOTATIONS: &str = "agentwire_relay_annotations_total";
 /// Appends that found Valkey had lost appends it acknowledged (a snapshot restore, a lagging
 /// replica promoted); see `lua/append.lua`.
 pub const VALKEY_ROLLBACKS: &str = "agentwire_relay_valkey_rollbacks_total";
+/// Records not relayed because their session's window holds another record at their offset:
+/// the log topic was reset under this Valkey.
+pub const LOG_MISMATCHES: &str = "agentwire_relay_log_mismatches_total";
+/// Log resets found by the probe watch (the relay stops at each).
+pub const LOG_RESETS: &str = "agentwire_relay_log_resets_total";
+/// Probes of log partitions taken (a record remembered to notice a reset).
+pub const LOG_PROBES_TAKEN: &str = "agentwire_relay_log_probes_taken_total";
 /// `agent.enriched` records that are not enrichments (annotations are realtime extras: skipped).
 pub const ENRICHMENTS_SKIPPED: &str = "agentwire_relay_enrichments_skipped_total";

@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use agentwire_kafka::{ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
 use agentwire_protocol::{Offset, SessionKey, cloudevents};
-use agentwire_valkey::{Append, HistoryStore};
+use agentwire_valkey::{Append, HistoryStore, LogProbes};
 use backon::{ExponentialBuilder, Retryable as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
+use crate::log_watch::LogWatch;
 use crate::{RelayError, metrics as m};
 
 /// Batches buffered between the poll thread and the Valkey writer.
@@ -39,19 +40,43 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
         poll_stop.clone(),
     )?;
     tracing::info!(topic = %config.kafka.topic, group = %config.group, "relay started");
+    // Stops everything the relay runs: on shutdown, or when the log was reset under it.
+    let stop = shutdown.child_token();
     let carrier = tokio::spawn(crate::enriched::run(
         config.clone(),
         store.clone(),
-        shutdown.clone(),
+        stop.clone(),
     ));
+
+    let topic = config.kafka.topic.clone();
+    let mut watch = tokio::spawn(
+        LogWatch::new(
+            &config.kafka.settings(),
+            &topic,
+            LogProbes::new(store.connection(), &topic),
+        )?
+        .run(stop.clone()),
+    );
+    let (mut watching, mut reset) = (true, None);
 
     // The offset each owned partition was appended through, as far as this relay knows.
     let mut marks = Marks::default();
-    let topic = config.kafka.topic.clone();
     loop {
         let event = tokio::select! {
             event = rx.recv() => event,
-            () = shutdown.cancelled() => break,
+            ended = &mut watch, if watching => {
+                watching = false;
+                match ended {
+                    Ok(Some(found)) => {
+                        reset = Some(found);
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(error = %err, "the log reset watch panicked"),
+                }
+                continue;
+            }
+            () = stop.cancelled() => break,
         };
         match event {
             Some(ConsumerEvent::Batch(batch)) => {
@@ -68,6 +93,7 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
         }
     }
 
+    stop.cancel();
     // Stop polling, finish what was already read (for at most DRAIN_GRACE: during a Valkey
     // outage what is left stays uncommitted and the next relay reads it again), commit it.
     poll_stop.cancel();
@@ -95,6 +121,12 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %err, "the enrichment carrier failed"),
         Err(err) => tracing::warn!(error = %err, "the enrichment carrier panicked"),
+    }
+    if let Some(found) = reset {
+        metrics::counter!(m::LOG_RESETS).increment(1);
+        let err = RelayError::LogReset(found);
+        tracing::error!(error = %err, "relay stopped");
+        return Err(err);
     }
     tracing::info!("relay stopped");
     Ok(())
@@ -160,6 +192,15 @@ async fn write_batch(
             detections = appended.rollbacks,
             "valkey lost appends it had acknowledged (restored from a snapshot, or a lagging replica promoted): \
              the affected windows now read as broken chains and their readers fill them from the log"
+        );
+    }
+    if appended.mismatches > 0 {
+        metrics::counter!(m::LOG_MISMATCHES).increment(appended.mismatches as u64);
+        tracing::error!(
+            records = appended.mismatches,
+            "session windows hold other records at these offsets: the log topic was reset (deleted and re-created) \
+             under this Valkey, and its windows belong to the old log; these records were not relayed. \
+             Bump AGENTWIRE_LOG_GENERATION and clear the windows (docs/operations.md, \"Re-creating the log topic\")"
         );
     }
     let written = appended.written;

@@ -5,7 +5,10 @@
 -- ARGV[6] the offset of this partition the relay wrote last ('' when it knows none)
 -- ARGV[7] the announcing command: PUBLISH, or SPUBLISH (sharded) on a cluster
 -- Returns 1 when appended and published, 0 when this offset was already written (replay),
--- plus 2 when this append found that Valkey lost writes it had acknowledged.
+-- plus 2 when this append found that Valkey lost writes it had acknowledged, plus 4 when the
+-- window already holds *another* record at this offset (or lacks it inside its range): the
+-- log behind this Valkey was reset (topic deleted and re-created, offsets restarted), and the
+-- window belongs to the old log. Nothing is written then; the relay reports it loudly.
 --
 -- Each entry also records 'p', the offset of the entry before it in this window ('' when the
 -- window starts here: a new session, or a window lost to an eviction or a Valkey restart).
@@ -46,6 +49,20 @@ if not ok then
   local message = type(err) == 'table' and err.err or tostring(err)
   -- An id at or below the stream's top means a replayed offset: a no-op, not a second publish.
   if string.find(message, 'equal or smaller', 1, true) then
+    -- A true replay finds its own entry, identical. Entries between the window's first and its
+    -- top are never trimmed, so an offset in that range with no entry or another one is not a
+    -- replay of this log.
+    local same = redis.call('XRANGE', KEYS[1], id, id)
+    if #same > 0 then
+      if same[1][2][2] ~= ARGV[2] then
+        return rolled_back + 4
+      end
+      return rolled_back
+    end
+    local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+    if #first > 0 and tonumber(string.match(first[1][1], '^(%d+)')) < offset then
+      return rolled_back + 4
+    end
     return rolled_back
   end
   return redis.error_reply(message)
