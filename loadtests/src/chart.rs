@@ -83,3 +83,63 @@ pub fn latency_png(path: &Path, title: &str, series: &[Series]) -> anyhow::Resul
     root.present()?;
     Ok(())
 }
+
+/// One panel of the resource chart: where, what, and the value of a sample it shows.
+type Panel<'a, 'b> = (
+    &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    &'static str,
+    fn(&crate::resources::Sample) -> f64,
+);
+
+/// Writes the soak's resource chart to `path`: CPU % of one core (top) and resident memory
+/// (bottom) of each stack process over the run.
+pub fn resources_png(
+    path: &Path,
+    title: &str,
+    samples: &[crate::resources::Sample],
+) -> anyhow::Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (960, 720)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(360);
+    let mut processes: Vec<(String, u32)> =
+        samples.iter().map(|s| (s.name.clone(), s.pid)).collect();
+    processes.sort();
+    processes.dedup();
+    let t_max = samples.iter().map(|s| s.t).fold(1.0, f64::max);
+    let top_panel: Panel<'_, '_> = (&top, "CPU, % of one core", |s| s.cpu_percent);
+    let bottom_panel: Panel<'_, '_> = (&bottom, "resident memory, MiB", |s| s.rss_mib);
+    for (area, what, value) in [top_panel, bottom_panel] {
+        let y_max = samples.iter().map(value).fold(1.0, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{title}: {what}"), ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc(what)
+            .draw()?;
+        for (i, (name, pid)) in processes.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let points: Vec<(f64, f64)> = samples
+                .iter()
+                .filter(|s| &s.name == name && s.pid == *pid)
+                .map(|s| (s.t, value(s)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+                .label(format!("{name} ({pid})"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}

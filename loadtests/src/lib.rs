@@ -12,6 +12,7 @@
 //! - `idle`: the gateway's resident memory per idle WebSocket connection.
 //! - `broker`: the Kafka-API broker alone: ack and produce→consume latency, catch-up rate of
 //!   a backlog, and survival of a producer's delivery timeouts.
+//! - `soak`: durable fanout held for minutes, with the processes' CPU and memory over time.
 
 pub mod broker;
 mod broker_trigger;
@@ -24,12 +25,32 @@ mod peer;
 mod procs;
 pub mod publish;
 pub mod report;
+pub mod resources;
 pub mod slow;
+pub mod soak;
 mod stats;
 pub mod storm;
 pub mod wsload;
 
 use clap::{Parser, Subcommand};
+
+/// Where this package lies in the workspace.
+const PACKAGE_PATH: &str = "loadtests";
+
+/// This package's directory. At run time `CARGO_MANIFEST_DIR` names the package being run or
+/// tested, which may be another one of the workspace, so the path is taken from the workspace
+/// root found above it; the compile-time value is the fallback (a binary run on its own).
+pub(crate) fn package_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .and_then(|dir| {
+            dir.ancestors()
+                .find(|d| d.join("Cargo.lock").exists())
+                .map(|root| root.join(PACKAGE_PATH))
+        })
+        .filter(|dir| dir.join("Cargo.toml").exists())
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "agentwire-loadtests")]
@@ -57,6 +78,8 @@ enum Scenario {
     Idle(idle::Args),
     /// The broker alone: ack and produce→consume latency, catch-up, timeout trigger.
     Broker(broker::Args),
+    /// Durable fanout held for minutes, with the processes' CPU and memory over time.
+    Soak(soak::Args),
 }
 
 /// Runs the scenario the command line names.
@@ -70,5 +93,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Scenario::Latency(args) => latency::run(args).await,
         Scenario::Idle(args) => idle::run(args).await,
         Scenario::Broker(args) => broker::run(args).await.map(drop),
+        Scenario::Soak(args) => soak::run(args).await.map(drop),
     }
 }

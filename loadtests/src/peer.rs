@@ -28,9 +28,7 @@ const PUBLISH_PORT: u16 = 3101;
 const SUBSCRIBE_PORT: u16 = 3102;
 
 fn peer_dir() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("peers/socketio")
+    crate::package_dir().join("peers/socketio")
 }
 
 /// The two Node processes; killed on drop.

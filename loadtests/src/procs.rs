@@ -41,16 +41,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+    status_kib(pid, "VmHWM:").map(|kib| kib / 1024.0)
 }
 
 /// The watched processes running now, with their CPU time so far.
@@ -59,33 +50,63 @@ pub struct Snapshot {
     start: BTreeMap<(String, u32), f64>,
 }
 
+/// The watched processes running now: (name, pid).
+pub fn watched() -> Vec<(String, u32)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("agentwire-loadtests") {
+            continue;
+        }
+        if let Some((name, _)) = WATCHED.iter().find(|(_, needle)| cmdline.contains(needle)) {
+            found.push(((*name).to_owned(), pid));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// CPU seconds (user + system) a process has used so far.
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    cpu_seconds(pid)
+}
+
+/// Resident memory now (VmRSS), in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    status_kib(pid, "VmRSS:").map(|kib| kib / 1024.0)
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 impl Snapshot {
     pub fn take() -> Self {
-        let mut start = BTreeMap::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Self { start };
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            for (name, needle) in WATCHED {
-                if cmdline.contains(needle) && !cmdline.contains("agentwire-loadtests") {
-                    if let Some(cpu) = cpu_seconds(pid) {
-                        start.insert((name.to_owned(), pid), cpu);
-                    }
-                    break;
-                }
-            }
-        }
+        let start = watched()
+            .into_iter()
+            .filter_map(|(name, pid)| Some(((name, pid), cpu_seconds(pid)?)))
+            .collect();
         Self { start }
     }
 

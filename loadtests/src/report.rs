@@ -74,6 +74,9 @@ pub struct Report {
     pub processes: Vec<Usage>,
     /// Extra named figures (e.g. the reconnect storm's time to resume).
     pub figures: serde_json::Map<String, serde_json::Value>,
+    /// The stack's processes over time (the soak), drawn into `resources.png`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::resources::Trace>,
 }
 
 impl Report {
@@ -84,6 +87,7 @@ impl Report {
             series: Vec::new(),
             processes: Vec::new(),
             figures: serde_json::Map::new(),
+            resources: None,
         }
     }
 
@@ -95,11 +99,7 @@ impl Report {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            std::env::var_os("CARGO_MANIFEST_DIR")
-                .map_or_else(
-                    || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-                    std::path::PathBuf::from,
-                )
+            crate::package_dir()
                 .join("results")
                 .join(format!("{}-{now}", self.scenario))
         });
@@ -107,6 +107,13 @@ impl Report {
         std::fs::write(dir.join("result.json"), serde_json::to_string_pretty(self)?)?;
         std::fs::write(dir.join("summary.md"), &markdown)?;
         crate::chart::latency_png(&dir.join("latency.png"), &self.scenario, &self.series)?;
+        if let Some(trace) = &self.resources {
+            crate::chart::resources_png(
+                &dir.join("resources.png"),
+                &self.scenario,
+                &trace.samples,
+            )?;
+        }
         println!("written: {}", dir.display());
         Ok(dir)
     }
@@ -173,6 +180,22 @@ impl Report {
                 md.push_str(&format!(
                     "| {} | {} | {:.2} | {:.1} |\n",
                     p.name, p.pid, p.cpu_seconds, p.peak_rss_mib
+                ));
+            }
+        }
+        if let Some(trace) = &self.resources {
+            md.push_str("\nOver time (`resources.png`):\n\n| process | pid | mean CPU % | max CPU % | RSS first MiB | RSS max MiB | RSS last MiB |\n|---|---:|---:|---:|---:|---:|---:|\n");
+            for (name, pid, mean, max_cpu, first, max_rss, last) in trace.summary() {
+                md.push_str(&format!(
+                    "| {name} | {pid} | {mean:.0} | {max_cpu:.0} | {first:.1} | {max_rss:.1} | {last:.1} |\n"
+                ));
+            }
+            if trace.restarts.is_empty() {
+                md.push_str("\nNo process was restarted.\n");
+            } else {
+                md.push_str(&format!(
+                    "\nProcesses restarted: {}\n",
+                    trace.restarts.join(", ")
                 ));
             }
         }

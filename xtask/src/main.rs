@@ -38,6 +38,9 @@ enum Command {
         /// Leave the enricher out (for load runs: it would compete for the CPU).
         #[arg(long)]
         no_enricher: bool,
+        /// Build and run the release profile (for load runs; the tests use the dev profile).
+        #[arg(long)]
+        release: bool,
     },
     /// Run the whole test suite against fresh servers.
     Test {
@@ -70,7 +73,8 @@ fn main() -> anyhow::Result<()> {
         Command::Up {
             no_demo,
             no_enricher,
-        } => stack::up(!no_demo, !no_enricher),
+            release,
+        } => stack::up(!no_demo, !no_enricher, release),
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Deps => deps::ensure_all().map(|_| ()),
         Command::BenchEnricher { devices, extra } => bench::run(&devices, &extra),

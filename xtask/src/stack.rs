@@ -126,13 +126,28 @@ pub fn build_workspace() -> anyhow::Result<PathBuf> {
             .args(["build", "--workspace", "--all-targets"])
             .current_dir(&root),
     )?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    Ok(target.join("debug"))
+    Ok(target_dir(&root).join("debug"))
+}
+
+/// Builds the stack's binaries with the release profile (for load runs), and only them: the
+/// tests and the load tool are not built here.
+pub fn build_release(with_enricher: bool) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let mut command = Command::new("cargo");
+    command.args(["build", "--release", "-p", "agentwire"]);
+    if with_enricher {
+        command.args(["-p", "agentwire-enricher"]);
+    }
+    deps::run(command.current_dir(&root))?;
+    Ok(target_dir(&root).join("release"))
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
 /// `cargo xtask up`.
-pub fn up(demo: bool, with_enricher: bool) -> anyhow::Result<()> {
+pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> {
     let root = workspace_root();
     let stopping = Arc::new(AtomicBool::new(false));
     {
@@ -154,8 +169,13 @@ pub fn up(demo: bool, with_enricher: bool) -> anyhow::Result<()> {
     }
     println!("xtask: [1/4] installing Valkey and the broker (cached after the first run)");
     let servers = deps::ensure_all()?;
-    println!("xtask: [2/4] building agentwire and the enricher");
-    let binaries = build_workspace()?;
+    let binaries = if release {
+        println!("xtask: [2/4] building agentwire and the enricher (release profile)");
+        build_release(with_enricher)?
+    } else {
+        println!("xtask: [2/4] building agentwire and the enricher");
+        build_workspace()?
+    };
     let agentwire = binaries.join("agentwire");
     let enricher_bin = binaries.join("agentwire-enricher");
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use agentwire_loadtests::report::Report;
 use agentwire_loadtests::wsload::Class;
-use agentwire_loadtests::{fanout, publish, slow, storm};
+use agentwire_loadtests::{fanout, publish, slow, soak, storm};
 use agentwire_test_support::unique;
 use common::Stack;
 
@@ -212,4 +212,41 @@ async fn slow_consumers_cost_the_fast_readers_nothing_durable() {
             .all(|s| s.lost == 0 && s.latency.count > 0)
     );
     assert_written(&report, &dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_samples_the_processes_and_loses_nothing() {
+    let stack = Stack::start(2).await;
+    let dir = out();
+    let args = soak::Args {
+        gateway: stack.http_url.clone(),
+        sessions: 3,
+        subscribers: 6,
+        publishers: 2,
+        rate: 200,
+        seconds: 3.0,
+        padding: 16,
+        drain_seconds: 30.0,
+        sample_seconds: 0.5,
+        out: Some(dir.clone()),
+    };
+    let report = soak::run(args).await.expect("soak");
+    let ours = &report.series[0];
+    assert_eq!((ours.lost, ours.duplicated), (0, 0));
+    // 600 events, each to the 2 subscribers of its session.
+    assert_eq!(ours.latency.count, 1200);
+    let trace = report.resources.as_ref().expect("a resource trace");
+    // The gateway and relay run inside this test; the broker and Valkey are processes.
+    for name in ["broker", "valkey"] {
+        assert!(
+            trace.samples.iter().filter(|s| s.name == name).count() >= 2,
+            "{name} sampled over time: {:?}",
+            trace.samples
+        );
+    }
+    assert!(trace.samples.iter().all(|s| s.rss_mib > 0.0));
+    // (Restarts are not asserted here: other tests start and stop their own Valkeys meanwhile.)
+    assert_written(&report, &dir);
+    let chart = std::fs::metadata(dir.join("resources.png")).expect("resources.png");
+    assert!(chart.len() > 0);
 }
