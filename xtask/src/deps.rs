@@ -40,6 +40,41 @@ pub fn cache_dir() -> anyhow::Result<PathBuf> {
     Ok(Path::new(&home).join(".cache/agentwire"))
 }
 
+/// What the core of the stack runs on: Valkey and the broker.
+#[derive(Debug, Clone)]
+pub struct CoreServers {
+    pub valkey: PathBuf,
+    pub broker: PathBuf,
+}
+
+/// Installs Valkey and the broker if missing (what delivering events needs).
+pub fn ensure_core() -> anyhow::Result<CoreServers> {
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
+    Ok(CoreServers {
+        valkey: ensure_valkey(&cache)?,
+        broker: ensure_broker(&cache)?,
+    })
+}
+
+/// Installs the enricher's model and Vulkan driver if missing; returns the model folder.
+pub fn ensure_enricher() -> anyhow::Result<PathBuf> {
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
+    let model = ensure_model(&cache)?;
+    ensure_vulkan()?;
+    Ok(model)
+}
+
+impl Servers {
+    pub fn core(&self) -> CoreServers {
+        CoreServers {
+            valkey: self.valkey.clone(),
+            broker: self.broker.clone(),
+        }
+    }
+}
+
 /// Installs whatever is missing and returns where everything is.
 pub fn ensure_all() -> anyhow::Result<Servers> {
     let cache = cache_dir()?;

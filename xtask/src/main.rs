@@ -10,6 +10,7 @@
 
 mod bench;
 mod deps;
+mod enricher_stage;
 mod fuzz;
 mod procs;
 mod stack;

@@ -108,7 +108,7 @@ fn signal(pid: libc::pid_t, sig: libc::c_int) {
 
 /// Makes the kernel SIGKILL the child when xtask dies, so nothing is left behind.
 #[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt as _;
     // SAFETY: the closure runs between fork and exec and only calls prctl, which is
     // async-signal-safe, and allocates nothing.

@@ -1,16 +1,21 @@
 //! The local stack on loopback: Valkey, the nisshi broker (SQLite storage under `.stack/`),
 //! the event topic, the relay, the gateway and the enricher, then the demo.
+//!
+//! The core comes first: what delivers events (Valkey, the broker, the relay, the gateway) is
+//! built and started, and the demo runs, before the enricher, whose build (burn, wgpu,
+//! tokenizers) is most of a cold build. The enricher builds meanwhile and joins the running
+//! stack (`enricher_stage.rs`); the demo runs again then, showing its `enriched` frames.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::deps::{self, Servers};
+use crate::deps::{self, CoreServers};
 use crate::procs::Service;
 
 pub const VALKEY_PORT: u16 = 6379;
@@ -23,7 +28,7 @@ pub const PARTITIONS: u32 = 8;
 pub const TOPIC: &str = "agent.events";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn loopback(port: u16) -> SocketAddr {
+pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
@@ -41,7 +46,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Starts `valkey-server` on `port` without persistence.
-pub fn start_valkey(servers: &Servers, port: u16, dir: &Path) -> anyhow::Result<Service> {
+pub fn start_valkey(servers: &CoreServers, port: u16, dir: &Path) -> anyhow::Result<Service> {
     let mut command = Command::new(&servers.valkey);
     command
         .args([
@@ -64,7 +69,7 @@ pub fn start_valkey(servers: &Servers, port: u16, dir: &Path) -> anyhow::Result<
 
 /// Starts nisshi on `port`, storing in SQLite under `dir` (it reads `dir/.env` too, so the
 /// directory is its own).
-pub fn start_broker(servers: &Servers, port: u16, dir: &Path) -> anyhow::Result<Service> {
+pub fn start_broker(servers: &CoreServers, port: u16, dir: &Path) -> anyhow::Result<Service> {
     let listener = format!("tcp://127.0.0.1:{port}");
     let mut command = Command::new(&servers.broker);
     command
@@ -86,7 +91,7 @@ pub fn start_broker(servers: &Servers, port: u16, dir: &Path) -> anyhow::Result<
 
 /// Creates `topic` unless it exists (`nisshi topic create`).
 pub fn create_topic(
-    servers: &Servers,
+    servers: &CoreServers,
     port: u16,
     topic: &str,
     partitions: u32,
@@ -129,25 +134,26 @@ pub fn build_workspace() -> anyhow::Result<PathBuf> {
     Ok(target_dir(&root).join("debug"))
 }
 
-/// Builds the stack's binaries with the release profile (for load runs), and only them: the
-/// tests and the load tool are not built here.
-pub fn build_release(with_enricher: bool) -> anyhow::Result<PathBuf> {
+/// Builds the `agentwire` binary (gateway, relay, demo) alone: the core of the stack, without
+/// the enricher's burn, wgpu and tokenizers. Returns the folder of the binaries.
+pub fn build_core(release: bool) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let mut command = Command::new("cargo");
-    command.args(["build", "--release", "-p", "agentwire"]);
-    if with_enricher {
-        command.args(["-p", "agentwire-enricher"]);
+    command.args(["build", "-p", "agentwire"]);
+    if release {
+        command.arg("--release");
     }
     deps::run(command.current_dir(&root))?;
-    Ok(target_dir(&root).join("release"))
+    Ok(target_dir(&root).join(if release { "release" } else { "debug" }))
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
 /// `cargo xtask up`.
 pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> {
+    let began = Instant::now();
     let root = workspace_root();
     let stopping = Arc::new(AtomicBool::new(false));
     {
@@ -167,24 +173,33 @@ pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> 
             bail!("port {port} is already in use (a previous stack still running?); stop it first");
         }
     }
-    println!("xtask: [1/4] installing Valkey and the broker (cached after the first run)");
-    let servers = deps::ensure_all()?;
-    let binaries = if release {
-        println!("xtask: [2/4] building agentwire and the enricher (release profile)");
-        build_release(with_enricher)?
-    } else {
-        println!("xtask: [2/4] building agentwire and the enricher");
-        build_workspace()?
-    };
-    let agentwire = binaries.join("agentwire");
-    let enricher_bin = binaries.join("agentwire-enricher");
+    let mut timings = Timings::default();
+    println!(
+        "xtask: [1/4] Valkey and the broker: cached after the first run; the first time, the broker \
+         builds from source (about 15 minutes on 2 cores)"
+    );
+    let servers = deps::ensure_core()?;
+    timings.stage("Valkey and the broker");
+    println!(
+        "xtask: [2/4] building agentwire (gateway, relay, demo){}: a few minutes the first time, \
+         seconds after",
+        if release {
+            " in the release profile"
+        } else {
+            ""
+        }
+    );
+    let agentwire = build_core(release)?.join("agentwire");
+    timings.stage("agentwire build");
 
     let stack_dir = root.join(".stack");
     let broker_dir = stack_dir.join("nisshi");
     std::fs::create_dir_all(&broker_dir)?;
-    println!("xtask: [3/4] starting Valkey, the broker, the relay, the gateway and the enricher");
-    let mut valkey = start_valkey(&servers, VALKEY_PORT, &stack_dir)?;
-    let mut broker = start_broker(&servers, KAFKA_PORT, &broker_dir)?;
+    println!("xtask: [3/4] starting Valkey, the broker, the relay and the gateway");
+    let mut services = vec![
+        start_valkey(&servers, VALKEY_PORT, &stack_dir)?,
+        start_broker(&servers, KAFKA_PORT, &broker_dir)?,
+    ];
     create_topic(&servers, KAFKA_PORT, TOPIC, PARTITIONS)?;
     let mut relay = Command::new(&agentwire);
     relay.arg("relay").env(
@@ -193,6 +208,7 @@ pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> 
     );
     let mut relay = Service::start("relay", relay, &stack_dir.join("relay.log"))?;
     relay.wait_for_port(loopback(RELAY_ADMIN_PORT), START_TIMEOUT)?;
+    services.push(relay);
     let mut gateway = Command::new(&agentwire);
     // The local stack runs without authentication (the gateway logs so, loudly): the demo and
     // the load tool talk to it without tokens.
@@ -202,62 +218,142 @@ pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> 
         .env("AGENTWIRE_AUTH", "off");
     let mut gateway = Service::start("gateway", gateway, &stack_dir.join("gateway.log"))?;
     gateway.wait_for_port(loopback(GATEWAY_PORT), START_TIMEOUT)?;
-    let mut enricher_command = Command::new(&enricher_bin);
-    enricher_command
-        .arg("run")
-        .env(
-            "AGENTWIRE_ADMIN_LISTEN",
-            loopback(ENRICHER_ADMIN_PORT).to_string(),
-        )
-        .env("AGENTWIRE_MODEL_DIR", &servers.model)
-        .env("AGENTWIRE_ENRICHER_LABELS", root.join("infra/labels.toml"));
-    // Load runs leave it out: it would embed every load event on the same two cores.
-    let mut enricher = if with_enricher {
-        let mut enricher = Service::start(
-            "enricher",
-            enricher_command,
-            &stack_dir.join("enricher.log"),
-        )?;
-        enricher.wait_for_port(loopback(ENRICHER_ADMIN_PORT), START_TIMEOUT)?;
-        Some(enricher)
+    services.push(gateway);
+    timings.stage("start");
+
+    // Load runs leave the enricher out: it would embed every load event on the same two cores.
+    let joining = if with_enricher {
+        println!(
+            "xtask: the enricher (burn, wgpu, tokenizers and its model) builds meanwhile and joins \
+             when ready: the first time 10-20 minutes on 2 cores; output in {}",
+            stack_dir.join("enricher-build.log").display()
+        );
+        Some(crate::enricher_stage::spawn(
+            root.clone(),
+            release,
+            stack_dir.clone(),
+            stopping.clone(),
+        ))
     } else {
         println!("xtask: the enricher is not started (--no-enricher)");
         None
     };
 
-    println!("xtask: the stack is up");
+    println!("xtask: the core is up");
     println!(
         "  gateway   http://127.0.0.1:{GATEWAY_PORT}  (WebSocket ws://127.0.0.1:{GATEWAY_PORT}/v1/ws, /metrics, /readyz)"
     );
     println!("  relay     http://127.0.0.1:{RELAY_ADMIN_PORT}/metrics");
-    if enricher.is_some() {
+    if with_enricher {
         println!(
-            "  enricher  http://127.0.0.1:{ENRICHER_ADMIN_PORT}/metrics  (agent.enriched; `enriched` frames)"
+            "  enricher  http://127.0.0.1:{ENRICHER_ADMIN_PORT}/metrics  once it joined (agent.enriched; `enriched` frames)"
         );
     }
     println!("  kafka     127.0.0.1:{KAFKA_PORT} (nisshi, topic {TOPIC}, {PARTITIONS} partitions)");
     println!("  valkey    redis://127.0.0.1:{VALKEY_PORT}");
     println!("  logs      {}", stack_dir.display());
-    if demo {
+    let demo = demo.then(|| {
         println!(
             "xtask: [4/4] running the demo: simulated agents publish, a client prints what it receives"
         );
-        let status = Command::new(&agentwire)
+        DemoRuns::start(agentwire.clone())
+    });
+    let mut demo = demo.transpose()?;
+    timings.print(began);
+    println!("xtask: the stack stays up; press Ctrl-C to stop it");
+    crate::watch::watch(
+        &mut services,
+        joining.as_ref(),
+        demo.as_mut(),
+        loopback(GATEWAY_PORT),
+        &stopping,
+    )?;
+    println!("xtask: stopping");
+    Ok(())
+}
+
+/// How long each stage of `up` took, printed once the stack is up.
+#[derive(Default)]
+struct Timings {
+    stages: Vec<(&'static str, Duration)>,
+    last: Option<Instant>,
+}
+
+impl Timings {
+    fn stage(&mut self, name: &'static str) {
+        let now = Instant::now();
+        let since = self.last.map_or(Duration::ZERO, |last| now - last);
+        self.stages.push((name, since));
+        self.last = Some(now);
+    }
+
+    fn print(&self, began: Instant) {
+        let parts: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(name, took)| format!("{name} {:.1} s", took.as_secs_f64()))
+            .collect();
+        println!(
+            "xtask: up in {:.1} s ({})",
+            began.elapsed().as_secs_f64(),
+            parts.join(", ")
+        );
+    }
+}
+
+/// The demo, run once when the core is up and again when the enricher joins.
+pub struct DemoRuns {
+    agentwire: PathBuf,
+    child: std::process::Child,
+    /// The current run's end was reported.
+    done: bool,
+}
+
+impl DemoRuns {
+    fn start(agentwire: PathBuf) -> anyhow::Result<Self> {
+        let child = Self::spawn(&agentwire)?;
+        Ok(Self {
+            agentwire,
+            child,
+            done: false,
+        })
+    }
+
+    fn spawn(agentwire: &Path) -> anyhow::Result<std::process::Child> {
+        Command::new(agentwire)
             .args([
                 "demo",
                 "--gateway",
                 &format!("http://127.0.0.1:{GATEWAY_PORT}"),
             ])
-            .status()
-            .context("run the demo")?;
-        if !status.success() && !stopping.load(Ordering::SeqCst) {
-            bail!("the demo failed with {status}");
-        }
+            .spawn()
+            .context("run the demo")
     }
-    println!("xtask: the stack stays up; press Ctrl-C to stop it");
-    let mut services: Vec<&mut Service> = vec![&mut valkey, &mut broker, &mut relay, &mut gateway];
-    services.extend(enricher.as_mut());
-    crate::watch::watch(&mut services, loopback(GATEWAY_PORT), &stopping)?;
-    println!("xtask: stopping");
-    Ok(())
+
+    /// Runs the demo again unless it is still running; `true` when it started again.
+    pub fn again(&mut self) -> anyhow::Result<bool> {
+        if self.child.try_wait()?.is_none() {
+            return Ok(false);
+        }
+        self.child = Self::spawn(&self.agentwire)?;
+        self.done = false;
+        Ok(true)
+    }
+
+    /// `Some(success)` once, when the current run has ended.
+    pub fn finished(&mut self) -> Option<bool> {
+        if self.done {
+            return None;
+        }
+        let status = self.child.try_wait().ok().flatten()?;
+        self.done = true;
+        Some(status.success())
+    }
+}
+
+impl Drop for DemoRuns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -19,8 +19,9 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("agentwire-test-stack-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let (valkey_port, kafka_port) = (free_port()?, free_port()?);
-    let valkey = stack::start_valkey(&servers, valkey_port, &dir)?;
-    let broker = stack::start_broker(&servers, kafka_port, &dir)?;
+    let core = servers.core();
+    let valkey = stack::start_valkey(&core, valkey_port, &dir)?;
+    let broker = stack::start_broker(&core, kafka_port, &dir)?;
     println!(
         "xtask: test stack: valkey 127.0.0.1:{valkey_port}, broker 127.0.0.1:{kafka_port} ({})",
         dir.display()

@@ -7,11 +7,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
+use crate::enricher_stage::Ready;
 use crate::procs::Service;
+use crate::stack::DemoRuns;
 
 /// How often `/readyz` is asked.
 const READY_EVERY: Duration = Duration::from_secs(5);
@@ -20,10 +23,13 @@ const NOT_READY_AFTER: u32 = 3;
 /// Lines of a dead process's log shown.
 const LOG_LINES: usize = 20;
 
-/// Watches `services` and the gateway's readiness until `stopping` is set; fails (after
-/// saying which and why) when one of them exits.
+/// Watches `services` (and those that join later through `joining`) and the gateway's
+/// readiness until `stopping` is set; fails (after saying which and why) when one of them
+/// exits. When a service joins, the demo runs again (to show what it adds).
 pub fn watch(
-    services: &mut [&mut Service],
+    services: &mut Vec<Service>,
+    joining: Option<&mpsc::Receiver<Ready>>,
+    mut demo: Option<&mut DemoRuns>,
     gateway: SocketAddr,
     stopping: &Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
@@ -31,6 +37,30 @@ pub fn watch(
     let mut failures = 0_u32;
     let mut reported = false;
     while !stopping.load(Ordering::SeqCst) {
+        while let Some(ready) = joining.and_then(|j| j.try_recv().ok()) {
+            match ready.start() {
+                Ok(enricher) => {
+                    services.push(enricher);
+                    if let Some(demo) = demo.as_deref_mut()
+                        && demo.again()?
+                    {
+                        println!("xtask: running the demo again, now with the enricher");
+                    }
+                }
+                Err(err) => eprintln!(
+                    "xtask: !!! the enricher did not start: {err:#}; the stack goes on without it"
+                ),
+            }
+        }
+        if let Some(success) = demo.as_deref_mut().and_then(DemoRuns::finished)
+            && !stopping.load(Ordering::SeqCst)
+        {
+            if success {
+                println!("xtask: the demo finished; the stack stays up (Ctrl-C stops it)");
+            } else {
+                eprintln!("xtask: the demo failed (see above); the stack stays up");
+            }
+        }
         for service in services.iter_mut() {
             if !service.is_running() {
                 eprintln!(

@@ -1,6 +1,7 @@
 //! The demo: a few simulated agents work through sessions (requested → plan → tool calls →
 //! results → completed), publishing over HTTP, while a resuming WebSocket client prints what
-//! it receives, live, with each event's offset.
+//! it receives, live, with each event's offset, and a second connection prints the enricher's
+//! `enriched` frames (labels) when an enricher is running.
 
 use std::time::Duration;
 
@@ -8,8 +9,8 @@ use anyhow::Context as _;
 use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 
-use agentwire_client::{HttpClient, Subscriber};
-use agentwire_protocol::{Event, EventType, ProducerId, SessionKey};
+use agentwire_client::{HttpClient, Subscriber, WsConnection};
+use agentwire_protocol::{ClientFrame, Event, EventType, ProducerId, ServerFrame, SessionKey};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoArgs {
@@ -132,6 +133,12 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         sessions.len()
     );
 
+    let annotations = tokio::spawn(print_enrichments(
+        ws_url.clone(),
+        sessions.clone(),
+        shutdown.child_token(),
+    ));
+
     let agents_done = CancellationToken::new();
     let mut agents = tokio::task::JoinSet::new();
     for session in sessions.iter().cloned() {
@@ -183,6 +190,73 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     }
     supervisor.await.context("agent supervisor")??;
     subscriber.close().await.ok();
+    annotations.abort();
     println!("demo: {completed} tasks completed");
     Ok(())
+}
+
+/// Prints the `enriched` frames of `sessions` (the enricher's labels for each text event) until
+/// `stop`; quietly does nothing more if the connection fails (the demo goes on without them).
+async fn print_enrichments(ws_url: String, sessions: Vec<SessionKey>, stop: CancellationToken) {
+    let Ok(mut conn) = WsConnection::connect(&ws_url).await else {
+        return;
+    };
+    for session in sessions {
+        let subscribe = ClientFrame::Subscribe {
+            session,
+            after: None,
+            epoch: None,
+        };
+        if conn.send(&subscribe).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let frame = tokio::select! {
+            frame = conn.next_frame() => frame,
+            () = stop.cancelled() => return,
+        };
+        match frame {
+            Ok(ServerFrame::Enriched {
+                session,
+                offset,
+                annotation,
+            }) => println!(
+                "{:<28} offset {:>6}  {:<18} {}",
+                session.to_string(),
+                offset.to_string(),
+                "enriched",
+                labels(annotation.get())
+            ),
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The labels of an `enriched` frame, as `label (score), …`.
+fn labels(annotation: &str) -> String {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(annotation) else {
+        return String::new();
+    };
+    let labels: Vec<String> = value["labels"]
+        .as_array()
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} ({:.2})",
+                        l["label"].as_str().unwrap_or("?"),
+                        l["score"].as_f64().unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if labels.is_empty() {
+        "no label above its threshold".to_owned()
+    } else {
+        labels.join(", ")
+    }
 }
