@@ -175,7 +175,8 @@ pub async fn ws_echo(events: usize, rate: u32) -> anyhow::Result<Histogram<u64>>
         }
         anyhow::Ok(())
     });
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await?;
+    let (ws, _) =
+        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/"), None, true).await?;
     let (mut sink, mut stream) = ws.split();
     let reader = tokio::spawn(async move {
         let mut h = stats::histogram()?;

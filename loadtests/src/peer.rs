@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
-use tokio_tungstenite::connect_async;
+use tokio_tungstenite::connect_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -97,7 +97,7 @@ async fn until(ws: &mut Ws, want: impl Fn(&str) -> bool) -> anyhow::Result<()> {
 
 async fn connect(port: u16) -> anyhow::Result<Ws> {
     let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _) = connect_async(&url)
+    let (mut ws, _) = connect_async_with_config(&url, None, true)
         .await
         .with_context(|| format!("connect {url}"))?;
     until(&mut ws, |t| t.starts_with('0')).await?;

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 use tokio_util::sync::CancellationToken;
 
 use crate::floor::now_micros;
@@ -100,7 +100,7 @@ fn stamp(text: &str) -> u128 {
 
 /// Connects and subscribes to `session` for new events; returns once `subscribed` arrived.
 pub async fn subscribe(ws_url: &str, session: &SessionKey) -> anyhow::Result<Ws> {
-    let (mut ws, _) = connect_async(ws_url)
+    let (mut ws, _) = connect_async_with_config(ws_url, None, true)
         .await
         .with_context(|| format!("connect {ws_url}"))?;
     ws.send(Message::text(format!(
@@ -198,7 +198,7 @@ pub async fn publish(
     padding: Arc<str>,
     progress: Arc<AtomicU64>,
 ) -> anyhow::Result<Published> {
-    let (ws, _) = connect_async(ws_url).await?;
+    let (ws, _) = connect_async_with_config(ws_url, None, true).await?;
     let (mut sink, mut stream) = ws.split();
     let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<(SessionKey, u128)>();
     let expected = if class == Class::Durable { count } else { 0 };

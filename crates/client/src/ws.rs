@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 use crate::Result;
 use crate::error::ClientError;
@@ -74,9 +74,12 @@ impl WsConnection {
             value.set_sensitive(true);
             request.headers_mut().insert(AUTHORIZATION, value);
         }
-        let (stream, _response) = tokio::time::timeout(request_timeout, connect_async(request))
-            .await
-            .map_err(|_| ClientError::Timeout(request_timeout))??;
+        let (stream, _response) = tokio::time::timeout(
+            request_timeout,
+            connect_async_with_config(request, None, true),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(request_timeout))??;
         Ok(Self {
             stream,
             pending: VecDeque::new(),

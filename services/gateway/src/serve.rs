@@ -82,7 +82,13 @@ pub async fn serve(
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    // Frames are small and written in batches: send each batch at once.
+                    if let Err(err) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %err, "TCP_NODELAY not set");
+                    }
+                    stream
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;

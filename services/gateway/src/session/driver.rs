@@ -61,6 +61,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// How often failed catch-ups are retried.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(250);
+/// Most messages written to a connection's buffer before it is flushed, however busy.
+const FLUSH_EVERY: usize = 64;
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<Ack, ErrorFrame>> + Send>>;
 
@@ -100,6 +102,9 @@ struct Connection {
     _permit: ConnectionPermit,
     /// Sessions whose catch-up failed and is retried on the next retry tick.
     pending: BTreeSet<SessionKey>,
+    /// Messages written to the socket's buffer since the last flush: everything ready is
+    /// written, then flushed once (one syscall for many frames under load).
+    unflushed: usize,
 }
 
 /// Serves one upgraded WebSocket until the client leaves or the gateway shuts down.
@@ -132,6 +137,7 @@ pub async fn run(
         principal,
         _permit: permit,
         pending: BTreeSet::new(),
+        unflushed: 0,
     };
     let mut retries = tokio::time::interval(CATCH_UP_RETRY);
     retries.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -141,6 +147,8 @@ pub async fn run(
     let mut last_heard = Instant::now();
     let end = loop {
         let step = tokio::select! {
+            // In this order, so that the flush below runs only when nothing else is ready.
+            biased;
             message = stream.next() => match message {
                 Some(Ok(message)) => {
                     last_heard = Instant::now();
@@ -160,6 +168,7 @@ pub async fn run(
             _ = pings.tick() => conn.heartbeat(last_heard.elapsed()).await,
             _ = retries.tick(), if !conn.pending.is_empty() => conn.retry_catch_ups().await,
             () = shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "the gateway is shutting down".into())),
+            () = std::future::ready(()), if conn.unflushed > 0 => conn.flush().await,
         };
         if let Err(end) = step {
             break end;
@@ -176,7 +185,8 @@ pub async fn run(
             code,
             reason: reason.into(),
         };
-        if conn.send_message(Message::Close(Some(frame))).await.is_ok() {
+        let closed = conn.send_message(Message::Close(Some(frame))).await;
+        if closed.is_ok() && conn.flush().await.is_ok() {
             // The closing handshake: read (and discard) until the client's close, so closing
             // the socket with its unread frames pending does not reset the connection and lose
             // our close frame on the client's side.
@@ -781,10 +791,32 @@ impl Connection {
         self.send_message(message).await
     }
 
-    /// Sends one message; a client that cannot take it within the idle timeout is reaped.
+    /// Writes one message to the socket's buffer (flushed once nothing else is ready, or
+    /// after [`FLUSH_EVERY`] messages); a client that cannot take it within the idle timeout is
+    /// reaped.
     async fn send_message(&mut self, message: Message) -> Result<(), End> {
         let limit = Duration::from_secs(self.state.config().idle_timeout_secs);
-        match tokio::time::timeout(limit, self.sink.send(message)).await {
+        let written = tokio::time::timeout(limit, self.sink.feed(message)).await;
+        self.unflushed += 1;
+        Self::reap_unless_written(written)?;
+        if self.unflushed >= FLUSH_EVERY {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes out what [`Self::send_message`] buffered.
+    async fn flush(&mut self) -> Result<(), End> {
+        let limit = Duration::from_secs(self.state.config().idle_timeout_secs);
+        let flushed = tokio::time::timeout(limit, self.sink.flush()).await;
+        self.unflushed = 0;
+        Self::reap_unless_written(flushed)
+    }
+
+    fn reap_unless_written<E>(
+        written: Result<Result<(), E>, tokio::time::error::Elapsed>,
+    ) -> Result<(), End> {
+        match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => {
