@@ -147,8 +147,6 @@ pub async fn run(
     let mut last_heard = Instant::now();
     let end = loop {
         let step = tokio::select! {
-            // In this order, so that the flush below runs only when nothing else is ready.
-            biased;
             message = stream.next() => match message {
                 Some(Ok(message)) => {
                     last_heard = Instant::now();
@@ -168,7 +166,9 @@ pub async fn run(
             _ = pings.tick() => conn.heartbeat(last_heard.elapsed()).await,
             _ = retries.tick(), if !conn.pending.is_empty() => conn.retry_catch_ups().await,
             () = shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "the gateway is shutting down".into())),
-            () = std::future::ready(()), if conn.unflushed > 0 => conn.flush().await,
+            // Not ready on its first poll: chosen only when nothing else was ready, so what is
+            // ready is written first and flushed once (fair: no branch can starve another).
+            () = tokio::task::yield_now(), if conn.unflushed > 0 => conn.flush().await,
         };
         if let Err(end) = step {
             break end;
