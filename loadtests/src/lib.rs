@@ -34,22 +34,9 @@ pub mod wsload;
 
 use clap::{Parser, Subcommand};
 
-/// Where this package lies in the workspace.
-const PACKAGE_PATH: &str = "loadtests";
-
-/// This package's directory. At run time `CARGO_MANIFEST_DIR` names the package being run or
-/// tested, which may be another one of the workspace, so the path is taken from the workspace
-/// root found above it; the compile-time value is the fallback (a binary run on its own).
+/// This package's directory (its peers and results folders), wherever the tool runs from.
 pub(crate) fn package_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(std::path::PathBuf::from)
-        .and_then(|dir| {
-            dir.ancestors()
-                .find(|d| d.join("Cargo.lock").exists())
-                .map(|root| root.join(PACKAGE_PATH))
-        })
-        .filter(|dir| dir.join("Cargo.toml").exists())
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    agentwire_runtime::paths::package_dir("loadtests", env!("CARGO_MANIFEST_DIR"))
 }
 
 #[derive(Debug, Parser)]

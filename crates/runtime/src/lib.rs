@@ -1,7 +1,9 @@
 //! Process bootstrap shared by the binaries: logging/tracing, the Prometheus recorder, the
-//! admin HTTP endpoint (`/healthz`, `/metrics`) and the shutdown token.
+//! admin HTTP endpoint (`/healthz`, `/metrics`), the shutdown token, and where a package's
+//! own files are.
 
 pub mod admin;
 pub mod metrics;
+pub mod paths;
 pub mod shutdown;
 pub mod telemetry;

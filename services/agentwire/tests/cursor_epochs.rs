@@ -40,18 +40,9 @@ async fn a_resume_into_a_reset_log_is_refused_with_epoch_changed() {
     };
     ws.send(&subscribe(None, None)).await.expect("send");
     let (_, epoch) = subscribed_epoch(&mut ws).await.expect("subscribed");
-    let history: serde_json::Value = reqwest::get(format!(
-        "{}/v1/sessions/{}/{}/{}/events?after=0",
-        stack.http_url, session.tenant, session.agent_type, session.session_id
-    ))
-    .await
-    .expect("get")
-    .json()
-    .await
-    .expect("json");
     assert_eq!(
-        history["epoch"],
-        epoch.as_str(),
+        history_epoch(&stack, &session).await,
+        epoch,
         "history names the same epoch"
     );
 

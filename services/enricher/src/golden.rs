@@ -87,20 +87,7 @@ pub fn check(embedder: &Embedder, cases: &[&Case]) -> Result<Vec<CaseResult>, Mo
     Ok(results)
 }
 
-/// Where this package lies in the workspace.
-const PACKAGE_PATH: &str = "services/enricher";
-
-/// This package's directory. At run time `CARGO_MANIFEST_DIR` names the package being run or
-/// tested, which may be another one of the workspace, so the path is taken from the workspace
-/// root found above it; the compile-time value is the fallback (a binary run on its own).
-fn package_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(std::path::PathBuf::from)
-        .and_then(|dir| {
-            dir.ancestors()
-                .find(|d| d.join("Cargo.lock").exists())
-                .map(|root| root.join(PACKAGE_PATH))
-        })
-        .filter(|dir| dir.join("Cargo.toml").exists())
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+/// This package's directory (its test fixtures), wherever the code runs from.
+fn package_dir() -> PathBuf {
+    agentwire_runtime::paths::package_dir("services/enricher", env!("CARGO_MANIFEST_DIR"))
 }
