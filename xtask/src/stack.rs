@@ -305,7 +305,9 @@ impl Timings {
 pub struct DemoRuns {
     agentwire: PathBuf,
     child: std::process::Child,
-    /// The current run's end was reported.
+    /// Run again once the current run has ended.
+    rerun: bool,
+    /// The last run's end was reported.
     done: bool,
 }
 
@@ -315,6 +317,7 @@ impl DemoRuns {
         Ok(Self {
             agentwire,
             child,
+            rerun: false,
             done: false,
         })
     }
@@ -330,24 +333,29 @@ impl DemoRuns {
             .context("run the demo")
     }
 
-    /// Runs the demo again unless it is still running; `true` when it started again.
-    pub fn again(&mut self) -> anyhow::Result<bool> {
-        if self.child.try_wait()?.is_none() {
-            return Ok(false);
-        }
-        self.child = Self::spawn(&self.agentwire)?;
+    /// Runs the demo again once the current run has ended (at the next poll if it has).
+    pub fn again(&mut self) {
+        self.rerun = true;
         self.done = false;
-        Ok(true)
     }
 
-    /// `Some(success)` once, when the current run has ended.
-    pub fn finished(&mut self) -> Option<bool> {
+    /// Starts the run asked for by [`Self::again`] when the current one has ended, and
+    /// reports the end of the last run (`Some(success)`) once.
+    pub fn poll(&mut self) -> anyhow::Result<Option<bool>> {
         if self.done {
-            return None;
+            return Ok(None);
         }
-        let status = self.child.try_wait().ok().flatten()?;
+        let Some(status) = self.child.try_wait()? else {
+            return Ok(None);
+        };
+        if self.rerun {
+            self.rerun = false;
+            println!("xtask: running the demo again, now with the enricher");
+            self.child = Self::spawn(&self.agentwire)?;
+            return Ok(None);
+        }
         self.done = true;
-        Some(status.success())
+        Ok(Some(status.success()))
     }
 }
 

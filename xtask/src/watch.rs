@@ -41,10 +41,8 @@ pub fn watch(
             match ready.start() {
                 Ok(enricher) => {
                     services.push(enricher);
-                    if let Some(demo) = demo.as_deref_mut()
-                        && demo.again()?
-                    {
-                        println!("xtask: running the demo again, now with the enricher");
+                    if let Some(demo) = demo.as_deref_mut() {
+                        demo.again();
                     }
                 }
                 Err(err) => eprintln!(
@@ -52,7 +50,11 @@ pub fn watch(
                 ),
             }
         }
-        if let Some(success) = demo.as_deref_mut().and_then(DemoRuns::finished)
+        let ended = match demo.as_deref_mut() {
+            Some(demo) => demo.poll()?,
+            None => None,
+        };
+        if let Some(success) = ended
             && !stopping.load(Ordering::SeqCst)
         {
             if success {

@@ -47,6 +47,19 @@ fn group_members(pgid: i32) -> Vec<String> {
         .collect()
 }
 
+/// Sends Ctrl-C (SIGINT) to the process group when dropped.
+struct StopOnDrop(i32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill only sends a signal to the test's own child process group.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(-self.0, libc::SIGINT);
+        }
+    }
+}
+
 /// Waits for a line containing `needle`; returns the lines read meanwhile.
 fn wait_for(lines: &mpsc::Receiver<String>, needle: &str, until: Instant, seen: &mut Vec<String>) {
     loop {
@@ -76,15 +89,28 @@ fn the_first_command_delivers_events_then_enrichments_and_ctrl_c_leaves_nothing_
         );
     }
     let started = Instant::now();
-    let mut up = Command::new("cargo")
+    let mut command = Command::new("cargo");
+    command
         .args(["xtask", "up"])
         .current_dir(workspace_root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("run cargo xtask up");
+        .process_group(0);
+    // If this test is killed (a hung run), xtask gets the Ctrl-C it would get from a terminal
+    // and stops the stack it started.
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe, and allocates nothing.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+            Ok(())
+        });
+    }
+    let mut up = command.spawn().expect("run cargo xtask up");
     let pgid = i32::try_from(up.id()).expect("pid");
+    // A failing assertion stops the stack too.
+    let _stop = StopOnDrop(pgid);
     let stdout = up.stdout.take().expect("stdout");
     let (sender, lines) = mpsc::channel();
     std::thread::spawn(move || {
