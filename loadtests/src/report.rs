@@ -185,9 +185,10 @@ impl Report {
         }
         if let Some(trace) = &self.resources {
             md.push_str("\nOver time (`resources.png`):\n\n| process | pid | mean CPU % | max CPU % | RSS first MiB | RSS max MiB | RSS last MiB |\n|---|---:|---:|---:|---:|---:|---:|\n");
-            for (name, pid, mean, max_cpu, first, max_rss, last) in trace.summary() {
+            for p in trace.summary() {
                 md.push_str(&format!(
-                    "| {name} | {pid} | {mean:.0} | {max_cpu:.0} | {first:.1} | {max_rss:.1} | {last:.1} |\n"
+                    "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |\n",
+                    p.name, p.pid, p.mean_cpu, p.max_cpu, p.first_rss, p.max_rss, p.last_rss
                 ));
             }
             if trace.restarts.is_empty() {

@@ -32,9 +32,21 @@ pub struct Trace {
     pub restarts: Vec<String>,
 }
 
+/// One process over the whole trace.
+#[derive(Clone, Debug)]
+pub struct ProcessSummary {
+    pub name: String,
+    pub pid: u32,
+    pub mean_cpu: f64,
+    pub max_cpu: f64,
+    pub first_rss: f64,
+    pub max_rss: f64,
+    pub last_rss: f64,
+}
+
 impl Trace {
     /// Per process: mean and max CPU %, first, max and last RSS in MiB.
-    pub fn summary(&self) -> Vec<(String, u32, f64, f64, f64, f64, f64)> {
+    pub fn summary(&self) -> Vec<ProcessSummary> {
         let mut by: BTreeMap<(String, u32), Vec<&Sample>> = BTreeMap::new();
         for s in &self.samples {
             by.entry((s.name.clone(), s.pid)).or_default().push(s);
@@ -47,7 +59,15 @@ impl Trace {
                 let first = samples.first().map_or(0.0, |s| s.rss_mib);
                 let last = samples.last().map_or(0.0, |s| s.rss_mib);
                 let max_rss = samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
-                (name, pid, mean, max_cpu, first, max_rss, last)
+                ProcessSummary {
+                    name,
+                    pid,
+                    mean_cpu: mean,
+                    max_cpu,
+                    first_rss: first,
+                    max_rss,
+                    last_rss: last,
+                }
             })
             .collect()
     }

@@ -6,16 +6,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tokio::sync::Mutex;
 
 use crate::config::KafkaSettings;
 use crate::error::KafkaError;
-use crate::topics::partition_count;
+use crate::reader::reader;
 
 /// The partition count of one topic, shared by clones and refreshed every `ttl`.
 #[derive(Clone)]
 pub struct Partitions {
-    settings: KafkaSettings,
+    /// One client for every refresh (a client per query costs threads and a connection).
+    client: Arc<BaseConsumer>,
     topic: String,
     ttl: Duration,
     known: Arc<Mutex<Option<(usize, Instant)>>>,
@@ -31,13 +33,29 @@ impl std::fmt::Debug for Partitions {
 }
 
 impl Partitions {
-    pub fn new(settings: &KafkaSettings, topic: &str, ttl: Duration) -> Self {
-        Self {
-            settings: settings.clone(),
+    pub fn new(settings: &KafkaSettings, topic: &str, ttl: Duration) -> Result<Self, KafkaError> {
+        Ok(Self {
+            client: Arc::new(reader(settings)?),
             topic: topic.to_owned(),
             ttl,
             known: Arc::new(Mutex::new(None)),
-        }
+        })
+    }
+
+    /// Asks the broker (0 partitions when it does not know the topic).
+    async fn fetch(&self) -> Result<usize, KafkaError> {
+        let (client, topic) = (self.client.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let metadata = client
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map_err(KafkaError::Read)?;
+            Ok(metadata
+                .topics()
+                .first()
+                .map_or(0, |t| t.partitions().len()))
+        })
+        .await
+        .map_err(|_| KafkaError::ConsumerStopped)?
     }
 
     /// The partition count (0 when the broker does not know the topic). A refresh that fails
@@ -50,7 +68,7 @@ impl Partitions {
         {
             return Ok(count);
         }
-        match partition_count(&self.settings, &self.topic).await {
+        match self.fetch().await {
             Ok(count) => {
                 if let Some((before, _)) = *known
                     && before != count

@@ -307,8 +307,7 @@ impl HistoryReader {
         })
     }
 
-    /// Charges `records` to the tenant's log-scan quota; fails open when Valkey cannot answer
-    /// within the quota timeout.
+    /// Charges `records` to the tenant's log-scan quota (failing open like the publish quota).
     async fn charge_scan(&self, session: &SessionKey, records: u64) -> Result<(), HistoryError> {
         let Ok(units) = u32::try_from(records) else {
             return Err(HistoryError::ScanQuota {
@@ -318,27 +317,19 @@ impl HistoryReader {
         if units == 0 {
             return Ok(());
         }
-        let tenant = &session.tenant;
-        match tokio::time::timeout(
-            self.scan.quota_timeout,
-            self.scan.tenants.charge(tenant, units),
+        let limits = &self.scan;
+        let over = crate::tenant_limits::charge_or_allow(
+            &limits.tenants,
+            &session.tenant,
+            units,
+            limits.quota_timeout,
         )
-        .await
-        {
-            Ok(Ok(None)) => Ok(()),
-            Ok(Ok(Some(wait))) => {
+        .await;
+        match over {
+            None => Ok(()),
+            Some(wait) => {
                 metrics::counter!(m::LOG_SCANS_LIMITED).increment(1);
                 Err(HistoryError::ScanQuota { wait })
-            }
-            Ok(Err(err)) => {
-                metrics::counter!(m::TENANT_LIMITER_ERRORS, "reason" => "error").increment(1);
-                tracing::warn!(error = %err, %tenant, "log-scan quota unavailable; allowing the read");
-                Ok(())
-            }
-            Err(_) => {
-                metrics::counter!(m::TENANT_LIMITER_ERRORS, "reason" => "timeout").increment(1);
-                tracing::warn!(%tenant, "log-scan quota did not answer in time; allowing the read");
-                Ok(())
             }
         }
     }

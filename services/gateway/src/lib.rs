@@ -90,7 +90,7 @@ pub async fn run(
         &config.kafka.settings(),
         &config.kafka.topic,
         PARTITIONS_TTL,
-    );
+    )?;
     let idempotency = idempotency::Idempotency::new(
         agentwire_valkey::ProducerStore::new(history.connection(), config.producer_settings()),
         config.kafka.settings(),

@@ -27,20 +27,9 @@ pub async fn charge(
     }
     let mut longest = None;
     for (tenant, count) in per_tenant {
-        match tokio::time::timeout(timeout, limiter.charge(tenant, count)).await {
-            Ok(Ok(None)) => {}
-            Ok(Ok(Some(wait))) => {
-                metrics::counter!(m::TENANT_LIMITED).increment(u64::from(count));
-                longest = longest.max(Some(wait));
-            }
-            Ok(Err(err)) => {
-                metrics::counter!(m::TENANT_LIMITER_ERRORS, "reason" => "error").increment(1);
-                tracing::warn!(error = %err, %tenant, "tenant limiter unavailable; allowing the publish");
-            }
-            Err(_) => {
-                metrics::counter!(m::TENANT_LIMITER_ERRORS, "reason" => "timeout").increment(1);
-                tracing::warn!(?timeout, %tenant, "tenant limiter did not answer in time; allowing the publish");
-            }
+        if let Some(wait) = charge_or_allow(limiter, tenant, count, timeout).await {
+            metrics::counter!(m::TENANT_LIMITED).increment(u64::from(count));
+            longest = longest.max(Some(wait));
         }
     }
     match longest {
@@ -49,5 +38,29 @@ pub async fn charge(
             "the tenant is over its publish quota; nothing was written",
             wait,
         )),
+    }
+}
+
+/// Charges `units` to `tenant` on `limiter`: `Some(wait)` when the tenant is over its quota.
+/// `None` when allowed, and also when Valkey fails or does not answer within `timeout` (fail
+/// open: counted in `agentwire_gateway_tenant_limiter_errors_total` and logged).
+pub async fn charge_or_allow(
+    limiter: &TenantLimiter,
+    tenant: &Tenant,
+    units: u32,
+    timeout: Duration,
+) -> Option<Duration> {
+    match tokio::time::timeout(timeout, limiter.charge(tenant, units)).await {
+        Ok(Ok(wait)) => wait,
+        Ok(Err(err)) => {
+            metrics::counter!(m::TENANT_LIMITER_ERRORS, "reason" => "error").increment(1);
+            tracing::warn!(error = %err, %tenant, ?limiter, "tenant limiter unavailable; allowing");
+            None
+        }
+        Err(_) => {
+            metrics::counter!(m::TENANT_LIMITER_ERRORS, "reason" => "timeout").increment(1);
+            tracing::warn!(?timeout, %tenant, ?limiter, "tenant limiter did not answer in time; allowing");
+            None
+        }
     }
 }

@@ -63,7 +63,7 @@ impl LogWatch {
         Ok(Self {
             settings: settings.clone(),
             topic: topic.to_owned(),
-            partitions: Partitions::new(settings, topic, CHECK_EVERY * 5),
+            partitions: Partitions::new(settings, topic, CHECK_EVERY * 5)?,
             watermarks: Watermarks::new(settings)?,
             reader: KeyedReader::new(settings, 1),
             probes,
