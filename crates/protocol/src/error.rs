@@ -143,17 +143,6 @@ impl ErrorCode {
             ErrorCode::Unavailable | ErrorCode::OutcomeUnknown => 503,
         }
     }
-
-    /// The WebSocket close code when this error ends a connection; `None` when the
-    /// connection stays open and receives an `error` frame instead.
-    pub fn ws_close_code(self) -> Option<u16> {
-        match self {
-            ErrorCode::PayloadTooLarge => Some(1009),
-            ErrorCode::Unauthorized => Some(4001),
-            ErrorCode::Internal => Some(1011),
-            _ => None,
-        }
-    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -222,22 +211,5 @@ mod tests {
             let json = serde_json::to_string(&code).expect("serialise");
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }
-    }
-
-    #[test]
-    fn only_size_expiry_and_internal_errors_close_the_socket() {
-        let closing: Vec<_> = ErrorCode::ALL
-            .into_iter()
-            .filter(|c| c.ws_close_code().is_some())
-            .collect();
-        assert_eq!(
-            closing,
-            vec![
-                ErrorCode::Unauthorized,
-                ErrorCode::PayloadTooLarge,
-                ErrorCode::Internal
-            ]
-        );
-        assert_eq!(ErrorCode::Unauthorized.ws_close_code(), Some(4001));
     }
 }

@@ -397,6 +397,11 @@ pub fn event_frame_json(session: &SessionKey, offset: Offset, event_json: &str) 
     format!(r#"{{"op":"event","session":"{session}","offset":{offset},"event":{event_json}}}"#)
 }
 
+/// The JSON `ephemeral` frame for an ephemeral event, built without re-parsing the event.
+pub fn ephemeral_frame_json(session: &SessionKey, event_json: &str) -> String {
+    format!(r#"{{"op":"ephemeral","session":"{session}","event":{event_json}}}"#)
+}
+
 impl ServerFrame {
     pub fn to_json(&self) -> String {
         if let ServerFrame::Enriched { annotation, .. } = self {
@@ -712,5 +717,21 @@ mod tests {
             event: RawValue::from_string(event.to_owned()).expect("raw"),
         };
         assert_eq!(serde.to_json(), fast);
+    }
+
+    #[test]
+    fn the_fast_ephemeral_frame_matches_serde() {
+        let session: SessionKey = "t:a:s".parse().expect("key");
+        let event = r#"{"specversion":"1.0","type":"agent.typing"}"#;
+        let fast = ephemeral_frame_json(&session, event);
+        let serde = ServerFrame::Ephemeral {
+            session,
+            event: RawValue::from_string(event.to_owned()).expect("raw"),
+        };
+        assert_eq!(serde.to_json(), fast);
+        assert!(matches!(
+            ServerFrame::from_json(&fast).expect("parse"),
+            ServerFrame::Ephemeral { .. }
+        ));
     }
 }

@@ -5,6 +5,7 @@
 //! WebSocket, Kafka record, Valkey entry) has exactly one definition. It depends on no
 //! runtime, broker or database client.
 
+pub mod close;
 pub mod cloudevents;
 pub mod enrichment;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod frames;
 pub mod ids;
 pub mod pb;
 
+pub use close::{CloseCode, CloseReason, Reconnect};
 pub use enrichment::{Enrichment, LabelScore, SourceRef};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{Data, Event};

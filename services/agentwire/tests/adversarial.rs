@@ -798,7 +798,7 @@ async fn a_reader_that_never_reads_is_bounded_and_later_gets_everything_in_order
         .unwrap_or(0.0);
     assert!(
         lagged >= 1.0,
-        "the idle reader never fell behind the hub, so this attack proved nothing"
+        "the idle reader never fell behind its mailbox, so this attack proved nothing"
     );
     assert_healthy(&stack).await;
 }

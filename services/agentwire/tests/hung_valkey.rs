@@ -96,7 +96,7 @@ async fn readiness_answers_with_coded_reasons() {
     );
 }
 
-/// More follows than the hub's command queue holds (1024) while Valkey hangs: every one is
+/// More follows than the fanout's command queue holds (1024) while Valkey hangs: every one is
 /// answered `unavailable` within the follow's deadline; none waits forever for room in the
 /// queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

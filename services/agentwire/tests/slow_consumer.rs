@@ -1,5 +1,5 @@
 //! A reader that stops reading falls behind without slowing anyone else and without losing
-//! anything durable: its connection lags the hub's bounded channel and switches to catch-up
+//! anything durable: its connection overflows its bounded mailbox and switches to catch-up
 //! reads from history, and when it reads again it gets every event once, in order.
 
 mod common;

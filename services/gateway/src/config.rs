@@ -29,7 +29,7 @@ pub struct GatewayConfig {
         default_value_t = 10_000
     )]
     pub max_connections_per_tenant: usize,
-    /// Ephemeral messages buffered per session per gateway; a connection further behind has
+    /// Ephemeral messages queued per connection; a connection further behind has
     /// the excess shed (counted in `agentwire_gateway_ephemeral_shed_total`).
     #[arg(
         long = "ephemeral-buffer",
@@ -74,7 +74,7 @@ pub struct GatewayConfig {
     /// Largest accepted WebSocket message, in bytes (close 1009 above it).
     #[arg(long = "max-frame-bytes", env = "AGENTWIRE_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
     pub max_frame_bytes: usize,
-    /// Live events buffered per session per gateway before a slow connection switches to
+    /// Live events and annotations queued per connection before a slow connection switches to
     /// catch-up reads from history.
     #[arg(
         long = "session-buffer",
@@ -210,6 +210,16 @@ pub struct GatewayConfig {
 
 impl GatewayConfig {
     /// The token buckets of one WebSocket connection.
+    /// What one WebSocket connection's session machine allows.
+    pub fn session_settings(&self) -> crate::session::state::Settings {
+        crate::session::state::Settings {
+            max_subscriptions: self.max_subscriptions,
+            max_frame_bytes: self.max_frame_bytes,
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+            rates: self.rate_settings(),
+        }
+    }
+
     pub fn rate_settings(&self) -> crate::session::limits::RateSettings {
         crate::session::limits::RateSettings {
             publishes_per_sec: self.ws_publish_rate,

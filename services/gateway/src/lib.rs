@@ -4,7 +4,7 @@
 //!   and acknowledged only after Kafka acknowledged them, with the record's partition and
 //!   offset (`publish.rs`).
 //! - Subscribers follow sessions over `/v1/ws`: history after their cursor from the Valkey
-//!   window, then live events from the process's shared Valkey feed (`hub.rs`), with the
+//!   window, then live events from the process's shared Valkey feed (`fanout/`), with the
 //!   Kafka offset as the cursor everywhere (`session/`).
 //!
 //! The gateway holds no state that another instance needs: any number can run side by side.
@@ -13,12 +13,10 @@ pub mod auth;
 pub mod config;
 pub mod error;
 mod events_api;
+pub mod fanout;
 mod health;
 pub mod history;
-pub mod hub;
 mod idempotency;
-pub mod label_feeds;
-pub mod live_feed;
 mod metrics;
 mod producers_api;
 mod publish;
@@ -73,14 +71,8 @@ pub async fn run(
     agentwire_runtime::metrics::handle();
     let log = EventLog::new(&config.kafka.settings(), &config.kafka.topic)?;
     let history = HistoryStore::connect(&config.valkey.url, config.valkey.history()).await?;
-    let (hub, feed) = hub::Hub::start(
-        &config.valkey.url,
-        history.clone(),
-        config.session_buffer,
-        config.ephemeral_buffer,
-        shutdown.clone(),
-    )
-    .await?;
+    let (fanout, feed) =
+        fanout::Fanout::start(&config.valkey.url, history.clone(), shutdown.clone()).await?;
     let quota = agentwire_valkey::TenantQuota {
         per_second: config.tenant_publish_rate,
         burst: config.tenant_publish_burst,
@@ -118,14 +110,11 @@ pub async fn run(
         config.page_max_bytes,
         scan,
     )?;
-    let (labels, label_task) =
-        label_feeds::LabelFeeds::start(&config.valkey.url, config.session_buffer, shutdown.clone());
     let state = AppState::new(state::Parts {
         config,
         log: log.clone(),
         history,
-        hub,
-        labels,
+        fanout,
         tenants,
         idempotency,
         auth,
@@ -153,7 +142,6 @@ pub async fn run(
         tracing::warn!(error = %err, "producer flush at shutdown failed");
     }
     feed.abort();
-    label_task.abort();
     tracing::info!("gateway stopped");
     Ok(())
 }

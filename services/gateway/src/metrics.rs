@@ -8,17 +8,16 @@ pub const PUBLISHES: &str = "agentwire_gateway_publishes_total";
 pub const PUBLISH_SECONDS: &str = "agentwire_gateway_publish_seconds";
 /// Events delivered to WebSocket clients.
 pub const DELIVERIES: &str = "agentwire_gateway_deliveries_total";
-/// Label-feed annotations a lagging connection skipped.
+/// Label-feed annotations shed because a connection's mailbox was full.
 pub const LABEL_FEED_SKIPPED: &str = "agentwire_gateway_label_feed_skipped_total";
+/// Session annotations (enrichments) shed because a connection's mailbox was full.
+pub const ANNOTATIONS_SHED: &str = "agentwire_gateway_annotations_shed_total";
 /// Enrichment annotations sent to clients.
 pub const ANNOTATIONS: &str = "agentwire_gateway_annotations_total";
 /// Catch-up reads from history, by reason (`subscribe`, `lagged`, `resync`).
 pub const CATCH_UPS: &str = "agentwire_gateway_catch_ups_total";
 /// Sessions this gateway holds a Valkey subscription for.
 pub const LIVE_SESSIONS: &str = "agentwire_gateway_live_sessions";
-/// Of those, sessions that have had a message since they were followed and so hold their
-/// broadcast rings (a followed session that stays quiet holds none).
-pub const LIVE_RINGS: &str = "agentwire_gateway_live_rings";
 /// Reconnections of the shared Valkey subscription connection.
 pub const FEED_RECONNECTS: &str = "agentwire_gateway_feed_reconnects_total";
 /// Error frames and error responses sent, by code.

@@ -1,4 +1,4 @@
-//! What every handler and connection shares: the log producer, the history store, the hub,
+//! What every handler and connection shares: the log producer, the history store, the fanout,
 //! the configuration and the process's shutdown token and task tracker.
 
 use std::sync::Arc;
@@ -10,10 +10,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authenticator, TenantConnections};
 use crate::config::GatewayConfig;
+use crate::fanout::Fanout;
 use crate::history::HistoryReader;
-use crate::hub::Hub;
 use crate::idempotency::Idempotency;
-use crate::label_feeds::LabelFeeds;
 
 /// Cheap to clone; one per process.
 #[derive(Clone, Debug)]
@@ -27,8 +26,7 @@ pub struct Parts {
     pub config: GatewayConfig,
     pub log: EventLog,
     pub history: HistoryReader,
-    pub hub: Hub,
-    pub labels: LabelFeeds,
+    pub fanout: Fanout,
     pub tenants: TenantLimiter,
     pub idempotency: Idempotency,
     pub auth: Authenticator,
@@ -66,13 +64,9 @@ impl AppState {
         &self.inner.parts.history
     }
 
-    pub fn hub(&self) -> &Hub {
-        &self.inner.parts.hub
-    }
-
-    /// The label feeds (enrichment annotations routed by label).
-    pub fn labels(&self) -> &LabelFeeds {
-        &self.inner.parts.labels
+    /// Live channels (sessions and label feeds) shared by this process's connections.
+    pub fn fanout(&self) -> &Fanout {
+        &self.inner.parts.fanout
     }
 
     /// The per-tenant publish quota.

@@ -1,7 +1,15 @@
-//! One WebSocket connection: `state` is the pure delivery logic (cursors, subscription rules),
-//! `limits` its token buckets, `driver` does the I/O (socket, hub, history, publishes).
+//! One WebSocket connection: `state` is the pure session machine (what to deliver, when to
+//! catch up, what to refuse), `cursor` its delivery rule, `limits` its token buckets,
+//! `inbound` and `outbound` the
+//! decoding and the one encoding switch, `driver` the I/O loop and `steps` the I/O it performs.
 
+mod cursor;
 pub mod driver;
+mod inbound;
 pub mod limits;
+mod outbound;
 pub mod publisher;
 pub mod state;
+mod steps;
+#[cfg(test)]
+mod tests;

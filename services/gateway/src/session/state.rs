@@ -1,275 +1,699 @@
-//! The pure part of a WebSocket connection: which sessions it follows and, for each, the
-//! cursor that makes delivery exactly-once per connection. No I/O here; `driver.rs` feeds it.
+//! The pure session machine of one WebSocket connection: inputs (a client frame, a live
+//! publication, a history page, a timer, an acknowledgement, the outcome of an I/O step it
+//! asked for) go in, [`Action`]s come out. No I/O here: `driver.rs` performs the actions and
+//! feeds their outcomes back; `tests.rs` drives it without sockets.
 //!
 //! Rules (see `docs/protocol.md`):
-//! - A session's cursor starts at the subscription's `after` (or at the session's latest
-//!   offset for "only new events"); an event is delivered only if its offset is strictly
-//!   greater than the cursor, which then moves to it. History and live messages may overlap
-//!   at the seam, after a lag or after a feed resync: the cursor drops the overlap.
-//! - A connection follows at most `max_subscriptions` sessions and label feeds together
-//!   (each costs a Valkey subscription and a broadcast receiver), each once.
+//! - **Seam.** A subscribe follows the session's channel first, then reads history after its
+//!   cursor; the cursor ([`Cursor`]) drops whatever history and live delivery both carry.
+//! - **Lag → catch-up.** A session whose live events did not fit the connection's mailbox (or
+//!   whose feed resynced) reads history after its cursor; until that read is done its live
+//!   events are held back (history has them), so the cursor never skips a gap.
+//! - **Epoch.** A resume names the epoch of its cursor; a different current epoch is refused
+//!   with `epoch_changed` (the offsets mean something else now).
+//! - **Token expiry and refresh.** An expired token closes with 4001 unless refreshed; a
+//!   refresh must keep the tenant, and ends every follow the new token no longer allows.
+//! - **Ephemeral shed.** An ephemeral event of a session that is catching up is shed
+//!   (counted); so is one that did not fit the mailbox (counted by the fanout).
+//! - A connection follows at most `max_subscriptions` sessions and label feeds together.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use agentwire_protocol::{ErrorCode, Label, Offset, ProtocolError, SessionKey, Tenant};
+use agentwire_protocol::{
+    Ack, ClientFrame, CloseCode, CloseReason, ErrorCode, ErrorFrame, Event, Label, Offset,
+    ProtocolError, ServerFrame, SessionKey, Tenant,
+};
 
-/// Whether an event reaches the client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Deliver,
-    /// At or below the cursor: already delivered (or before the resume point).
-    Duplicate,
-    /// The connection does not follow the session (an unsubscribe raced the event).
-    NotFollowed,
-}
-
-/// One followed session's delivery cursor.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Cursor {
-    /// The last offset delivered (or resumed after); `None` before the first event.
-    last: Option<Offset>,
-}
-
-impl Cursor {
-    pub fn new(after: Option<Offset>) -> Self {
-        Self { last: after }
-    }
-
-    /// Delivers `offset` if it is after the cursor, moving the cursor to it.
-    pub fn admit(&mut self, offset: Offset) -> Verdict {
-        if self.last.is_some_and(|last| offset <= last) {
-            return Verdict::Duplicate;
-        }
-        self.last = Some(offset);
-        Verdict::Deliver
-    }
-
-    pub fn last(&self) -> Option<Offset> {
-        self.last
-    }
-}
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::fanout::{Kind, Publication};
+use crate::metrics as m;
+use crate::session::cursor::{Cursor, Verdict};
+use crate::session::limits::{Admission, ConnectionLimits, RateSettings};
+use crate::session::outbound::{Encoding, Outbound};
 
 /// A tenant's label feed.
 pub type Feed = (Tenant, Label);
 
-/// The sessions and label feeds one connection follows.
-#[derive(Debug)]
-pub struct Subscriptions {
-    cursors: HashMap<SessionKey, Cursor>,
-    feeds: HashSet<Feed>,
-    max: usize,
+/// What the connection's settings allow.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub max_subscriptions: usize,
+    pub max_frame_bytes: usize,
+    pub idle_timeout: Duration,
+    pub rates: RateSettings,
 }
 
-impl Subscriptions {
-    pub fn new(max_subscriptions: usize) -> Self {
+/// What the driver is asked to do.
+#[derive(Debug)]
+pub enum Action {
+    Send(Outbound),
+    /// Read the session's current epoch, then call [`SessionState::on_epoch`].
+    ReadEpoch {
+        session: SessionKey,
+        after: Option<Offset>,
+        epoch: Option<String>,
+    },
+    /// Follow the session's channel, read its resume point, then call
+    /// [`SessionState::on_followed`] (keep the follow only if that read succeeded).
+    Follow {
+        session: SessionKey,
+        after: Option<Offset>,
+        epoch: String,
+    },
+    /// Drop the follow of the session's channel.
+    Unfollow(SessionKey),
+    /// Read a page of history after [`SessionState::catch_up_from`], then call
+    /// [`SessionState::on_history`].
+    CatchUp(SessionKey),
+    /// Follow the label feed, then call [`SessionState::on_label_followed`].
+    FollowLabel(Feed),
+    UnfollowLabel(Feed),
+    /// Charge the tenant's quota and hand the event to the publish task; its answer comes
+    /// back through [`SessionState::on_ack`], in publish order.
+    Publish {
+        event: Box<Event>,
+        id: Option<String>,
+    },
+    /// Answer a refused publish in publish order (behind earlier publishes' answers).
+    Refuse(ErrorFrame),
+    /// Publish on the session's channel only; a failure comes back through
+    /// [`SessionState::on_ephemeral_failed`].
+    PublishEphemeral {
+        event: Box<Event>,
+        id: Option<String>,
+    },
+    /// Verify the token, then call [`SessionState::on_refresh`].
+    Verify(String),
+    /// The token now expires at this time (`None`: never).
+    Expire(Option<SystemTime>),
+    /// Close with a code and reason (after the pending acks).
+    Close(CloseReason),
+    /// Drop the connection without a close frame (the client is presumed dead).
+    Drop,
+}
+
+/// One page of a catch-up read, as the driver got it.
+#[derive(Debug)]
+pub enum HistoryRead {
+    Page {
+        events: Vec<(Offset, String)>,
+        /// More may follow after the last event (or after `next_after`).
+        more: bool,
+        /// Where a read that scanned past its last event of the session goes on from.
+        next_after: Option<Offset>,
+    },
+    /// Retention deleted the range: `error` says so; the read goes on from `first_retained`.
+    Retention {
+        error: ErrorFrame,
+        first_retained: Offset,
+    },
+    /// Valkey or Kafka could not answer: retried on the next retry tick.
+    Unavailable,
+}
+
+/// Where a followed session's delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Live,
+    /// A catch-up read was asked for; live events are held back.
+    CatchingUp,
+    /// A catch-up must go on at the next retry tick; live events are held back.
+    Waiting,
+}
+
+#[derive(Debug)]
+struct Slot {
+    cursor: Cursor,
+    phase: Phase,
+}
+
+/// Metric handles looked up once per connection (no recorder in unit tests: no-ops).
+struct Counters {
+    deliveries: metrics::Counter,
+    annotations: metrics::Counter,
+    ephemeral_delivered: metrics::Counter,
+    shed_catching_up: metrics::Counter,
+    label_filtered: metrics::Counter,
+    catch_up_subscribe: metrics::Counter,
+    catch_up_retries: metrics::Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
         Self {
-            cursors: HashMap::new(),
-            feeds: HashSet::new(),
-            max: max_subscriptions,
+            deliveries: metrics::counter!(m::DELIVERIES),
+            annotations: metrics::counter!(m::ANNOTATIONS),
+            ephemeral_delivered: metrics::counter!(m::EPHEMERAL_DELIVERED),
+            shed_catching_up: metrics::counter!(m::EPHEMERAL_SHED, "reason" => "catching_up"),
+            label_filtered: metrics::counter!(m::LABEL_FEED_FILTERED),
+            catch_up_subscribe: metrics::counter!(m::CATCH_UPS, "reason" => "subscribe"),
+            catch_up_retries: metrics::counter!(m::CATCH_UP_RETRIES),
+        }
+    }
+}
+
+/// Everything one connection decides.
+pub struct SessionState {
+    settings: Settings,
+    principal: Principal,
+    encoding: Encoding,
+    slots: HashMap<SessionKey, Slot>,
+    /// Sessions between their subscribe and its outcome (they count against the limit).
+    opening: HashSet<SessionKey>,
+    labels: HashSet<Feed>,
+    limits: ConnectionLimits,
+    actions: VecDeque<Action>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionState")
+            .field("slots", &self.slots)
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionState {
+    pub fn new(settings: Settings, principal: Principal) -> Self {
+        let mut state = Self {
+            limits: ConnectionLimits::new(settings.rates),
+            settings,
+            encoding: Encoding::Json,
+            slots: HashMap::new(),
+            opening: HashSet::new(),
+            labels: HashSet::new(),
+            actions: VecDeque::new(),
+            counters: Counters::new(),
+            principal,
+        };
+        state.push(Action::Expire(state.principal.expires_at()));
+        state
+    }
+
+    /// The next thing to do, oldest first.
+    pub fn next_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// How answers are encoded: as the client's latest message was.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    fn push(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
+    fn send(&mut self, frame: ServerFrame) {
+        self.push(Action::Send(Outbound::Frame(frame)));
+    }
+
+    fn error(&mut self, frame: ErrorFrame) {
+        metrics::counter!(m::ERRORS, "code" => frame.code.as_str()).increment(1);
+        self.send(ServerFrame::Error(frame));
+    }
+
+    fn session_error(&mut self, err: &ApiError, session: &SessionKey) {
+        self.error(err.frame_for(session));
+    }
+
+    /// Whether a message of `size` bytes is worth decoding (a larger one closes the
+    /// connection whatever it holds).
+    pub fn admits(&self, size: usize) -> bool {
+        size <= self.settings.max_frame_bytes
+    }
+
+    /// A client message of `size` bytes in `encoding`, decoded (or not).
+    pub fn on_message(
+        &mut self,
+        encoding: Encoding,
+        size: usize,
+        frame: Result<ClientFrame, ProtocolError>,
+    ) {
+        self.encoding = encoding;
+        let limit = self.settings.max_frame_bytes;
+        if size > limit {
+            let reason = format!("message of {size} bytes is over the {limit}-byte limit");
+            return self.push(Action::Close(CloseReason::new(CloseCode::TooBig, reason)));
+        }
+        // One verdict per message: its bytes, and for a publish one publish token.
+        let is_publish = matches!(
+            frame,
+            Ok(ClientFrame::Publish { .. } | ClientFrame::Ephemeral { .. })
+        );
+        let refused = self
+            .limits
+            .take_bytes(size)
+            .map(|wait| (wait, "inbound bytes"))
+            .or_else(|| {
+                is_publish
+                    .then(|| self.limits.take_publish())
+                    .flatten()
+                    .map(|wait| (wait, "publishes"))
+            });
+        let what = refused.map_or("", |(_, what)| what);
+        match self.limits.record(refused.map(|(wait, _)| wait)) {
+            Admission::Accept => {}
+            Admission::Refuse(wait) => {
+                let err = ApiError::rate_limited(
+                    format!("over this connection's limit on {what}; nothing was done"),
+                    wait,
+                );
+                let id = match &frame {
+                    Ok(ClientFrame::Publish { event } | ClientFrame::Ephemeral { event }) => {
+                        event.id.map(|id| id.to_string())
+                    }
+                    _ => None,
+                };
+                let refusal = ErrorFrame { id, ..err.frame() };
+                if matches!(frame, Ok(ClientFrame::Publish { .. })) {
+                    return self.push(Action::Refuse(refusal));
+                }
+                return self.error(refusal);
+            }
+            Admission::Close => {
+                metrics::counter!(m::ERRORS, "code" => "policy_violation").increment(1);
+                let reason = format!("rate limit on {what} exceeded repeatedly");
+                return self.push(Action::Close(CloseReason::new(
+                    CloseCode::PolicyViolation,
+                    reason,
+                )));
+            }
+        }
+        match frame {
+            Ok(frame) => self.on_frame(frame),
+            Err(err) => self.error(ErrorFrame::from(&err)),
         }
     }
 
-    /// Checks that `session` may be subscribed now (before any I/O is done for it).
-    pub fn check_subscribe(&self, session: &SessionKey) -> Result<(), ProtocolError> {
-        if self.cursors.contains_key(session) {
-            return Err(ProtocolError::new(
-                ErrorCode::AlreadySubscribed,
-                format!("this connection already follows {session}"),
-            ));
+    fn on_frame(&mut self, frame: ClientFrame) {
+        match frame {
+            ClientFrame::Subscribe {
+                session,
+                after,
+                epoch,
+            } => self.subscribe(session, after, epoch),
+            ClientFrame::Unsubscribe { session } => {
+                if self.slots.remove(&session).is_none() {
+                    let err = ProtocolError::new(
+                        ErrorCode::NotSubscribed,
+                        format!("this connection does not follow {session}"),
+                    );
+                    return self.error(ErrorFrame {
+                        session: Some(session),
+                        ..ErrorFrame::from(&err)
+                    });
+                }
+                self.push(Action::Unfollow(session.clone()));
+                self.send(ServerFrame::Unsubscribed { session });
+            }
+            ClientFrame::Publish { event } => {
+                let id = event.id.map(|id| id.to_string());
+                match self.principal.check_publish_event(&event) {
+                    Ok(()) => self.push(Action::Publish { event, id }),
+                    Err(err) => self.push(Action::Refuse(ErrorFrame { id, ..err.frame() })),
+                }
+            }
+            ClientFrame::Ephemeral { event } => {
+                let id = event.id.map(|id| id.to_string());
+                match self.principal.check_publish_event(&event) {
+                    Ok(()) => self.push(Action::PublishEphemeral { event, id }),
+                    Err(err) => self.error(ErrorFrame { id, ..err.frame() }),
+                }
+            }
+            ClientFrame::Ping => self.send(ServerFrame::Pong),
+            ClientFrame::Refresh { token } => self.push(Action::Verify(token)),
+            ClientFrame::FollowLabel { tenant, label } => self.follow_label(tenant, label),
+            ClientFrame::UnfollowLabel { tenant, label } => {
+                let feed = (tenant, label);
+                if self.labels.remove(&feed) {
+                    self.push(Action::UnfollowLabel(feed.clone()));
+                }
+                let (tenant, label) = feed;
+                self.send(ServerFrame::LabelUnsubscribed { tenant, label });
+            }
         }
-        self.check_room()
     }
 
-    /// Checks that one more session or feed fits the connection's limit.
+    /// Sessions and feeds followed or being followed.
+    fn follows(&self) -> usize {
+        self.slots.len() + self.opening.len() + self.labels.len()
+    }
+
     fn check_room(&self) -> Result<(), ProtocolError> {
-        if self.len() >= self.max {
+        if self.follows() >= self.settings.max_subscriptions {
             return Err(ProtocolError::new(
                 ErrorCode::TooManySubscriptions,
                 format!(
                     "a connection may follow at most {} sessions and label feeds together",
-                    self.max
+                    self.settings.max_subscriptions
                 ),
             ));
         }
         Ok(())
     }
 
-    /// Whether the connection follows `feed`.
-    pub fn follows_feed(&self, feed: &Feed) -> bool {
-        self.feeds.contains(feed)
-    }
-
-    /// Checks that `feed`, not followed yet, may be followed now (before any I/O for it).
-    pub fn check_follow_feed(&self) -> Result<(), ProtocolError> {
-        self.check_room()
-    }
-
-    /// Starts following `feed`.
-    pub fn insert_feed(&mut self, feed: Feed) {
-        self.feeds.insert(feed);
-    }
-
-    /// Stops following `feed` (a no-op if not followed).
-    pub fn remove_feed(&mut self, feed: &Feed) {
-        self.feeds.remove(feed);
-    }
-
-    /// Starts following `session` with its cursor at `after`.
-    pub fn insert(&mut self, session: SessionKey, after: Option<Offset>) {
-        self.cursors.insert(session, Cursor::new(after));
-    }
-
-    /// `Ok` when `session` is followed, else the `not_subscribed` error.
-    pub fn check_followed(&self, session: &SessionKey) -> Result<(), ProtocolError> {
-        if self.cursors.contains_key(session) {
-            Ok(())
-        } else {
+    fn subscribe(&mut self, session: SessionKey, after: Option<Offset>, epoch: Option<String>) {
+        if let Err(err) = self.principal.check_subscribe(&session) {
+            return self.session_error(&err, &session);
+        }
+        let check = if self.slots.contains_key(&session) || self.opening.contains(&session) {
             Err(ProtocolError::new(
-                ErrorCode::NotSubscribed,
-                format!("this connection does not follow {session}"),
+                ErrorCode::AlreadySubscribed,
+                format!("this connection already follows {session}"),
             ))
+        } else {
+            self.check_room()
+        };
+        if let Err(err) = check {
+            return self.session_error(&ApiError::from(err), &session);
+        }
+        self.opening.insert(session.clone());
+        self.push(Action::ReadEpoch {
+            session,
+            after,
+            epoch,
+        });
+    }
+
+    /// The session's current epoch (or why it could not be read).
+    pub fn on_epoch(
+        &mut self,
+        session: SessionKey,
+        after: Option<Offset>,
+        wanted: Option<String>,
+        current: Result<String, ApiError>,
+    ) {
+        let current = match current {
+            Ok(current) => current,
+            Err(err) => {
+                self.opening.remove(&session);
+                return self.session_error(&err, &session);
+            }
+        };
+        if let Some(wanted) = wanted.filter(|e| *e != current) {
+            self.opening.remove(&session);
+            let err = ApiError::new(
+                ErrorCode::EpochChanged,
+                format!(
+                    "the cursor's epoch {wanted} is not the log's current epoch {current}: its offsets mean something else now; subscribe again without after"
+                ),
+            );
+            return self.session_error(&err, &session);
+        }
+        self.push(Action::Follow {
+            session,
+            after,
+            epoch: current,
+        });
+    }
+
+    /// The session's channel is followed and `latest` is its resume point (or the follow or
+    /// the read failed: the driver dropped the follow).
+    pub fn on_followed(
+        &mut self,
+        session: SessionKey,
+        after: Option<Offset>,
+        epoch: String,
+        latest: Result<Option<Offset>, ApiError>,
+    ) {
+        self.opening.remove(&session);
+        let latest = match latest {
+            Ok(latest) => latest,
+            Err(err) => return self.session_error(&err, &session),
+        };
+        // "Only new events" starts after the latest event; a resume starts after `after`.
+        self.slots.insert(
+            session.clone(),
+            Slot {
+                cursor: Cursor::new(after.or(latest)),
+                phase: Phase::Live,
+            },
+        );
+        self.send(ServerFrame::Subscribed {
+            session: session.clone(),
+            offset: latest,
+            epoch: Some(epoch),
+        });
+        if after.is_some() {
+            self.counters.catch_up_subscribe.increment(1);
+            self.catch_up(&session);
         }
     }
 
-    /// Stops following `session`.
-    pub fn remove(&mut self, session: &SessionKey) -> Result<(), ProtocolError> {
-        match self.cursors.remove(session) {
-            Some(_) => Ok(()),
-            None => Err(ProtocolError::new(
-                ErrorCode::NotSubscribed,
-                format!("this connection does not follow {session}"),
-            )),
+    /// Asks for a catch-up read of `session` unless one is already asked for.
+    fn catch_up(&mut self, session: &SessionKey) {
+        if let Some(slot) = self.slots.get_mut(session)
+            && slot.phase != Phase::CatchingUp
+        {
+            slot.phase = Phase::CatchingUp;
+            self.push(Action::CatchUp(session.clone()));
         }
     }
 
-    /// Decides whether an event of `session` at `offset` is delivered.
-    pub fn admit(&mut self, session: &SessionKey, offset: Offset) -> Verdict {
-        match self.cursors.get_mut(session) {
-            Some(cursor) => cursor.admit(offset),
-            None => Verdict::NotFollowed,
+    /// The fanout signalled that `session`'s live events did not fit or may have been missed.
+    pub fn on_catch_up_signal(&mut self, session: &SessionKey) {
+        self.catch_up(session);
+    }
+
+    /// Where the next catch-up read of `session` starts (exclusive); `None` when it is no
+    /// longer followed (nothing to read).
+    pub fn catch_up_from(&self, session: &SessionKey) -> Option<Option<Offset>> {
+        self.slots.get(session).map(|slot| slot.cursor.last())
+    }
+
+    /// One page of a catch-up read of `session`.
+    pub fn on_history(&mut self, session: &SessionKey, read: HistoryRead) {
+        let Some(slot) = self.slots.get_mut(session) else {
+            return;
+        };
+        match read {
+            HistoryRead::Retention {
+                error,
+                first_retained,
+            } => {
+                // Say so, then go on from what is retained.
+                let _ = slot
+                    .cursor
+                    .admit(Offset(first_retained.0.saturating_sub(1)));
+                slot.phase = Phase::Live;
+                self.error(error);
+                self.catch_up(session);
+            }
+            HistoryRead::Unavailable => {
+                // Live events stay held back until the retry reads on: no gap is skipped.
+                slot.phase = Phase::Waiting;
+                self.counters.catch_up_retries.increment(1);
+            }
+            HistoryRead::Page {
+                events,
+                more,
+                next_after,
+            } => {
+                let scanned_only = more && events.is_empty();
+                for (offset, json) in events {
+                    if slot.cursor.admit(offset) == Verdict::Deliver {
+                        self.counters.deliveries.increment(1);
+                        self.actions.push_back(Action::Send(Outbound::Stored {
+                            session: session.clone(),
+                            offset,
+                            json,
+                        }));
+                    }
+                }
+                if !more {
+                    slot.phase = Phase::Live;
+                    return;
+                }
+                // A read from the log may scan past its last event of the session.
+                if let Some(next_after) = next_after {
+                    let _ = slot.cursor.admit(next_after);
+                }
+                if scanned_only {
+                    // A long scan with nothing to deliver yet: answer pings and frames between
+                    // its pieces; the retry tick reads on.
+                    slot.phase = Phase::Waiting;
+                } else {
+                    slot.phase = Phase::Live;
+                    self.catch_up(session);
+                }
+            }
         }
     }
 
-    /// Whether the connection's cursor for `session` has reached `offset` (that event, or a
-    /// later one, was delivered or lies before the cursor it resumed from).
-    pub fn delivered(&self, session: &SessionKey, offset: Offset) -> bool {
-        self.cursors
-            .get(session)
-            .and_then(Cursor::last)
-            .is_some_and(|last| last >= offset)
-    }
-
-    /// Moves the cursor of `session` forward to `offset` (never back): events up to it are
-    /// gone from the log and can no longer be delivered.
-    pub fn skip_to(&mut self, session: &SessionKey, offset: Offset) {
-        if let Some(cursor) = self.cursors.get_mut(session) {
-            let _ = cursor.admit(offset);
+    /// The retry tick: catch-ups that wait go on.
+    pub fn on_retry_tick(&mut self) {
+        let mut waiting: Vec<SessionKey> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.phase == Phase::Waiting)
+            .map(|(session, _)| session.clone())
+            .collect();
+        waiting.sort();
+        for session in waiting {
+            self.catch_up(&session);
         }
     }
 
-    /// Where a catch-up read of `session` starts (exclusive); `None` if not followed.
-    pub fn cursor(&self, session: &SessionKey) -> Option<Cursor> {
-        self.cursors.get(session).copied()
+    /// Whether any catch-up waits for the retry tick.
+    pub fn has_waiting(&self) -> bool {
+        self.slots.values().any(|slot| slot.phase == Phase::Waiting)
+    }
+
+    /// A live publication from the fanout.
+    pub fn on_live(&mut self, publication: &Arc<Publication>) {
+        let session = &publication.session;
+        let deliver = match publication.kind {
+            Kind::Labelled(_) => {
+                // A feed carries the whole tenant; deliver only sessions the token may follow.
+                let allowed = self.principal.check_subscribe(session).is_ok();
+                if !allowed {
+                    self.counters.label_filtered.increment(1);
+                }
+                allowed.then_some(&self.counters.annotations)
+            }
+            kind => {
+                let Some(slot) = self.slots.get_mut(session) else {
+                    return; // an unsubscribe raced it
+                };
+                let live = slot.phase == Phase::Live;
+                match kind {
+                    // Held back while catching up: that catch-up reads it from history.
+                    Kind::Event(offset) => (live && slot.cursor.admit(offset) == Verdict::Deliver)
+                        .then_some(&self.counters.deliveries),
+                    // Realtime extras follow their event: none for an event not delivered here.
+                    Kind::Annotation(offset) => (live
+                        && slot.cursor.last().is_some_and(|last| last >= offset))
+                    .then_some(&self.counters.annotations),
+                    Kind::Ephemeral if live => Some(&self.counters.ephemeral_delivered),
+                    Kind::Ephemeral => {
+                        self.counters.shed_catching_up.increment(1);
+                        None
+                    }
+                    Kind::Labelled(_) => None,
+                }
+            }
+        };
+        if let Some(counter) = deliver {
+            counter.increment(1);
+            self.push(Action::Send(Outbound::Shared(publication.clone())));
+        }
+    }
+
+    /// The answer to a publish, in publish order.
+    pub fn on_ack(&mut self, answer: Result<Ack, ErrorFrame>) {
+        match answer {
+            Ok(ack) => self.send(ServerFrame::Ack(ack)),
+            Err(frame) => self.error(frame),
+        }
+    }
+
+    /// An ephemeral publish could not reach Valkey.
+    pub fn on_ephemeral_failed(&mut self, id: Option<String>, err: &ApiError) {
+        self.error(ErrorFrame { id, ..err.frame() });
+    }
+
+    /// The verified token of a refresh (or why it is not valid).
+    pub fn on_refresh(&mut self, verified: Result<Principal, ApiError>) {
+        let principal = match verified {
+            Ok(principal) => principal,
+            Err(err) => return self.error(err.frame()),
+        };
+        if principal.tenant() != self.principal.tenant() {
+            let err = ApiError::new(
+                ErrorCode::Forbidden,
+                "a refreshed token must name the connection's tenant",
+            );
+            return self.error(err.frame());
+        }
+        let expires = principal.expires_at();
+        let exp = expires
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        self.principal = principal;
+        self.push(Action::Expire(expires));
+        self.send(ServerFrame::Refreshed { exp });
+        // Every follow the new token no longer allows ends, with a `forbidden` frame. Label
+        // feeds need no check: the tenant is the same, and they are filtered per session.
+        let mut refused: Vec<(SessionKey, ApiError)> = self
+            .slots
+            .keys()
+            .filter_map(|session| {
+                Some((
+                    session.clone(),
+                    self.principal.check_subscribe(session).err()?,
+                ))
+            })
+            .collect();
+        refused.sort_by(|a, b| a.0.cmp(&b.0));
+        for (session, err) in refused {
+            self.slots.remove(&session);
+            self.push(Action::Unfollow(session.clone()));
+            metrics::counter!(m::FOLLOWS_REVOKED).increment(1);
+            let err = ApiError::new(
+                err.code,
+                format!(
+                    "{}; the refreshed token ended this subscription",
+                    err.message
+                ),
+            );
+            self.session_error(&err, &session);
+        }
+    }
+
+    /// The token's expiry time passed without a refresh.
+    pub fn on_expired(&mut self) {
+        metrics::counter!(m::TOKEN_EXPIRED).increment(1);
+        self.push(Action::Close(CloseReason::token_expired()));
+    }
+
+    /// The heartbeat tick: ping, or drop a client silent past the idle timeout.
+    pub fn on_heartbeat(&mut self, silent_for: Duration) {
+        if silent_for > self.settings.idle_timeout {
+            metrics::counter!(m::REAPED, "reason" => "idle").increment(1);
+            tracing::debug!(
+                ?silent_for,
+                "client silent past the idle timeout; reaping it"
+            );
+            return self.push(Action::Drop);
+        }
+        self.push(Action::Send(Outbound::Ping));
+    }
+
+    fn follow_label(&mut self, tenant: Tenant, label: Label) {
+        if let Err(err) = self.principal.check_tenant(&tenant) {
+            return self.error(err.frame());
+        }
+        let feed = (tenant, label);
+        if !self.labels.contains(&feed) {
+            if let Err(err) = self.check_room() {
+                return self.error(ErrorFrame::from(&err));
+            }
+            // Counted at once: a second follow of the same feed does not ask twice.
+            self.labels.insert(feed.clone());
+            return self.push(Action::FollowLabel(feed));
+        }
+        let (tenant, label) = feed;
+        self.send(ServerFrame::LabelSubscribed { tenant, label });
+    }
+
+    /// The label feed is followed (or could not be).
+    pub fn on_label_followed(&mut self, feed: Feed, followed: Result<(), ApiError>) {
+        if let Err(err) = followed {
+            self.labels.remove(&feed);
+            return self.error(err.frame());
+        }
+        let (tenant, label) = feed;
+        self.send(ServerFrame::LabelSubscribed { tenant, label });
     }
 
     /// Sessions and feeds followed.
     pub fn len(&self) -> usize {
-        self.cursors.len() + self.feeds.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn key(s: &str) -> SessionKey {
-        format!("t:a:{s}").parse().expect("key")
-    }
-
-    #[test]
-    fn the_cursor_drops_the_overlap_between_history_and_live() {
-        let mut subs = Subscriptions::new(10);
-        subs.insert(key("s"), Some(Offset(41)));
-        let history = [42, 45, 47];
-        let live = [45, 47, 50];
-        let delivered: Vec<u64> = history
-            .iter()
-            .chain(live.iter())
-            .filter(|o| subs.admit(&key("s"), Offset(**o)) == Verdict::Deliver)
-            .copied()
-            .collect();
-        assert_eq!(delivered, vec![42, 45, 47, 50]);
-        assert_eq!(subs.admit(&key("s"), Offset(41)), Verdict::Duplicate);
-        assert_eq!(subs.admit(&key("other"), Offset(99)), Verdict::NotFollowed);
-    }
-
-    #[test]
-    fn subscribe_rules_have_codes() {
-        let mut subs = Subscriptions::new(1);
-        subs.check_subscribe(&key("a")).expect("first");
-        subs.insert(key("a"), None);
-        assert_eq!(
-            subs.check_subscribe(&key("a")).expect_err("dup").code(),
-            ErrorCode::AlreadySubscribed
-        );
-        assert_eq!(
-            subs.check_subscribe(&key("b")).expect_err("max").code(),
-            ErrorCode::TooManySubscriptions
-        );
-        assert_eq!(
-            subs.remove(&key("b")).expect_err("not").code(),
-            ErrorCode::NotSubscribed
-        );
-        subs.remove(&key("a")).expect("remove");
-        assert!(subs.is_empty());
-    }
-
-    #[test]
-    fn sessions_and_feeds_share_one_limit() {
-        let feed = |l: &str| {
-            (
-                Tenant::new("t").expect("tenant"),
-                Label::new(l).expect("label"),
-            )
-        };
-        let mut subs = Subscriptions::new(2);
-        subs.check_follow_feed().expect("room");
-        subs.insert_feed(feed("billing"));
-        subs.check_subscribe(&key("a")).expect("room");
-        subs.insert(key("a"), None);
-        assert_eq!(
-            subs.check_subscribe(&key("b")).expect_err("full").code(),
-            ErrorCode::TooManySubscriptions
-        );
-        assert_eq!(
-            subs.check_follow_feed().expect_err("full").code(),
-            ErrorCode::TooManySubscriptions
-        );
-        assert!(subs.follows_feed(&feed("billing")));
-        subs.remove_feed(&feed("billing"));
-        subs.check_subscribe(&key("b")).expect("room again");
-        assert_eq!(subs.len(), 1);
-    }
-
-    proptest! {
-        /// Whatever order and repetition history and live messages arrive in, what is
-        /// delivered is strictly increasing and above the resume point.
-        #[test]
-        fn deliveries_strictly_increase(after in proptest::option::of(0u64..50), offsets in proptest::collection::vec(0u64..100, 0..200)) {
-            let mut cursor = Cursor::new(after.map(Offset));
-            let mut last = after;
-            for o in offsets {
-                if cursor.admit(Offset(o)) == Verdict::Deliver {
-                    prop_assert!(last.is_none_or(|l| o > l));
-                    last = Some(o);
-                }
-            }
-            prop_assert_eq!(cursor.last(), last.map(Offset));
-        }
+        self.follows()
     }
 }
