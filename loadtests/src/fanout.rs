@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::report::{Report, Series};
 use crate::wsload::{self, Class};
-use crate::{floor, peer, procs, stats};
+use crate::{floor, peer, procs, stats, ws_floor};
 
 #[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct Args {
@@ -111,10 +111,12 @@ pub async fn agentwire(args: &Args, class: Class) -> anyhow::Result<Series> {
     connecting.finish();
 
     let total = Arc::new(AtomicU64::new(0));
+    let latencies = stats::Latencies::new();
     let stop = CancellationToken::new();
     let mut readers = tokio::task::JoinSet::new();
     for (session, ws) in streams {
-        readers.spawn(wsload::read(ws, session, total.clone(), stop.clone()));
+        let reader = wsload::read(ws, session, total.clone(), latencies.clone(), stop.clone());
+        readers.spawn(reader);
     }
 
     let events = (f64::from(args.rate) * args.seconds).round() as usize;
@@ -177,11 +179,9 @@ pub async fn agentwire(args: &Args, class: Class) -> anyhow::Result<Series> {
     .await;
     let seconds = started.elapsed().as_secs_f64();
     stop.cancel();
-    let mut latency = stats::histogram()?;
     let (mut lost, mut duplicated, mut delivered) = (0u64, 0u64, 0u64);
     while let Some(seen) = readers.join_next().await {
         let seen = seen??;
-        latency.add(&seen.latency)?;
         delivered += seen.offsets.len() as u64 + seen.ephemeral;
         if class == Class::Durable {
             let want = acked.get(&seen.session).cloned().unwrap_or_default();
@@ -198,7 +198,7 @@ pub async fn agentwire(args: &Args, class: Class) -> anyhow::Result<Series> {
             refused.first()
         );
     }
-    let mut series = Series::new("agentwire", latency, seconds);
+    let mut series = Series::new("agentwire", latencies.merged()?, seconds);
     series.publishes_per_sec = published
         .iter()
         .map(|p| p.acked.len() as u64 + p.sent_ephemeral)
@@ -253,6 +253,27 @@ pub async fn run(args: Args, class: Class) -> anyhow::Result<Report> {
         report
             .series
             .push(Series::new("websocket echo (round trip)", h, args.seconds));
+        // The same load through the smallest Valkey → WebSocket fanout server.
+        let floor = ws_floor::measure(
+            &args.valkey,
+            args.sessions,
+            args.subscribers,
+            args.publishers,
+            args.rate,
+            args.seconds,
+            args.padding,
+        )
+        .await
+        .context("the websocket fanout floor")?;
+        if let Some(cpu_seconds) = floor.server_cpu_seconds {
+            report.processes.push(procs::Usage {
+                name: "ws fanout floor server (its own run)".into(),
+                pid: 0,
+                cpu_seconds,
+                peak_rss_mib: 0.0,
+            });
+        }
+        report.series.push(floor.series);
     }
     report.finish(args.out.clone())?;
     Ok(report)

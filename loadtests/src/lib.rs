@@ -30,6 +30,7 @@ pub mod slow;
 pub mod soak;
 mod stats;
 pub mod storm;
+pub mod ws_floor;
 pub mod wsload;
 
 use clap::{Parser, Subcommand};
@@ -67,6 +68,9 @@ enum Scenario {
     Broker(broker::Args),
     /// Durable fanout held for minutes, with the processes' CPU and memory over time.
     Soak(soak::Args),
+    /// The WebSocket fanout floor's server (started by `fanout`/`ephemeral` themselves).
+    #[command(hide = true)]
+    WsFloorServer(ws_floor::ServeArgs),
 }
 
 /// Runs the scenario the command line names.
@@ -81,5 +85,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Scenario::Idle(args) => idle::run(args).await,
         Scenario::Broker(args) => broker::run(args).await.map(drop),
         Scenario::Soak(args) => soak::run(args).await.map(drop),
+        Scenario::WsFloorServer(args) => ws_floor::serve(args).await,
     }
 }

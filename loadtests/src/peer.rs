@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::{SinkExt as _, StreamExt as _};
-use hdrhistogram::Histogram;
 use tokio_tungstenite::connect_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -117,9 +116,9 @@ async fn subscriber(room: String) -> anyhow::Result<Ws> {
 async fn read(
     mut ws: Ws,
     total: Arc<AtomicU64>,
+    latencies: stats::Latencies,
     stop: CancellationToken,
-) -> anyhow::Result<Histogram<u64>> {
-    let mut h = stats::histogram()?;
+) -> anyhow::Result<()> {
     loop {
         let message = tokio::select! {
             m = ws.next() => m,
@@ -133,27 +132,20 @@ async fn read(
             ws.send(Message::text("3")).await?;
             continue;
         }
-        let Some(body) = text.as_str().strip_prefix("42") else {
+        // `42["msg","<stamp> …"]`, scanned as the agentwire frames are, not parsed.
+        let Some(payload) = text.as_str().strip_prefix(r#"42["msg",""#) else {
             continue;
         };
-        let (name, payload): (&str, &str) = serde_json::from_str(body)?;
-        if name != "msg" {
-            continue;
-        }
-        let sent: u128 = payload
-            .split(' ')
-            .next()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        stats::record(
-            &mut h,
-            Duration::from_micros(
-                u64::try_from(now_micros().saturating_sub(sent)).unwrap_or(u64::MAX),
-            ),
-        );
+        let end = payload
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(payload.len());
+        let sent: u128 = payload[..end].parse().unwrap_or(0);
+        latencies.record(Duration::from_micros(
+            u64::try_from(now_micros().saturating_sub(sent)).unwrap_or(u64::MAX),
+        ));
         total.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(h)
+    Ok(())
 }
 
 async fn publisher(
@@ -215,10 +207,11 @@ pub async fn fanout(args: &Args) -> anyhow::Result<Series> {
         streams.extend(wave);
     }
     let total = Arc::new(AtomicU64::new(0));
+    let latencies = stats::Latencies::new();
     let stop = CancellationToken::new();
     let mut readers = tokio::task::JoinSet::new();
     for ws in streams {
-        readers.spawn(read(ws, total.clone(), stop.clone()));
+        readers.spawn(read(ws, total.clone(), latencies.clone(), stop.clone()));
     }
     let events = (f64::from(args.rate) * args.seconds).round() as usize;
     let (shares, interval) = crate::wsload::shares(&rooms, events, args.publishers, args.rate);
@@ -242,10 +235,10 @@ pub async fn fanout(args: &Args) -> anyhow::Result<Series> {
     .await;
     let seconds = started.elapsed().as_secs_f64();
     stop.cancel();
-    let mut latency = stats::histogram()?;
-    while let Some(h) = readers.join_next().await {
-        latency.add(&h??)?;
+    while let Some(read) = readers.join_next().await {
+        read??;
     }
+    let latency = latencies.merged()?;
     let delivered = latency.len();
     let mut series = Series::new("socket.io (redis adapter)", latency, seconds);
     series.publishes_per_sec = sent as f64 / publish_seconds;

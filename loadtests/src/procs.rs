@@ -102,9 +102,12 @@ fn status_kib(pid: u32, field: &str) -> Option<f64> {
 }
 
 impl Snapshot {
+    /// The watched processes and this load tool itself (its CPU shares the same cores).
     pub fn take() -> Self {
+        let me = ("load tool (this process)".to_owned(), std::process::id());
         let start = watched()
             .into_iter()
+            .chain(std::iter::once(me))
             .filter_map(|(name, pid)| Some(((name, pid), cpu_seconds(pid)?)))
             .collect();
         Self { start }

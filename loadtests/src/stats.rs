@@ -1,5 +1,9 @@
 //! Latency histograms (HDR, microsecond resolution) and their one-line summary.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -32,4 +36,59 @@ pub fn summary(h: &Histogram<u64>) -> String {
         ms(h.value_at_quantile(0.999)),
         ms(h.max())
     )
+}
+
+/// One thread's histogram, locked only by that thread and by the final merge.
+type Shared = Arc<Mutex<Histogram<u64>>>;
+
+/// Latencies recorded from many tasks into one histogram per worker thread, merged at the
+/// end: a reader task costs no histogram of its own (each is ~140 KB; thousands of readers
+/// would hold hundreds of MB on the cores the stack runs on), and threads never contend.
+#[derive(Clone, Debug, Default)]
+pub struct Latencies {
+    id: u64,
+    threads: Arc<Mutex<Vec<Shared>>>,
+}
+
+thread_local! {
+    /// This thread's histogram of each `Latencies` it recorded into, by id.
+    static MINE: RefCell<HashMap<u64, Shared>> = RefCell::new(HashMap::new());
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Latencies {
+    pub fn new() -> Self {
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            threads: Arc::default(),
+        }
+    }
+
+    /// Records one latency into this thread's histogram.
+    pub fn record(&self, latency: Duration) {
+        MINE.with(|mine| {
+            let mut mine = mine.borrow_mut();
+            let h = mine.entry(self.id).or_insert_with(|| {
+                // Constant bounds that `histogram()` uses everywhere: they cannot fail.
+                let h = Arc::new(Mutex::new(histogram().expect("valid histogram bounds")));
+                locked(&self.threads).push(h.clone());
+                h
+            });
+            record(&mut locked(h), latency);
+        });
+    }
+
+    /// Every thread's histogram, merged.
+    pub fn merged(&self) -> anyhow::Result<Histogram<u64>> {
+        let mut all = histogram()?;
+        for h in locked(&self.threads).iter() {
+            all.add(&*locked(h))?;
+        }
+        Ok(all)
+    }
 }

@@ -79,23 +79,39 @@ struct Frame<'a> {
     op: &'a str,
     offset: Option<u64>,
     #[serde(borrow)]
-    event: Option<EventText<'a>>,
-    #[serde(borrow)]
     code: Option<&'a str>,
 }
 
-#[derive(Deserialize)]
-struct EventText<'a> {
-    #[serde(borrow)]
-    text: Option<&'a str>,
+/// What a reader needs of a delivered frame, found without parsing it: its op, its offset
+/// (event frames) and the send stamp at the start of the event's `text`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Scanned<'a> {
+    pub op: &'a str,
+    pub offset: Option<u64>,
+    pub stamp: u128,
 }
 
-/// The send stamp a load event carries at the start of its `text`.
-fn stamp(text: &str) -> u128 {
-    text.split(' ')
-        .next()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0)
+/// The digits right after `key` in `text`, parsed.
+fn number_after<T: std::str::FromStr>(text: &str, key: &str) -> Option<T> {
+    let rest = &text[text.find(key)? + key.len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Scans a server frame as the gateway writes them (`{"op":"…",…}`, the event's `text`
+/// starting with the stamp); `None` if it is not one.
+pub fn scan(frame: &str) -> Option<Scanned<'_>> {
+    let rest = frame.strip_prefix(r#"{"op":""#)?;
+    let op = &rest[..rest.find('"')?];
+    let offset = if op == "event" {
+        number_after(rest, r#""offset":"#)
+    } else {
+        None
+    };
+    let stamp = number_after(rest, r#""text":""#).unwrap_or(0);
+    Some(Scanned { op, offset, stamp })
 }
 
 /// Connects and subscribes to `session` for new events; returns once `subscribed` arrived.
@@ -123,26 +139,26 @@ pub async fn subscribe(ws_url: &str, session: &SessionKey) -> anyhow::Result<Ws>
     }
 }
 
-/// What one subscriber saw.
+/// What one subscriber saw (its latencies went to the shared per-thread histograms).
 #[derive(Debug)]
 pub struct Seen {
     pub session: SessionKey,
-    pub latency: Histogram<u64>,
     /// Offsets of durable events, in arrival order.
     pub offsets: Vec<u64>,
     pub ephemeral: u64,
 }
 
-/// Reads `ws` until `stop`, recording each delivery's latency; counts deliveries in `total`.
+/// Reads `ws` until `stop`, recording each delivery's latency in `latencies`; counts
+/// deliveries in `total`.
 pub async fn read(
     mut ws: Ws,
     session: SessionKey,
     total: Arc<AtomicU64>,
+    latencies: stats::Latencies,
     stop: CancellationToken,
 ) -> anyhow::Result<Seen> {
     let mut seen = Seen {
         session,
-        latency: stats::histogram()?,
         offsets: Vec::new(),
         ephemeral: 0,
     };
@@ -158,17 +174,15 @@ pub async fn read(
             _ => continue,
         };
         let now = now_micros();
-        let frame: Frame<'_> = serde_json::from_str(&text)?;
-        let sent = frame.event.and_then(|e| e.text).map_or(0, stamp);
+        let Some(frame) = scan(&text) else { continue };
         match frame.op {
             "event" => seen.offsets.push(frame.offset.unwrap_or(u64::MAX)),
             "ephemeral" => seen.ephemeral += 1,
             _ => continue,
         }
-        stats::record(
-            &mut seen.latency,
-            Duration::from_micros(u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX)),
-        );
+        latencies.record(Duration::from_micros(
+            u64::try_from(now.saturating_sub(frame.stamp)).unwrap_or(u64::MAX),
+        ));
         total.fetch_add(1, Ordering::Relaxed);
     }
     Ok(seen)
@@ -289,4 +303,33 @@ pub async fn publish(
         .context("acks did not arrive within 60 s")???;
     let _ = sink.close().await;
     Ok(published)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_scanned_as_serde_would_read_them() {
+        let event = r#"{"op":"event","session":"t:a:s","offset":42,"event":{"specversion":"1.0","id":"x","text":"1700000000123456 xxxx"}}"#;
+        assert_eq!(
+            scan(event),
+            Some(Scanned {
+                op: "event",
+                offset: Some(42),
+                stamp: 1_700_000_000_123_456
+            })
+        );
+        let ephemeral = r#"{"op":"ephemeral","session":"t:a:s","event":{"text":"17 y"}}"#;
+        assert_eq!(
+            scan(ephemeral),
+            Some(Scanned {
+                op: "ephemeral",
+                offset: None,
+                stamp: 17
+            })
+        );
+        assert_eq!(scan("not a frame"), None);
+        assert_eq!(scan(r#"{"op":"pong"}"#).map(|s| s.stamp), Some(0));
+    }
 }

@@ -66,7 +66,8 @@ async fn fanout_with_its_floors_delivers_every_event_once() {
             "agentwire",
             "kafka produce→consume",
             "valkey publish→subscriber",
-            "websocket echo (round trip)"
+            "websocket echo (round trip)",
+            "websocket fanout floor"
         ]
     );
     assert!(

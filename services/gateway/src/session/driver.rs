@@ -130,15 +130,16 @@ impl Driver {
                     batch.drain(..).for_each(|publication| machine.on_live(&publication));
                     Ok(())
                 }
-                Some(publication) = inbox.ephemeral.recv() => Ok(machine.on_live(&publication)),
-                Some(session) = inbox.catch_up.recv() => Ok(machine.on_catch_up_signal(&session)),
-                Some(answer) = self.acks.next() => Ok(machine.on_ack(answer)),
+                Some(publication) = inbox.ephemeral.recv() => { machine.on_live(&publication); Ok(()) }
+                Some(session) = inbox.catch_up.recv() => { machine.on_catch_up_signal(&session); Ok(()) }
+                Some(answer) = self.acks.next() => { machine.on_ack(answer); Ok(()) }
                 () = &mut self.expiry, if self.expires => {
                     self.expires = false;
-                    Ok(machine.on_expired())
+                    machine.on_expired();
+                    Ok(())
                 }
-                _ = pings.tick() => Ok(machine.on_heartbeat(last_heard.elapsed())),
-                _ = retries.tick(), if machine.has_waiting() => Ok(machine.on_retry_tick()),
+                _ = pings.tick() => { machine.on_heartbeat(last_heard.elapsed()); Ok(()) }
+                _ = retries.tick(), if machine.has_waiting() => { machine.on_retry_tick(); Ok(()) }
                 () = &mut shutdown => Err(End::Close(CloseReason::going_away())),
                 // Not ready on its first poll: chosen only when nothing else was ready, so what
                 // is ready is written first and flushed once (fair: no branch starves another).

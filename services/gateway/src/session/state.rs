@@ -691,9 +691,4 @@ impl SessionState {
         let (tenant, label) = feed;
         self.send(ServerFrame::LabelSubscribed { tenant, label });
     }
-
-    /// Sessions and feeds followed.
-    pub fn len(&self) -> usize {
-        self.follows()
-    }
 }
