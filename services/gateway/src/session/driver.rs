@@ -3,10 +3,9 @@
 //! session machine (`state.rs`), which decides; this loop performs what it asks for (the
 //! socket, the fanout, history, publishes) and feeds the outcomes back.
 //!
-//! The write path batches: every ready input is handled and its frames written to the
-//! socket's buffer, then flushed once (at most [`FLUSH_EVERY`] frames between flushes). A
-//! client that cannot take a batch within the idle timeout is reaped (one write deadline per
-//! batch, not a timeout per frame).
+//! The write path batches: every ready input is handled and its frames written to the buffer,
+//! then flushed once (at most [`FLUSH_EVERY`] frames between flushes). A client that cannot
+//! take a batch within the idle timeout is reaped (a deadline per batch, not per frame).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -21,8 +20,9 @@ use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use agentwire_protocol::CloseReason;
 
 use crate::auth::{ConnectionPermit, Principal};
-use crate::fanout::{Channel, Follow, Inbox, Outbox};
+use crate::fanout::{Follow, Inbox, Outbox};
 use crate::metrics as m;
+use crate::session::ephemeral::Ephemerals;
 use crate::session::inbound;
 use crate::session::outbound::{Outbound, encode};
 use crate::session::publisher::Publisher;
@@ -55,6 +55,7 @@ struct Driver {
     labels: HashMap<Feed, Follow>,
     acks: FuturesOrdered<AckFuture>,
     publisher: Publisher,
+    ephemerals: Ephemerals,
     expiry: Pin<Box<Sleep>>,
     expires: bool,
     /// Started at a batch's first unflushed frame: the batch must be written by then.
@@ -76,7 +77,8 @@ pub async fn run(socket: WebSocket, app: AppState, principal: Principal, permit:
         .mailbox(config.session_buffer, config.ephemeral_buffer);
     let (sink, mut stream) = socket.split();
     let mut conn = Driver {
-        publisher: Publisher::spawn(app.clone()),
+        publisher: Publisher::new(app.clone()),
+        ephemerals: Ephemerals::new(app.clone()),
         machine: SessionState::new(settings, principal),
         sink,
         outbox,
@@ -114,7 +116,7 @@ impl Driver {
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
         let mut shutdown = std::pin::pin!(self.app.shutdown().clone().cancelled_owned());
-        let mut batch = Vec::with_capacity(FLUSH_EVERY);
+        let (mut batch, mut extras) = (Vec::new(), Vec::new());
         loop {
             let machine = &mut self.machine;
             let step = tokio::select! {
@@ -130,9 +132,13 @@ impl Driver {
                     batch.drain(..).for_each(|publication| machine.on_live(&publication));
                     Ok(())
                 }
-                Some(publication) = inbox.ephemeral.recv() => { machine.on_live(&publication); Ok(()) }
+                _ = inbox.ephemeral.recv_many(&mut extras, FLUSH_EVERY) => {
+                    extras.drain(..).for_each(|publication| machine.on_live(&publication));
+                    Ok(())
+                }
                 Some(session) = inbox.catch_up.recv() => { machine.on_catch_up_signal(&session); Ok(()) }
                 Some(answer) = self.acks.next() => { machine.on_ack(answer); Ok(()) }
+                Some((id, err)) = self.ephemerals.failed() => { machine.on_ephemeral_failed(id, &err); Ok(()) }
                 () = &mut self.expiry, if self.expires => {
                     self.expires = false;
                     machine.on_expired();
@@ -152,6 +158,7 @@ impl Driver {
     }
 
     /// Performs what the machine asks for, feeding outcomes back, until it asks for nothing.
+    /// I/O steps are boxed: rare and large, they would sit in every connection's future.
     async fn perform(&mut self) -> Result<(), End> {
         while let Some(action) = self.machine.next_action() {
             match action {
@@ -161,7 +168,7 @@ impl Driver {
                     after,
                     epoch,
                 } => {
-                    let current = steps::epoch(&self.app, &session).await;
+                    let current = Box::pin(steps::epoch(&self.app, &session)).await;
                     self.machine.on_epoch(session, after, epoch, current);
                 }
                 Action::Follow {
@@ -169,7 +176,7 @@ impl Driver {
                     after,
                     epoch,
                 } => {
-                    let opened = steps::open(&self.app, &session, &self.outbox).await;
+                    let opened = Box::pin(steps::open(&self.app, &session, &self.outbox)).await;
                     let latest = opened.map(|(follow, latest)| {
                         self.follows.insert(session.clone(), follow);
                         latest
@@ -184,26 +191,23 @@ impl Driver {
                     if let Some(follow) = self.follows.get(&session) {
                         follow.lag_seen();
                     }
-                    let read = steps::read_history(&self.app, &session, after).await;
+                    let read = Box::pin(steps::read_history(&self.app, &session, after)).await;
                     self.machine.on_history(&session, read);
                 }
                 Action::FollowLabel(feed) => {
-                    let channel = Channel::Label(feed.0.clone(), feed.1.clone());
-                    let followed = steps::follow(&self.app, channel, &self.outbox).await;
-                    let followed =
-                        followed.map(|follow| drop(self.labels.insert(feed.clone(), follow)));
-                    self.machine.on_label_followed(feed, followed);
+                    let got = Box::pin(steps::follow_label(&self.app, &feed, &self.outbox)).await;
+                    let got = got.map(|follow| drop(self.labels.insert(feed.clone(), follow)));
+                    self.machine.on_label_followed(feed, got);
                 }
                 Action::UnfollowLabel(feed) => drop(self.labels.remove(&feed)),
                 Action::Publish { event, id } => {
-                    let answer = steps::publish(&self.app, &self.publisher, *event, id).await;
+                    let answer =
+                        Box::pin(steps::publish(&self.app, &mut self.publisher, *event, id)).await;
                     self.acks.push_back(answer);
                 }
-                Action::Refuse(frame) => self
-                    .acks
-                    .push_back(Box::pin(std::future::ready(Err(frame)))),
+                Action::Refuse(frame) => self.acks.push_back(steps::refused(frame)),
                 Action::PublishEphemeral { event, id } => {
-                    if let Err(err) = steps::publish_ephemeral(&self.app, *event).await {
+                    if let Err(err) = Box::pin(self.ephemerals.submit(*event, id.clone())).await {
                         self.machine.on_ephemeral_failed(id, &err);
                     }
                 }
@@ -280,14 +284,10 @@ impl Driver {
         {
             return;
         }
-        let drain = async {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+        // Read (and discard) until the client's close frame or a read error.
+        let closed =
+            |m: Result<Message, _>| std::future::ready(matches!(m, Ok(Message::Close(_)) | Err(_)));
+        let _ = tokio::time::timeout(CLOSE_GRACE, stream.any(closed)).await;
     }
 }
 

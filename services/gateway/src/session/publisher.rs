@@ -26,33 +26,43 @@ pub type Acked = Pin<Box<dyn Future<Output = Result<Ack, ApiError>> + Send>>;
 
 type Job = (Event, oneshot::Sender<Result<Acked, ApiError>>);
 
-/// The connection's handle on its publish task.
+/// The connection's handle on its publish task, started at the connection's first publish
+/// (a connection that only subscribes costs no task and no queue).
 #[derive(Debug)]
 pub struct Publisher {
-    jobs: mpsc::Sender<Job>,
+    state: AppState,
+    jobs: Option<mpsc::Sender<Job>>,
 }
 
 impl Publisher {
-    /// Starts the task for one connection.
-    pub fn spawn(state: AppState) -> Self {
-        let (jobs, mut queue) = mpsc::channel::<Job>(QUEUE);
-        tokio::spawn(async move {
-            while let Some((event, reply)) = queue.recv().await {
-                let enqueued = publish::enqueue(&state, event, Transport::Ws)
-                    .await
-                    .map(|ack| Box::pin(ack) as Acked);
-                // The connection may be gone: the publish is settled all the same.
-                let _ = reply.send(enqueued);
-            }
-        });
-        Self { jobs }
+    pub fn new(state: AppState) -> Self {
+        Self { state, jobs: None }
+    }
+
+    /// The task's queue, starting the task on first use.
+    fn jobs(&mut self) -> &mpsc::Sender<Job> {
+        let state = &self.state;
+        self.jobs.get_or_insert_with(|| {
+            let (jobs, mut queue) = mpsc::channel::<Job>(QUEUE);
+            let state = state.clone();
+            tokio::spawn(async move {
+                while let Some((event, reply)) = queue.recv().await {
+                    let enqueued = publish::enqueue(&state, event, Transport::Ws)
+                        .await
+                        .map(|ack| Box::pin(ack) as Acked);
+                    // The connection may be gone: the publish is settled all the same.
+                    let _ = reply.send(enqueued);
+                }
+            });
+            jobs
+        })
     }
 
     /// Queues `event` behind the connection's earlier publishes; the future answers once Kafka
     /// did (or the publish was refused). Never waits: a full queue is a `rate_limited` answer.
-    pub fn submit(&self, event: Event) -> Acked {
+    pub fn submit(&mut self, event: Event) -> Acked {
         let (reply, answer) = oneshot::channel();
-        let queued = self.jobs.try_send((event, reply));
+        let queued = self.jobs().try_send((event, reply));
         Box::pin(async move {
             match queued {
                 Ok(()) => {}

@@ -11,7 +11,7 @@ use crate::fanout::{Channel, Follow, Outbox};
 use crate::history::HistoryError;
 use crate::metrics as m;
 use crate::session::publisher::{self, Publisher};
-use crate::session::state::HistoryRead;
+use crate::session::state::{Feed, HistoryRead};
 use crate::state::AppState;
 use crate::tenant_limits;
 
@@ -50,6 +50,15 @@ pub async fn follow(
         .map_err(|err| ApiError::unavailable(what, err))
 }
 
+/// Follows a tenant's label feed.
+pub async fn follow_label(
+    app: &AppState,
+    (tenant, label): &Feed,
+    outbox: &Arc<Outbox>,
+) -> Result<Follow, ApiError> {
+    follow(app, Channel::Label(tenant.clone(), label.clone()), outbox).await
+}
+
 /// One page of `session`'s history after `after`.
 pub async fn read_history(
     app: &AppState,
@@ -85,7 +94,7 @@ pub async fn read_history(
 /// future answers once Kafka did (or the publish was refused).
 pub async fn publish(
     app: &AppState,
-    publisher: &Publisher,
+    publisher: &mut Publisher,
     event: Event,
     id: Option<String>,
 ) -> AckFuture {
@@ -98,8 +107,13 @@ pub async fn publish(
     Box::pin(async move { answer.await.map_err(|err| ErrorFrame { id, ..err.frame() }) })
 }
 
+/// The answer of a publish refused before it was handed over, queued like the others.
+pub fn refused(frame: ErrorFrame) -> AckFuture {
+    Box::pin(std::future::ready(Err(frame)))
+}
+
 /// Fans an ephemeral event out through the session's Valkey channel: no log, no offset, no
-/// ack.
+/// ack (the connection's `ephemeral` task calls it, pipelined).
 pub async fn publish_ephemeral(app: &AppState, mut event: Event) -> Result<(), ApiError> {
     event.stamp(std::time::SystemTime::now());
     let json = agentwire_protocol::cloudevents::to_json(&event);
