@@ -213,6 +213,24 @@ pub async fn agentwire(args: &Args, class: Class) -> anyhow::Result<Series> {
     Ok(series)
 }
 
+/// The size of the ephemeral frame agentwire delivers for one load event (as the gateway
+/// stamps it: id, time and source added).
+fn frame_bytes(args: &Args) -> anyhow::Result<usize> {
+    let session = SessionKey::parse_parts("loadtest", "ephemeral", "0123456789ab-0")?;
+    let mut event = agentwire_protocol::Event::new(
+        session.clone(),
+        agentwire_protocol::EventType::new("agent.load")?,
+    );
+    event.text = Some(format!(
+        "{} {}",
+        floor::now_micros(),
+        "x".repeat(args.padding)
+    ));
+    event.stamp(std::time::SystemTime::now());
+    let json = agentwire_protocol::cloudevents::to_json(&event);
+    Ok(agentwire_protocol::frames::ephemeral_frame_json(&session, &json).len())
+}
+
 /// The whole scenario: agentwire, then the floors and the peer, then the report.
 pub async fn run(args: Args, class: Class) -> anyhow::Result<Report> {
     let scenario = match class {
@@ -253,7 +271,8 @@ pub async fn run(args: Args, class: Class) -> anyhow::Result<Report> {
         report
             .series
             .push(Series::new("websocket echo (round trip)", h, args.seconds));
-        // The same load through the smallest Valkey → WebSocket fanout server.
+        // The same load through the smallest Valkey → WebSocket fanout server, with frames
+        // as large as agentwire's (the kernel's share grows with the bytes).
         let floor = ws_floor::measure(
             &args.valkey,
             args.sessions,
@@ -261,7 +280,7 @@ pub async fn run(args: Args, class: Class) -> anyhow::Result<Report> {
             args.publishers,
             args.rate,
             args.seconds,
-            args.padding,
+            frame_bytes(&args)?,
         )
         .await
         .context("the websocket fanout floor")?;

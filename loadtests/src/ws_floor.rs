@@ -208,8 +208,8 @@ pub struct Floor {
 }
 
 /// Runs the floor server, connects `subscribers` readers spread over `sessions`, publishes
-/// `rate` messages/s for `seconds` over `publishers` Valkey connections and measures each
-/// delivery from its send stamp.
+/// `rate` messages/s of `frame_bytes` each for `seconds` over `publishers` Valkey connections
+/// and measures each delivery from its send stamp.
 pub async fn measure(
     valkey: &str,
     sessions: usize,
@@ -217,7 +217,7 @@ pub async fn measure(
     publishers: usize,
     rate: u32,
     seconds: f64,
-    padding: usize,
+    frame_bytes: usize,
 ) -> anyhow::Result<Floor> {
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let sessions = sessions.max(1);
@@ -264,23 +264,37 @@ pub async fn measure(
     let events = (f64::from(rate) * seconds).round() as usize;
     let channels: Vec<usize> = (0..sessions).collect();
     let (shares, interval) = crate::wsload::shares(&channels, events, publishers, rate);
-    let pad = "x".repeat(padding);
+    // `<16-digit stamp> <pad>`: as many bytes as the frame agentwire sends.
+    let pad = "x".repeat(frame_bytes.saturating_sub(17));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (count, mine) in shares {
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let conn = client.get_multiplexed_async_connection().await?;
         let (run, pad) = (run.clone(), pad.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            for n in 0..count {
-                tick.tick().await;
-                let i = mine[n % mine.len()];
-                let _: i64 = redis::cmd("PUBLISH")
-                    .arg(channel(&run, i))
-                    .arg(format!("{} {pad}", now_micros()))
-                    .query_async(&mut conn)
-                    .await?;
+            // Pipelined, as agentwire's WebSocket publishers are: a publish does not wait for
+            // the previous one's answer (at most 256 in flight).
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            let mut n = 0;
+            while n < count || !in_flight.is_empty() {
+                tokio::select! {
+                    _ = tick.tick(), if n < count && in_flight.len() < 256 => {
+                        let i = mine[n % mine.len()];
+                        let mut conn = conn.clone();
+                        let (channel, payload) = (channel(&run, i), format!("{} {pad}", now_micros()));
+                        in_flight.push(async move {
+                            redis::cmd("PUBLISH")
+                                .arg(channel)
+                                .arg(payload)
+                                .query_async::<i64>(&mut conn)
+                                .await
+                        });
+                        n += 1;
+                    }
+                    Some(done) = in_flight.next(), if !in_flight.is_empty() => { done?; }
+                }
             }
             anyhow::Ok(count)
         });
