@@ -196,16 +196,10 @@ pub async fn fanout(args: &Args) -> anyhow::Result<Series> {
     let rooms: Vec<String> = (0..args.sessions.max(1))
         .map(|i| format!("{run}-{i}"))
         .collect();
-    let mut streams = Vec::with_capacity(args.subscribers);
-    for chunk in (0..args.subscribers).collect::<Vec<_>>().chunks(100) {
-        let wave = futures::future::try_join_all(
-            chunk
-                .iter()
-                .map(|i| subscriber(rooms[i % rooms.len()].clone())),
-        )
-        .await?;
-        streams.extend(wave);
-    }
+    let streams = crate::wsload::in_waves(args.subscribers, |i| {
+        subscriber(rooms[i % rooms.len()].clone())
+    })
+    .await?;
     let total = Arc::new(AtomicU64::new(0));
     let latencies = stats::Latencies::new();
     let stop = CancellationToken::new();

@@ -222,18 +222,12 @@ pub async fn measure(
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let sessions = sessions.max(1);
     let (server, port) = launch(valkey, &run, sessions).await?;
-    let mut streams = Vec::with_capacity(subscribers);
-    for chunk in (0..subscribers).collect::<Vec<_>>().chunks(100) {
-        let wave = futures::future::try_join_all(chunk.iter().map(|i| {
-            let url = format!("ws://127.0.0.1:{port}/{}", i % sessions);
-            async move {
-                let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
-                anyhow::Ok(ws)
-            }
-        }))
-        .await?;
-        streams.extend(wave);
-    }
+    let streams = crate::wsload::in_waves(subscribers, |i| async move {
+        let url = format!("ws://127.0.0.1:{port}/{}", i % sessions);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+        anyhow::Ok(ws)
+    })
+    .await?;
     let total = Arc::new(AtomicU64::new(0));
     let latencies = stats::Latencies::new();
     let stop = CancellationToken::new();

@@ -49,6 +49,20 @@ pub fn shares<T: Clone>(
     (shares, interval)
 }
 
+/// Opens `count` connections with `connect(i)`, 100 at a time, so the server's accept queue is
+/// never flooded.
+pub async fn in_waves<T, F, Fut>(count: usize, connect: F) -> anyhow::Result<Vec<T>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut opened = Vec::with_capacity(count);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
+        opened.extend(futures::future::try_join_all(chunk.iter().map(|i| connect(*i))).await?);
+    }
+    Ok(opened)
+}
+
 /// Waits until `count` reaches `expected` or `drain` after now has passed, checking every
 /// 20 ms (the counters are bumped by many reader tasks; a notification per delivery would
 /// cost more than the check). Returns whether every delivery arrived.

@@ -85,19 +85,20 @@ impl Publication {
     }
 }
 
+/// A stored CloudEvent of `session`, as the gateway writes them (for tests).
+#[cfg(test)]
+pub(crate) fn cloud_event(session: &SessionKey) -> String {
+    let mut event = agentwire_protocol::Event::new(
+        session.clone(),
+        agentwire_protocol::EventType::new("agent.message").expect("type"),
+    );
+    event.stamp(std::time::SystemTime::now());
+    agentwire_protocol::cloudevents::to_json(&event)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A stored CloudEvent of `session`, as the gateway writes them.
-    fn cloud_event(session: &SessionKey) -> String {
-        let mut event = agentwire_protocol::Event::new(
-            session.clone(),
-            agentwire_protocol::EventType::new("agent.message").expect("type"),
-        );
-        event.stamp(std::time::SystemTime::now());
-        agentwire_protocol::cloudevents::to_json(&event)
-    }
 
     #[test]
     fn frames_are_prepared_once_per_encoding() {

@@ -88,18 +88,9 @@ fn protobuf(frame: &ServerFrame) -> Result<Vec<u8>, CloseReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fanout::publication::cloud_event;
     use agentwire_protocol::pb;
     use prost::Message as _;
-
-    /// A stored CloudEvent of `session`, as the gateway writes them.
-    fn cloud_event(session: &SessionKey) -> String {
-        let mut event = agentwire_protocol::Event::new(
-            session.clone(),
-            agentwire_protocol::EventType::new("agent.message").expect("type"),
-        );
-        event.stamp(std::time::SystemTime::now());
-        agentwire_protocol::cloudevents::to_json(&event)
-    }
 
     #[test]
     fn stored_events_encode_as_the_shared_ones_do() {
