@@ -44,18 +44,7 @@ impl Partitions {
 
     /// Asks the broker (0 partitions when it does not know the topic).
     async fn fetch(&self) -> Result<usize, KafkaError> {
-        let (client, topic) = (self.client.clone(), self.topic.clone());
-        tokio::task::spawn_blocking(move || {
-            let metadata = client
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .map_err(KafkaError::Read)?;
-            Ok(metadata
-                .topics()
-                .first()
-                .map_or(0, |t| t.partitions().len()))
-        })
-        .await
-        .map_err(|_| KafkaError::ConsumerStopped)?
+        fetch_count(self.client.clone(), self.topic.clone()).await
     }
 
     /// The partition count (0 when the broker does not know the topic). A refresh that fails
@@ -89,4 +78,23 @@ impl Partitions {
             },
         }
     }
+}
+
+/// Asks the broker through `client` how many partitions `topic` has (0 when it does not know
+/// the topic), off the async runtime (librdkafka's metadata call blocks).
+pub(crate) async fn fetch_count(
+    client: Arc<BaseConsumer>,
+    topic: String,
+) -> Result<usize, KafkaError> {
+    tokio::task::spawn_blocking(move || {
+        let metadata = client
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map_err(KafkaError::Read)?;
+        Ok(metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len()))
+    })
+    .await
+    .map_err(|_| KafkaError::ConsumerStopped)?
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::Producer as _;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaSettings;
@@ -54,19 +53,6 @@ pub async fn ensure_topic_like(
 
 /// How many partitions `topic` has (0 if the broker does not know it).
 pub async fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<usize, KafkaError> {
-    let client: rdkafka::producer::BaseProducer =
-        settings.base().create().map_err(KafkaError::Client)?;
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let metadata = client
-            .client()
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map_err(KafkaError::Read)?;
-        Ok(metadata
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len()))
-    })
-    .await
-    .map_err(|_| KafkaError::ConsumerStopped)?
+    let client = std::sync::Arc::new(crate::reader::reader(settings)?);
+    crate::partitions::fetch_count(client, topic.to_owned()).await
 }

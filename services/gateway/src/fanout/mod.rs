@@ -213,11 +213,6 @@ impl Fanout {
             .try_send(Command::Unsubscribe(name.to_owned(), channel));
     }
 
-    /// Session channels followed by at least one connection of this process.
-    pub fn followed(&self) -> usize {
-        self.registry().sessions()
-    }
-
     fn registry(&self) -> MutexGuard<'_, Registry> {
         // A panic while holding the lock leaves the map itself consistent.
         self.shared

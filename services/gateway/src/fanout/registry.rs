@@ -178,6 +178,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Registry {
     channels: HashMap<String, Entry>,
+    /// How many of `channels` are session channels (kept, not counted on every follow).
+    sessions: usize,
 }
 
 /// The result of a follow.
@@ -198,10 +200,15 @@ impl Registry {
         follower: Follower,
     ) -> Followed {
         let first = !self.channels.contains_key(&name);
-        let entry = self.channels.entry(name).or_insert_with(|| Entry {
-            channel: channel.clone(),
-            followers: Arc::new(Vec::new()),
-            confirmed: watch::channel(false).0,
+        let entry = self.channels.entry(name).or_insert_with(|| {
+            if let Channel::Session(_) = channel {
+                self.sessions += 1;
+            }
+            Entry {
+                channel: channel.clone(),
+                followers: Arc::new(Vec::new()),
+                confirmed: watch::channel(false).0,
+            }
         });
         Arc::make_mut(&mut entry.followers).push((id, follower));
         Followed {
@@ -219,7 +226,11 @@ impl Registry {
             followers.swap_remove(at);
         }
         if followers.is_empty() {
-            return self.channels.remove(name).map(|e| e.channel);
+            let channel = self.channels.remove(name).map(|e| e.channel);
+            if let Some(Channel::Session(_)) = channel {
+                self.sessions -= 1;
+            }
+            return channel;
         }
         None
     }
@@ -243,10 +254,7 @@ impl Registry {
 
     /// Session channels followed.
     pub fn sessions(&self) -> usize {
-        self.channels
-            .values()
-            .filter(|e| matches!(e.channel, Channel::Session(_)))
-            .count()
+        self.sessions
     }
 
     pub fn confirm(&self, name: &str) {
@@ -336,6 +344,7 @@ mod tests {
         assert_eq!(registry.sessions(), 1);
         assert_eq!(registry.unfollow(&channel.name(), 1), None);
         assert_eq!(registry.unfollow(&channel.name(), 2), Some(channel.clone()));
+        assert_eq!(registry.sessions(), 0);
         assert!(!registry.is_followed(&channel.name()));
     }
 
@@ -387,6 +396,7 @@ mod tests {
         let (b, mut ib) = mailbox(2, 4, 4);
         registry.follow(&sessions, sessions.name(), 1, Follower::new(a));
         registry.follow(&labels, labels.name(), 2, Follower::new(b));
+        assert_eq!(registry.sessions(), 1, "a label feed is not a session");
         assert_eq!(registry.resync_all(), 1);
         assert_eq!(ia.catch_up.try_recv().ok(), Some(session()));
         assert!(ib.catch_up.try_recv().is_err());
