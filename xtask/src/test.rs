@@ -42,6 +42,15 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
         ),
         ("AGENTWIRE_BROKER_BIN", servers.broker.display().to_string()),
         ("AGENTWIRE_MODEL_DIR", servers.model.display().to_string()),
+        (
+            "AGENTWIRE_PROMETHEUS_BIN",
+            servers.prometheus.server.display().to_string(),
+        ),
+        (
+            "AGENTWIRE_PROMTOOL_BIN",
+            servers.prometheus.promtool.display().to_string(),
+        ),
+        ("AGENTWIRE_PHOENIX", servers.phoenix.display().to_string()),
         // deps installed lavapipe: the enricher's wgpu parity test must run, not skip.
         ("AGENTWIRE_REQUIRE_WGPU", "1".to_owned()),
     ];

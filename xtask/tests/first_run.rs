@@ -10,8 +10,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The stack's fixed ports (`xtask/src/stack.rs`).
-const PORTS: [u16; 5] = [6379, 9092, 8080, 9464, 9465];
+/// The stack's fixed ports (`xtask/src/stack.rs`, Prometheus's in `xtask/src/prometheus.rs`).
+const PORTS: [u16; 6] = [6379, 9092, 8080, 9464, 9465, 9190];
+/// Phoenix's ports (`xtask/src/trace_backend.rs`): the stack starts it when both are free.
+const TRACE_PORTS: [u16; 2] = [6006, 4317];
 /// A cold build of the core plus the enricher's join, on 2 busy cores.
 const LIMIT: Duration = Duration::from_secs(480);
 
@@ -88,6 +90,7 @@ fn the_first_command_delivers_events_then_enrichments_and_ctrl_c_leaves_nothing_
             "port {port} is taken: another stack is running"
         );
     }
+    let trace_ports: Vec<u16> = TRACE_PORTS.into_iter().filter(|p| !listening(*p)).collect();
     let started = Instant::now();
     let mut command = Command::new("cargo");
     command
@@ -126,6 +129,16 @@ fn the_first_command_delivers_events_then_enrichments_and_ctrl_c_leaves_nothing_
     let first_event = started.elapsed();
     wait_for(&lines, " enriched ", until, &mut seen);
     let first_enrichment = started.elapsed();
+    assert!(
+        listening(9190) && seen.iter().any(|l| l.contains("http://127.0.0.1:9190")),
+        "Prometheus is not up, or its URL was not printed"
+    );
+    if trace_ports.len() == TRACE_PORTS.len() {
+        assert!(
+            seen.iter().any(|l| l.contains("http://127.0.0.1:6006/")),
+            "Phoenix (the trace store) is not up, or its URL was not printed"
+        );
+    }
     println!(
         "first demo event after {:.1} s, first enriched frame after {:.1} s",
         first_event.as_secs_f64(),
@@ -160,7 +173,7 @@ fn the_first_command_delivers_events_then_enrichments_and_ctrl_c_leaves_nothing_
         left_behind.is_empty(),
         "still running after Ctrl-C: {left_behind:?}"
     );
-    for port in PORTS {
+    for port in PORTS.into_iter().chain(trace_ports) {
         assert!(!listening(port), "port {port} still answers after Ctrl-C");
     }
 }

@@ -33,6 +33,9 @@ pub struct PublishAck {
     /// and offset, nothing appended.
     #[serde(default)]
     pub duplicate: bool,
+    /// The trace the append was recorded in, when there is one.
+    #[serde(default)]
+    pub trace_id: Option<String>,
 }
 
 #[derive(Deserialize)]

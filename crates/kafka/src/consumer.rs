@@ -17,9 +17,9 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::TRACEPARENT_HEADER;
 use crate::config::{ConsumerSettings, KafkaSettings};
 use crate::error::KafkaError;
+use crate::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
 
 /// One record read from the log.
 #[derive(Clone, Debug)]
@@ -29,25 +29,33 @@ pub struct LogMessage {
     pub offset: Offset,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    /// The W3C trace context of the span that appended the record (message headers).
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// The record's timestamp (the producer's create time), in milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl LogMessage {
     pub(crate) fn from_kafka_message(message: &impl rdkafka::message::Message) -> Self {
-        let traceparent = message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|h| h.key == TRACEPARENT_HEADER)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_owned)
-        });
+        let header = |name: &str| {
+            message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map(str::to_owned)
+            })
+        };
         Self {
             partition: message.partition(),
             offset: Offset(u64::try_from(message.offset()).unwrap_or_default()),
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
-            traceparent,
+            traceparent: header(TRACEPARENT_HEADER),
+            tracestate: header(TRACESTATE_HEADER),
+            timestamp_ms: message.timestamp().to_millis(),
         }
     }
 }
@@ -63,9 +71,34 @@ pub enum ConsumerEvent {
 
 struct RebalanceContext {
     events: mpsc::Sender<ConsumerEvent>,
+    group: String,
 }
 
-impl ClientContext for RebalanceContext {}
+/// Records behind the end of the log, per consumer group, topic and partition (from
+/// librdkafka's statistics: the partition's high watermark less the group's committed offset).
+pub const CONSUMER_LAG: &str = "agentwire_kafka_consumer_lag";
+
+/// How often librdkafka reports the statistics the lag gauge is read from.
+const STATISTICS_INTERVAL: &str = "5000";
+
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in t.partitions.iter().filter(|(id, _)| **id >= 0) {
+                // -1 until the partition is assigned and both ends are known.
+                if p.consumer_lag >= 0 {
+                    metrics::gauge!(
+                        CONSUMER_LAG,
+                        "group" => self.group.clone(),
+                        "topic" => topic.clone(),
+                        "partition" => partition.to_string(),
+                    )
+                    .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
     tpl.elements().iter().map(|e| e.partition()).collect()
@@ -195,6 +228,7 @@ impl LogConsumer {
     ) -> Result<(Self, OffsetStore), KafkaError> {
         let context = RebalanceContext {
             events: events.clone(),
+            group: settings.group.clone(),
         };
         let mut config = kafka.base();
         config
@@ -204,6 +238,7 @@ impl LogConsumer {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", STATISTICS_INTERVAL)
             .set(
                 "fetch.wait.max.ms",
                 settings.fetch_wait.as_millis().to_string(),

@@ -18,7 +18,7 @@ mod topics;
 
 pub use args::KafkaArgs;
 pub use config::{ConsumerSettings, KafkaSettings};
-pub use consumer::{ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
+pub use consumer::{CONSUMER_LAG, ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
 pub use error::KafkaError;
 pub use keyed_reader::{KeyedRead, KeyedReader, ReadBudget};
 pub use partitioner::{murmur2, partition_for};
@@ -29,6 +29,8 @@ pub use topics::{ensure_topic, ensure_topic_like, partition_count};
 
 /// Kafka record header carrying the W3C trace context.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// Kafka record header carrying the W3C `tracestate` that goes with `traceparent`.
+pub const TRACESTATE_HEADER: &str = "tracestate";
 /// Kafka record header naming the record's format (CloudEvents Kafka binding, structured mode).
 pub const CONTENT_TYPE_HEADER: &str = "content-type";
 /// The record value's media type: a CloudEvents JSON event.

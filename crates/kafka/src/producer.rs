@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::CLOUDEVENTS_JSON;
 use crate::config::KafkaSettings;
 use crate::error::KafkaError;
-use crate::{CONTENT_TYPE_HEADER, TRACEPARENT_HEADER};
+use crate::{CONTENT_TYPE_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 
 /// One record for a topic: in `agent.events` a CloudEvents JSON event in structured mode.
 #[derive(Clone, Debug)]
@@ -33,7 +33,9 @@ pub struct LogRecord {
     pub value: String,
     /// The `content-type` header: [`CLOUDEVENTS_JSON`] for events.
     pub content_type: &'static str,
+    /// The W3C trace context of the span that appends the record (message headers).
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 /// Where Kafka stored a record.
@@ -214,6 +216,12 @@ impl EventLog {
                     key: TRACEPARENT_HEADER,
                     value: Some(tp.as_str()),
                 });
+                if let Some(ts) = &record.tracestate {
+                    headers = headers.insert(Header {
+                        key: TRACESTATE_HEADER,
+                        value: Some(ts.as_str()),
+                    });
+                }
             }
             let (reply, delivered) = oneshot::channel();
             let kafka_record = BaseRecord::with_opaque_to(&self.topic, Box::new(reply))

@@ -3,7 +3,7 @@
 //!
 //! Our attributes are CloudEvents extension attributes, lowercase alphanumeric as the spec
 //! requires: `tenant`, `agenttype`, `sessionid`, `producerid`, `producerseq`, `correlationid`,
-//! `causationid`, `text`, `traceparent` and the partitioning extension's `partitionkey`.
+//! `causationid`, `text`, `traceparent`, `tracestate` (the distributed-tracing extension) and the partitioning extension's `partitionkey`.
 //! `producerseq` is written as a decimal string, since a CloudEvents Integer is 32-bit and the
 //! sequence is a u64; numbers are accepted on input too.
 
@@ -61,6 +61,7 @@ struct CloudEventIn {
     causationid: Option<String>,
     text: Option<String>,
     traceparent: Option<String>,
+    tracestate: Option<String>,
     data: Option<Box<RawValue>>,
     data_base64: Option<String>,
 }
@@ -96,6 +97,8 @@ struct CloudEventOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     traceparent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a RawValue>,
@@ -128,6 +131,7 @@ pub fn to_json(event: &Event) -> String {
         correlationid: event.correlation_id.as_deref(),
         causationid: event.causation_id.as_deref(),
         traceparent: event.traceparent.as_deref(),
+        tracestate: event.tracestate.as_deref(),
         text: event.text.as_deref(),
         data,
         data_base64,
@@ -291,6 +295,7 @@ fn validate(raw: CloudEventIn) -> Result<Event, ProtocolError> {
         data,
         text: raw.text,
         traceparent: raw.traceparent,
+        tracestate: raw.tracestate,
     };
     event.validate()?;
     Ok(event)

@@ -60,8 +60,11 @@ pub struct Event {
     pub data: Option<Data>,
     /// Natural-language text for the enricher.
     pub text: Option<String>,
-    /// W3C trace context (`00-<trace-id>-<span-id>-<flags>`).
+    /// W3C trace context of the event's creation (`00-<trace-id>-<span-id>-<flags>`), the
+    /// CloudEvents distributed-tracing extension.
     pub traceparent: Option<String>,
+    /// W3C `tracestate` (vendor entries) that goes with `traceparent`.
+    pub tracestate: Option<String>,
 }
 
 impl Event {
@@ -83,6 +86,7 @@ impl Event {
             data: None,
             text: None,
             traceparent: None,
+            tracestate: None,
         }
     }
 
@@ -147,6 +151,14 @@ impl Event {
                 "must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
             ));
         }
+        if let Some(ts) = &self.tracestate
+            && (self.traceparent.is_none() || !is_valid_tracestate(ts))
+        {
+            return Err(ProtocolError::invalid(
+                "tracestate",
+                "must be a W3C tracestate (at most 32 comma-separated key=value entries, 512 bytes) next to a traceparent",
+            ));
+        }
         if let (Some(Data::Json(_)), Some(ct)) = (&self.data, &self.content_type)
             && !is_json_media_type(ct)
             && !ct.starts_with("text/")
@@ -195,6 +207,22 @@ pub fn media_type_essence(content_type: &str) -> String {
 pub fn is_json_media_type(content_type: &str) -> bool {
     let essence = media_type_essence(content_type);
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+/// Checks a W3C `tracestate` value for shape: printable ASCII, at most 512 bytes and 32
+/// `key=value` list members.
+pub fn is_valid_tracestate(value: &str) -> bool {
+    value.len() <= 512
+        && value.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && value.split(',').filter(|m| !m.trim().is_empty()).count() <= 32
+        && value
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .all(|m| {
+                m.split_once('=')
+                    .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty())
+            })
 }
 
 /// Checks a W3C `traceparent` header value for shape (version 00).

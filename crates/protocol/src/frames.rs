@@ -276,6 +276,10 @@ pub struct Ack {
     /// are the original ones and nothing was appended.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// The trace the append was recorded in (32 hex digits), when the event carried a trace
+    /// context or the gateway exports traces: the id to look the event up in the trace store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// An error reported to a client without closing the connection.
@@ -387,6 +391,7 @@ struct ServerFrameIn {
     expected_seq: Option<u64>,
     #[serde(default)]
     duplicate: bool,
+    trace_id: Option<String>,
     exp: Option<u64>,
     epoch: Option<String>,
 }
@@ -457,6 +462,7 @@ impl ServerFrame {
                     .ok_or_else(|| ProtocolError::invalid("partition", "is required"))?,
                 offset: offset(raw.offset)?,
                 duplicate: raw.duplicate,
+                trace_id: raw.trace_id,
             }),
             "error" => ServerFrame::Error(ErrorFrame {
                 code: raw
@@ -541,6 +547,7 @@ impl ServerFrame {
                 partition: ack.partition,
                 offset: ack.offset.0,
                 duplicate: ack.duplicate,
+                trace_id: ack.trace_id.clone().unwrap_or_default(),
             }),
             ServerFrame::Error(e) => Op::Error(pb::Error {
                 code: e.code.as_str().to_owned(),

@@ -38,6 +38,7 @@ impl TryFrom<generated::Event> for DomainEvent {
         let producer_seq = (pb.producer_seq != 0).then_some(pb.producer_seq);
         let producer_epoch = pb.producer_epoch;
         let traceparent = non_empty(pb.traceparent);
+        let tracestate = non_empty(pb.tracestate);
         let content_type = non_empty(pb.content_type);
         let data = match (&content_type, pb.data.is_empty()) {
             (_, true) => None,
@@ -66,6 +67,7 @@ impl TryFrom<generated::Event> for DomainEvent {
             data,
             text: pb.text,
             traceparent,
+            tracestate,
         };
         event.validate()?;
         Ok(event)
@@ -102,6 +104,7 @@ impl From<&DomainEvent> for generated::Event {
             data,
             text: event.text.clone(),
             traceparent: event.traceparent.clone().unwrap_or_default(),
+            tracestate: event.tracestate.clone().unwrap_or_default(),
             source: event.source.clone(),
         }
     }

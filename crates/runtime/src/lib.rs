@@ -1,4 +1,5 @@
-//! Process bootstrap shared by the binaries: logging/tracing, the Prometheus recorder, the
+//! Process bootstrap shared by the binaries: logging and trace export, trace context
+//! propagation, the Prometheus recorder, the
 //! admin HTTP endpoint (`/healthz`, `/metrics`), the shutdown token, and where a package's
 //! own files are.
 
@@ -7,3 +8,4 @@ pub mod metrics;
 pub mod paths;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;

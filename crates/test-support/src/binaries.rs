@@ -1,5 +1,6 @@
 //! Finding the server binaries: the path `cargo xtask` exports, else the cache that
-//! `cargo xtask deps` fills, else `PATH`. The cache layout must match `xtask/src/deps.rs`.
+//! `cargo xtask deps` fills, else `PATH`. The cache layout must match `xtask/src/deps.rs`
+//! (Prometheus and `promtool` come from Debian's package, so from `PATH`).
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,10 @@ use std::path::{Path, PathBuf};
 pub(crate) enum Binary {
     ValkeyServer,
     Broker,
+    Prometheus,
+    Promtool,
+    /// Arize Phoenix's `phoenix` (in its venv), the trace store.
+    Phoenix,
 }
 
 impl Binary {
@@ -15,6 +20,9 @@ impl Binary {
         match self {
             Binary::ValkeyServer => "AGENTWIRE_VALKEY_SERVER",
             Binary::Broker => "AGENTWIRE_BROKER_BIN",
+            Binary::Prometheus => "AGENTWIRE_PROMETHEUS_BIN",
+            Binary::Promtool => "AGENTWIRE_PROMTOOL_BIN",
+            Binary::Phoenix => "AGENTWIRE_PHOENIX",
         }
     }
 
@@ -22,14 +30,19 @@ impl Binary {
         match self {
             Binary::ValkeyServer => "valkey-server",
             Binary::Broker => "nisshi",
+            Binary::Prometheus => "prometheus",
+            Binary::Promtool => "promtool",
+            Binary::Phoenix => "phoenix",
         }
     }
 
-    /// Where `cargo xtask deps` installs it, under `~/.cache/agentwire`.
-    fn cached(self, cache: &Path) -> PathBuf {
+    /// Where `cargo xtask deps` installs it under `~/.cache/agentwire`, if it goes there.
+    fn cached(self, cache: &Path) -> Option<PathBuf> {
         match self {
-            Binary::ValkeyServer => cache.join("valkey-9.1.2/valkey-server"),
-            Binary::Broker => cache.join("nisshi-0.8.1/bin/nisshi"),
+            Binary::ValkeyServer => Some(cache.join("valkey-9.1.2/valkey-server")),
+            Binary::Broker => Some(cache.join("nisshi-0.8.1/bin/nisshi")),
+            Binary::Phoenix => Some(cache.join("phoenix-20.26.1/bin/phoenix")),
+            Binary::Prometheus | Binary::Promtool => None,
         }
     }
 
@@ -49,7 +62,7 @@ impl Binary {
             return path;
         }
         let cached = std::env::var_os("HOME")
-            .map(|home| self.cached(&Path::new(&home).join(".cache/agentwire")))
+            .and_then(|home| self.cached(&Path::new(&home).join(".cache/agentwire")))
             .filter(|path| path.is_file());
         cached
             .or_else(|| on_path(self.file_name()))

@@ -37,9 +37,14 @@ impl StartFailure {
     /// Whether the server lost a race for its port, so a new port may succeed.
     pub(crate) fn port_taken(&self) -> bool {
         matches!(self.error, StartError::Exited(_))
-            && ["already in use", "os error 98", "AddrInUse"]
-                .iter()
-                .any(|sign| self.output.contains(sign))
+            && [
+                "already in use",
+                "os error 98",
+                "AddrInUse",
+                "Failed to bind to address",
+            ]
+            .iter()
+            .any(|sign| self.output.contains(sign))
     }
 }
 
@@ -48,6 +53,21 @@ pub(crate) async fn launch<F, Fut>(
     name: &str,
     command: Command,
     log: &Path,
+    probe: F,
+) -> Result<ChildProcess, StartFailure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = io::Result<()>>,
+{
+    launch_within(name, command, log, START_TIMEOUT, probe).await
+}
+
+/// [`launch`] for a server that may take longer than [`START_TIMEOUT`] to answer.
+pub(crate) async fn launch_within<F, Fut>(
+    name: &str,
+    command: Command,
+    log: &Path,
+    timeout: Duration,
     mut probe: F,
 ) -> Result<ChildProcess, StartFailure>
 where
@@ -62,7 +82,7 @@ where
     };
     let mut process = ChildProcess::spawn_logged(name, command, log)
         .map_err(|e| failure(StartError::Spawn(e)))?;
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let outcome = probe().await;
         if outcome.is_ok() {
@@ -74,10 +94,7 @@ where
         if tokio::time::Instant::now() >= deadline {
             process.kill();
             let last = outcome.err().map(|e| e.to_string()).unwrap_or_default();
-            return Err(failure(StartError::NotReady {
-                timeout: START_TIMEOUT,
-                last,
-            }));
+            return Err(failure(StartError::NotReady { timeout, last }));
         }
         tokio::time::sleep(PROBE_INTERVAL).await;
     }

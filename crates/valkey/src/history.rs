@@ -48,6 +48,8 @@ pub struct Append<'a> {
     /// The offset of the same partition (and mark scope) the relay appended last, if it knows
     /// one: a mark below it means Valkey lost appends (see `lua/append.lua`).
     pub expected: Option<Offset>,
+    /// What the announcement carries besides the event, not stored: [`LiveMeta::encode`].
+    pub meta: &'a str,
 }
 
 /// What [`HistoryStore::append_batch`] did.
@@ -222,7 +224,8 @@ impl HistoryStore {
                 .arg(keys::channel(a.session))
                 .arg(ttl)
                 .arg(a.expected.map(|o| o.0.to_string()).unwrap_or_default())
-                .arg(self.publish_verb());
+                .arg(self.publish_verb())
+                .arg(a.meta);
             pipes
                 .entry(scope)
                 .or_insert_with(|| {
@@ -257,6 +260,7 @@ impl HistoryStore {
         annotation_json: &str,
         label_channels: &[String],
         force: bool,
+        meta: &str,
     ) -> Result<Annotated, ValkeyError> {
         let ttl = self.settings.idle_ttl.as_secs().max(1);
         let mut invocation = ANNOTATE.key(keys::annotated(session));
@@ -267,7 +271,8 @@ impl HistoryStore {
             .arg(keys::channel(session))
             .arg(ttl)
             .arg(if force { "1" } else { "0" })
-            .arg(self.publish_verb());
+            .arg(self.publish_verb())
+            .arg(meta);
         for channel in label_channels {
             invocation.arg(channel);
         }

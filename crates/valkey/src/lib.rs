@@ -22,8 +22,9 @@ pub use history::{
 };
 pub use limits::{TenantLimiter, TenantQuota};
 pub use live::{
-    Announcement, LiveAnnotation, LiveEphemeral, LiveMessage, LiveStream, LiveSubscriptions,
-    connect as connect_live, ephemeral_message, parse_label_message, parse_message,
+    Announcement, LiveAnnotation, LiveEphemeral, LiveMessage, LiveMeta, LiveStream,
+    LiveSubscriptions, connect as connect_live, ephemeral_message, parse_label_message,
+    parse_message,
 };
 pub use probes::{LogProbes, Probe as LogProbe};
 pub use producers::{Outcome, ProducerSettings, ProducerStore, Reserve, Restored, Unsettled};

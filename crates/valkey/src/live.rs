@@ -29,6 +29,53 @@ pub struct LiveMessage {
     pub session: SessionKey,
     pub offset: Offset,
     pub event_json: String,
+    pub meta: LiveMeta,
+}
+
+/// What an announcement carries besides the event (never stored in the window): the trace
+/// context of the relay's span, and when the record was appended to the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveMeta {
+    /// W3C `traceparent` of the relay's span for this record.
+    pub traceparent: Option<String>,
+    /// The Kafka record's timestamp, in milliseconds since the epoch.
+    pub appended_ms: Option<i64>,
+}
+
+impl LiveMeta {
+    /// The form that follows the offset on an announcement's first line: space-separated
+    /// `t=<traceparent>` and `ts=<milliseconds>`; empty when there is neither.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Some(tp) = self
+            .traceparent
+            .as_deref()
+            .filter(|t| !t.contains(char::is_whitespace))
+        {
+            out.push_str("t=");
+            out.push_str(tp);
+        }
+        if let Some(ms) = self.appended_ms {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&format!("ts={ms}"));
+        }
+        out
+    }
+
+    /// Reads [`encode`](Self::encode)'s form; unknown members are skipped.
+    pub fn decode(text: &str) -> Self {
+        let mut meta = LiveMeta::default();
+        for member in text.split_ascii_whitespace() {
+            match member.split_once('=') {
+                Some(("t", tp)) => meta.traceparent = Some(tp.to_owned()),
+                Some(("ts", ms)) => meta.appended_ms = ms.parse().ok(),
+                _ => {}
+            }
+        }
+        meta
+    }
 }
 
 /// An enrichment announced on a session's channel (see `lua/annotate.lua`).
@@ -39,6 +86,7 @@ pub struct LiveAnnotation {
     pub offset: Offset,
     /// The `{"op":"enriched",…}` frame.
     pub json: String,
+    pub meta: LiveMeta,
 }
 
 /// An ephemeral message published on a session's channel: never stored, no offset.
@@ -73,22 +121,26 @@ pub fn parse_message(channel: &str, payload: &[u8]) -> Option<Announcement> {
             event_json: json.to_owned(),
         }));
     }
+    let (head, meta) = head.split_once(' ').unwrap_or((head, ""));
     if head == "a" {
         #[derive(serde::Deserialize)]
         struct Head {
             offset: Offset,
         }
-        let head: Head = serde_json::from_str(json).ok()?;
+        let parsed: Head = serde_json::from_str(json).ok()?;
         return Some(Announcement::Annotation(LiveAnnotation {
             session,
-            offset: head.offset,
+            offset: parsed.offset,
             json: json.to_owned(),
+            meta: LiveMeta::decode(meta),
         }));
     }
+    let offset = head;
     Some(Announcement::Event(LiveMessage {
         session,
-        offset: Offset(head.parse().ok()?),
+        offset: Offset(offset.parse().ok()?),
         event_json: json.to_owned(),
+        meta: LiveMeta::decode(meta),
     }))
 }
 
@@ -100,12 +152,18 @@ pub fn parse_label_message(payload: &[u8]) -> Option<LiveAnnotation> {
         session: SessionKey,
         offset: Offset,
     }
-    let json = std::str::from_utf8(payload).ok()?.strip_prefix("a\n")?;
-    let head: Head = serde_json::from_str(json).ok()?;
+    let (head, json) = std::str::from_utf8(payload).ok()?.split_once('\n')?;
+    let meta = match head.split_once(' ') {
+        Some(("a", meta)) => meta,
+        None if head == "a" => "",
+        _ => return None,
+    };
+    let parsed: Head = serde_json::from_str(json).ok()?;
     Some(LiveAnnotation {
-        session: head.session,
-        offset: head.offset,
+        session: parsed.session,
+        offset: parsed.offset,
         json: json.to_owned(),
+        meta: LiveMeta::decode(meta),
     })
 }
 
@@ -369,9 +427,34 @@ mod tests {
             Announcement::Annotation(LiveAnnotation {
                 session: s,
                 offset: Offset(7),
-                json: json.to_owned()
+                json: json.to_owned(),
+                meta: LiveMeta::default(),
             })
         );
         assert_eq!(parse_message("aw:{t:a:s}:ch", b"a\nnot json"), None);
+    }
+
+    #[test]
+    fn announcements_carry_their_trace_context_and_append_time() {
+        let s: SessionKey = "t:a:s".parse().expect("key");
+        let meta = LiveMeta {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            appended_ms: Some(1_790_000_000_123),
+        };
+        let event = format!("12 {}\n{{\"tenant\":\"t\"}}", meta.encode());
+        match parse_message(&keys::channel(&s), event.as_bytes()) {
+            Some(Announcement::Event(m)) => {
+                assert_eq!((m.offset, &m.meta), (Offset(12), &meta));
+                assert_eq!(m.event_json, "{\"tenant\":\"t\"}");
+            }
+            other => panic!("not an event: {other:?}"),
+        }
+        let json = r#"{"op":"enriched","session":"t:a:s","offset":7,"labels":[]}"#;
+        let labelled = format!("a {}\n{json}", meta.encode());
+        let parsed = parse_label_message(labelled.as_bytes()).expect("label message");
+        assert_eq!((parsed.offset, parsed.meta), (Offset(7), meta.clone()));
+        // Unknown members are skipped; an event without any keeps parsing.
+        assert_eq!(LiveMeta::decode("x=1 ts=5").appended_ms, Some(5));
+        assert_eq!(LiveMeta::default().encode(), "");
     }
 }

@@ -21,6 +21,7 @@ async fn append(
         offset: Offset(offset),
         event_json: json,
         expected: None,
+        meta: "",
     }];
     store.append_batch(&batch).await.expect("append")
 }

@@ -31,6 +31,7 @@ async fn pages_stop_at_the_byte_budget_and_paging_loses_nothing() {
             offset: *offset,
             event_json: json,
             expected: None,
+            meta: "",
         })
         .collect();
     assert_eq!(

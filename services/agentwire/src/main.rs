@@ -66,9 +66,21 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    agentwire_runtime::telemetry::init(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
-    runtime.block_on(run(cli.command))
+    let service = match &cli.command {
+        Command::Gateway { .. } => "agentwire-gateway",
+        Command::Relay { .. } => "agentwire-relay",
+        _ => "agentwire",
+    };
+    // Within the runtime: the OTLP gRPC client starts its connection task there. Dropped
+    // after the work, so the spans still queued are flushed before the process exits.
+    let telemetry = {
+        let _entered = runtime.enter();
+        agentwire_runtime::telemetry::init(cli.log_format, service)
+    };
+    let outcome = runtime.block_on(run(cli.command));
+    drop(telemetry);
+    outcome
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

@@ -504,6 +504,7 @@ async fn label_feeds_deliver_only_sessions_the_token_may_follow() {
                 &json,
                 std::slice::from_ref(&channel),
                 true,
+                "",
             )
             .await
             .expect("annotate");

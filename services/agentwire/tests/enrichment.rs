@@ -4,68 +4,16 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use agentwire_enricher::{DeviceChoice, EnricherConfig};
 use agentwire_protocol::{Enrichment, Offset, SessionKey};
 use agentwire_test_support::unique;
+use common::enricher::{self, Enricher};
+use common::ws::{Ws, next_frame, subscribe};
 use common::{LIMIT, Stack, event};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn enricher_config(stack: &Stack, group: &str) -> EnricherConfig {
-    EnricherConfig {
-        kafka: stack.kafka_args(),
-        enriched_topic: stack.enriched_topic.clone(),
-        group: group.to_owned(),
-        device: DeviceChoice::Cpu,
-        model_dir: None,
-        batch_max: 16,
-        batch_wait_ms: 10,
-        labels: std::env::var_os("CARGO_MANIFEST_DIR")
-            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-            .join("../../infra/labels.toml"),
-        min_score: 0.25,
-        top_k: 3,
-        duplicate_threshold: 0.95,
-        duplicate_window: 64,
-        sessions: 1000,
-        fetch_wait_ms: 4,
-    }
-}
-
-struct Enricher {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl Enricher {
-    fn start(config: EnricherConfig) -> Enricher {
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            agentwire_enricher::run(config, token)
-                .await
-                .expect("enricher run");
-        });
-        Enricher { stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(LIMIT, self.task)
-            .await
-            .expect("the enricher stops")
-            .expect("enricher task");
-    }
-}
 
 /// A connection following `tenant`'s label feed `label`.
 async fn follow_label(stack: &Stack, tenant: &str, label: &str) -> Ws {
@@ -80,33 +28,6 @@ async fn follow_label(stack: &Stack, tenant: &str, label: &str) -> Ws {
     assert_eq!(subscribed["op"], "subscribed", "{subscribed}");
     assert_eq!(subscribed["label"], label, "{subscribed}");
     ws
-}
-
-async fn subscribe(stack: &Stack, session: &SessionKey) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(&stack.ws_url)
-        .await
-        .expect("connect");
-    let frame = serde_json::json!({"op": "subscribe", "session": session.to_string()});
-    ws.send(Message::text(frame.to_string()))
-        .await
-        .expect("send");
-    let subscribed = next_frame(&mut ws).await;
-    assert_eq!(subscribed["op"], "subscribed", "{subscribed}");
-    ws
-}
-
-/// The next JSON frame, skipping pings.
-async fn next_frame(ws: &mut Ws) -> Value {
-    loop {
-        let message = tokio::time::timeout(LIMIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("the connection stays open")
-            .expect("a message");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(&text).expect("JSON frame");
-        }
-    }
 }
 
 /// Reads frames until `want` events and `want_enriched` annotations arrived; returns them in
@@ -164,7 +85,7 @@ async fn enriched_records(stack: &Stack, session: &SessionKey, partitions: u32) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_event_reaches_subscribers_then_its_enrichment() {
     let stack = Stack::start(2).await;
-    let enricher = Enricher::start(enricher_config(&stack, &unique("enricher")));
+    let enricher = Enricher::start(enricher::config(&stack, &unique("enricher")));
     let session = stack.session("billing");
     let mut ws = subscribe(&stack, &session).await;
     // Label feeds: this tenant's billing and sports feeds, and another tenant's billing feed.
@@ -327,7 +248,7 @@ async fn delivery_goes_on_without_the_enricher_and_it_catches_up_after_a_restart
     let mut ws = subscribe(&stack, &session).await;
     let http = stack.http();
 
-    let enricher = Enricher::start(enricher_config(&stack, &group));
+    let enricher = Enricher::start(enricher::config(&stack, &group));
     let before = http
         .publish(&event(
             &session,
@@ -362,7 +283,7 @@ async fn delivery_goes_on_without_the_enricher_and_it_catches_up_after_a_restart
     );
 
     // Restarted with the same group: it resumes where it stopped and annotates the three.
-    let enricher = Enricher::start(enricher_config(&stack, &group));
+    let enricher = Enricher::start(enricher::config(&stack, &group));
     let (_, annotations) = read_until(&mut ws, 0, 3).await;
     let annotated: Vec<u64> = annotations
         .iter()

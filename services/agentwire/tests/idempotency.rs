@@ -229,6 +229,7 @@ async fn a_retry_of_an_append_whose_gateway_died_finds_it_in_the_log_or_appends_
             key: session.to_string(),
             value: cloudevents::to_json(&landed),
             traceparent: None,
+            tracestate: None,
         })
         .await
         .expect("append");

@@ -45,6 +45,7 @@ async fn append_raw(stack: &Stack, session: &SessionKey, value: String) -> Offse
         value,
         content_type: CLOUDEVENTS_JSON,
         traceparent: None,
+        tracestate: None,
     })
     .await
     .expect("raw append")

@@ -19,6 +19,7 @@ mod metrics;
 pub mod model;
 mod pipeline;
 pub mod tokenize;
+mod trace;
 mod worker;
 
 pub use config::EnricherConfig;

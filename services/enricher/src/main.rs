@@ -77,16 +77,26 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    agentwire_runtime::telemetry::init(cli.log_format);
     match cli.command {
         Command::Run {
             admin_listen,
             config,
         } => {
             let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
-            runtime.block_on(serve(admin_listen, config))
+            // Within the runtime (the OTLP gRPC client starts its task there); dropped after
+            // the work, so the spans still queued are flushed.
+            let telemetry = {
+                let _entered = runtime.enter();
+                agentwire_runtime::telemetry::init(cli.log_format, "agentwire-enricher")
+            };
+            let outcome = runtime.block_on(serve(admin_listen, config));
+            drop(telemetry);
+            outcome
         }
-        Command::Parity { device, fixture } => parity(device, fixture),
+        Command::Parity { device, fixture } => {
+            agentwire_runtime::telemetry::init_logs(cli.log_format);
+            parity(device, fixture)
+        }
         Command::Bench {
             device,
             batch_sizes,
@@ -96,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             max_chars,
             json,
         } => {
+            agentwire_runtime::telemetry::init_logs(cli.log_format);
             let plan = bench::BenchPlan {
                 min_batches,
                 min_time: Duration::from_secs_f64(min_seconds),

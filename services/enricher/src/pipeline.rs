@@ -14,8 +14,12 @@ use futures::future::join_all;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use agentwire_runtime::trace::TraceHeaders;
+use tracing::Instrument as _;
+
 use crate::config::EnricherConfig;
 use crate::embedder::{MODEL_ID, ModelFiles};
+use crate::trace;
 use crate::worker::{Item, Worker, WorkerSettings};
 use crate::{EnricherError, metrics as m};
 
@@ -60,6 +64,8 @@ pub async fn run(config: EnricherConfig, shutdown: CancellationToken) -> Result<
         offsets: &offsets,
         kafka: &kafka,
         topic: &config.kafka.topic,
+        group: &config.group,
+        enriched_topic: &config.enriched_topic,
         device: &device,
     };
     loop {
@@ -93,6 +99,8 @@ struct BatchContext<'a> {
     offsets: &'a OffsetStore,
     kafka: &'a KafkaSettings,
     topic: &'a str,
+    group: &'a str,
+    enriched_topic: &'a str,
     device: &'a str,
 }
 
@@ -101,7 +109,8 @@ struct Source {
     item: Item,
     partition: i32,
     event_id: Option<uuid::Uuid>,
-    traceparent: Option<String>,
+    /// The trace context the record arrived with.
+    trace: Option<TraceHeaders>,
 }
 
 impl BatchContext<'_> {
@@ -128,10 +137,45 @@ impl BatchContext<'_> {
     }
 
     async fn publish(&self, sources: &[Source]) -> Result<(), EnricherError> {
+        let batch = trace::batch_span(
+            sources.iter().map(|s| s.trace.as_ref()),
+            sources.len(),
+            self.device,
+        );
+        let spans: Vec<tracing::Span> = sources
+            .iter()
+            .map(|s| {
+                trace::event_span(
+                    s.trace.as_ref(),
+                    &batch,
+                    self.topic,
+                    self.group,
+                    &s.item.session.to_string(),
+                    s.item.offset.0,
+                )
+            })
+            .collect();
         let items = sources.iter().map(|s| s.item.clone()).collect();
-        let enriched = self.worker.enrich(items).await?;
+        let enriched = self
+            .worker
+            .enrich(items)
+            .instrument(trace::inference_span(&batch, sources.len()))
+            .await?;
         let mut acks = Vec::with_capacity(sources.len());
-        for (source, result) in sources.iter().zip(enriched) {
+        for ((source, result), span) in sources.iter().zip(enriched).zip(&spans) {
+            let labels = result
+                .labels
+                .iter()
+                .map(|l| l.label.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            let send = trace::send_span(
+                span,
+                self.enriched_topic,
+                &source.item.session.to_string(),
+                &labels,
+            );
+            let headers = agentwire_runtime::trace::outgoing(&send, source.trace.as_ref());
             let record = Enrichment {
                 session: source.item.session.clone(),
                 source: SourceRef {
@@ -156,8 +200,10 @@ impl BatchContext<'_> {
                         key: source.item.session.to_string(),
                         value,
                         content_type: ENRICHMENT_JSON,
-                        traceparent: source.traceparent.clone(),
+                        traceparent: headers.as_ref().map(|h| h.traceparent.clone()),
+                        tracestate: headers.and_then(|h| h.tracestate),
                     })
+                    .instrument(send)
                     .await?,
             );
         }
@@ -211,6 +257,6 @@ fn parse(message: &LogMessage) -> Option<Source> {
         },
         partition: message.partition,
         event_id: event.id,
-        traceparent: message.traceparent.clone(),
+        trace: trace::incoming(message),
     })
 }

@@ -148,6 +148,9 @@ pub async fn publish(
 
     let quota_timeout = std::time::Duration::from_millis(state.config().tenant_quota_timeout_ms);
     if let Err(err) = tenant_limits::charge(state.tenants(), &events, quota_timeout).await {
+        for event in &events {
+            crate::publish_trace::refused(event, Transport::Http, &err);
+        }
         return err.into_response();
     }
 

@@ -20,6 +20,7 @@ mod idempotency;
 mod metrics;
 mod producers_api;
 mod publish;
+mod publish_trace;
 pub mod routes;
 pub mod serve;
 pub mod session;

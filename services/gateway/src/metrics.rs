@@ -6,6 +6,9 @@ pub const CONNECTIONS: &str = "agentwire_gateway_ws_connections";
 pub const PUBLISHES: &str = "agentwire_gateway_publishes_total";
 /// Seconds from receiving a publish to Kafka's acknowledgement.
 pub const PUBLISH_SECONDS: &str = "agentwire_gateway_publish_seconds";
+/// Seconds from an event's (or a session annotation's) append to the log until this gateway
+/// handed it to its connections, by `kind` (`event`, `annotation`): a histogram.
+pub const DELIVERY_LATENCY_SECONDS: &str = "agentwire_gateway_delivery_latency_seconds";
 /// Events delivered to WebSocket clients.
 pub const DELIVERIES: &str = "agentwire_gateway_deliveries_total";
 /// Label-feed annotations shed because a connection's mailbox was full.

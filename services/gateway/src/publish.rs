@@ -10,9 +10,13 @@ use agentwire_protocol::{Ack, ErrorCode, Event, cloudevents};
 use agentwire_valkey::{Outcome, Unsettled};
 use futures::future::{Either, ready};
 
+use agentwire_runtime::trace::{self, TraceHeaders, semconv};
+use tracing::Instrument as _;
+
 use crate::error::ApiError;
 use crate::idempotency::Claim;
 use crate::metrics as m;
+use crate::publish_trace;
 use crate::state::AppState;
 
 /// Which API a publish came through (a metric label).
@@ -23,7 +27,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Transport::Http => "http",
             Transport::Ws => "ws",
@@ -45,37 +49,59 @@ pub async fn enqueue(
     transport: Transport,
 ) -> Result<impl Future<Output = Result<Ack, ApiError>> + Send + use<>, ApiError> {
     let started = Instant::now();
+    let span = publish_trace::publish_span(&event, transport);
     if let Err(err) = event.check_publishable() {
         count(transport, "refused");
-        return Err(err.into());
+        let err = ApiError::from(err);
+        publish_trace::record_outcome(&span, Err(&err));
+        return Err(err);
     }
-    let ticket = match state.idempotency().claim(&event).await {
-        Ok(Claim::Duplicate(ack)) => {
+    let ticket = match state
+        .idempotency()
+        .claim(&event)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(Claim::Duplicate(mut ack)) => {
             count(transport, "duplicate");
+            publish_trace::record_outcome(&span, Ok("duplicate"));
+            ack.trace_id = publish_trace::trace_id(&span, &event);
             return Ok(Either::Left(ready(Ok(ack))));
         }
         Ok(Claim::Append(ticket)) => Some(ticket),
         Ok(Claim::Unsequenced) => None,
         Err(err) => {
             count(transport, "refused");
+            publish_trace::record_outcome(&span, Err(&err));
             return Err(err);
         }
     };
     event.stamp(SystemTime::now());
     let id = event.id.map(|id| id.to_string()).unwrap_or_default();
+    span.record("cloudevents.event_id", id.as_str());
     let producer_seq = event.producer_seq;
+    let trace_id = publish_trace::trace_id(&span, &event);
+    let send = publish_trace::send_span(&span, state.log().topic(), &event);
+    send.record(semconv::MESSAGING_MESSAGE_ID, id.as_str());
+    // The record's headers carry the append span's context (or, untraced, the event's own).
+    let incoming =
+        TraceHeaders::from_parts(event.traceparent.as_deref(), event.tracestate.as_deref());
+    let headers = trace::outgoing(&send, incoming.as_ref());
     let record = LogRecord {
         content_type: agentwire_kafka::CLOUDEVENTS_JSON,
         key: event.session.to_string(),
         value: cloudevents::to_json(&event),
-        traceparent: event.traceparent.clone(),
+        traceparent: headers.as_ref().map(|h| h.traceparent.clone()),
+        tracestate: headers.and_then(|h| h.tracestate),
     };
-    let span = tracing::debug_span!("publish", session = %event.session, event_id = %id);
     let state = state.clone();
     let pending = match state.log().enqueue(&record).await {
         Ok(pending) => pending,
         Err(e) => {
             count(transport, "error");
+            let err = ApiError::kafka_unavailable(e);
+            publish_trace::record_outcome(&send, Err(&err));
+            publish_trace::record_outcome(&span, Err(&err));
             if let Some(ticket) = &ticket {
                 // An enqueue error never reached a broker.
                 state
@@ -83,7 +109,7 @@ pub async fn enqueue(
                     .settle(ticket, Err(Unsettled::NotWritten))
                     .await;
             }
-            return Err(ApiError::kafka_unavailable(e));
+            return Err(err);
         }
     };
     // The outcome is awaited and recorded by a task of its own, so a caller that goes away
@@ -101,7 +127,13 @@ pub async fn enqueue(
             };
             state.idempotency().settle(ticket, outcome).await;
         }
-        let _entered = span.enter();
+        if let Ok(a) = &result {
+            send.record(
+                semconv::MESSAGING_DESTINATION_PARTITION_ID,
+                a.partition.to_string(),
+            );
+            send.record(semconv::MESSAGING_KAFKA_OFFSET, trace::int(a.offset.0));
+        }
         count(transport, if result.is_ok() { "ok" } else { "error" });
         metrics::histogram!(m::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
         let appended = result.map_err(|e| {
@@ -117,14 +149,23 @@ pub async fn enqueue(
             } else {
                 ApiError::kafka_unavailable(e)
             }
-        })?;
-        tracing::debug!(partition = appended.partition, offset = %appended.offset, "appended");
+        });
+        if let Err(err) = &appended {
+            publish_trace::record_outcome(&send, Err(err));
+            publish_trace::record_outcome(&span, Err(err));
+        } else {
+            publish_trace::record_outcome(&span, Ok("ok"));
+        }
+        drop(send);
+        let appended = appended?;
+        tracing::debug!(parent: &span, partition = appended.partition, offset = %appended.offset, "appended");
         Ok(Ack {
             id,
             producer_seq,
             partition: appended.partition,
             offset: appended.offset,
             duplicate: false,
+            trace_id,
         })
     });
     Ok(Either::Right(async move {

@@ -12,7 +12,10 @@ use backon::{ExponentialBuilder, Retryable as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use tracing::Instrument as _;
+
 use crate::config::RelayConfig;
+use crate::trace;
 use crate::{RelayError, metrics as m};
 
 /// How long an annotation waits for its event to be announced before it is sent anyway
@@ -39,7 +42,13 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         };
         match event {
-            Some(ConsumerEvent::Batch(batch)) => carry(&store, &offsets, &batch, &shutdown).await,
+            Some(ConsumerEvent::Batch(batch)) => {
+                let source = (
+                    config.enriched_topic.as_str(),
+                    config.enriched_group.as_str(),
+                );
+                carry(&store, &offsets, source, &batch, &shutdown).await
+            }
             Some(_) => {}
             None => break,
         }
@@ -55,6 +64,7 @@ pub async fn run(
 async fn carry(
     store: &HistoryStore,
     offsets: &OffsetStore,
+    (topic, group): (&str, &str),
     batch: &[LogMessage],
     stop: &CancellationToken,
 ) {
@@ -62,7 +72,12 @@ async fn carry(
         let Some(enrichment) = parse(message) else {
             continue;
         };
-        if !announce(store, &enrichment, stop).await {
+        let span = trace::record_span(message, topic, group, &enrichment.session.to_string());
+        let meta = trace::announcement(&span, message);
+        if !announce(store, &enrichment, &meta, stop)
+            .instrument(span)
+            .await
+        {
             // Stopping: the offset stays unstored and is read again by the next relay.
             return;
         }
@@ -72,7 +87,12 @@ async fn carry(
 
 /// Announces one enrichment, waiting up to [`EVENT_WAIT`] for its event to be announced
 /// first; retries Valkey failures until `stop`. `false` when stopped before it was done.
-async fn announce(store: &HistoryStore, e: &Enrichment, stop: &CancellationToken) -> bool {
+async fn announce(
+    store: &HistoryStore,
+    e: &Enrichment,
+    meta: &str,
+    stop: &CancellationToken,
+) -> bool {
     let json = e.annotation_json();
     let labels: Vec<String> = e
         .labels
@@ -82,7 +102,7 @@ async fn announce(store: &HistoryStore, e: &Enrichment, stop: &CancellationToken
     let started = Instant::now();
     loop {
         let force = started.elapsed() >= EVENT_WAIT;
-        let attempt = || store.annotate(&e.session, e.source.offset, &json, &labels, force);
+        let attempt = || store.annotate(&e.session, e.source.offset, &json, &labels, force, meta);
         let outcome = attempt
             .retry(
                 ExponentialBuilder::default()

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
 use crate::log_watch::LogWatch;
+use crate::trace;
 use crate::{RelayError, metrics as m};
+use tracing::Instrument as _;
 
 /// Batches buffered between the poll thread and the Valkey writer.
 const CHANNEL_BATCHES: usize = 4;
@@ -80,7 +82,15 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
         };
         match event {
             Some(ConsumerEvent::Batch(batch)) => {
-                write_batch(&store, &offsets, &topic, &mut marks, &batch, &shutdown).await
+                write_batch(
+                    &store,
+                    &offsets,
+                    (&topic, &config.group),
+                    &mut marks,
+                    &batch,
+                    &shutdown,
+                )
+                .await
             }
             Some(ConsumerEvent::Assigned(p)) => {
                 tracing::info!(partitions = ?p, "partitions assigned")
@@ -108,7 +118,15 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
     };
     while let Some(event) = rx.recv().await {
         if let ConsumerEvent::Batch(batch) = event {
-            write_batch(&store, &offsets, &topic, &mut marks, &batch, &drain).await;
+            write_batch(
+                &store,
+                &offsets,
+                (&topic, &config.group),
+                &mut marks,
+                &batch,
+                &drain,
+            )
+            .await;
         }
     }
     deadline.abort();
@@ -141,16 +159,30 @@ type Marks = HashMap<(i32, Option<u16>), Offset>;
 async fn write_batch(
     store: &HistoryStore,
     offsets: &OffsetStore,
-    topic: &str,
+    (topic, group): (&str, &str),
     marks: &mut Marks,
     batch: &[LogMessage],
     stop: &CancellationToken,
 ) {
-    let parsed: Vec<_> = batch.iter().filter_map(parse).collect();
+    let parsed: Vec<_> = batch
+        .iter()
+        .filter_map(|message| {
+            let (session, partition, offset, json) = parse(message)?;
+            let span = trace::record_span(message, topic, group, &session.to_string());
+            let meta = trace::announcement(&span, message);
+            Some((session, partition, offset, json, span, meta))
+        })
+        .collect();
+    let valkey = trace::valkey_span(parsed.len());
+    for (.., span, _) in &parsed {
+        if let Some(cx) = agentwire_runtime::trace::outgoing(span, None) {
+            agentwire_runtime::trace::add_link(&valkey, &cx);
+        }
+    }
     let mut previous = marks.clone();
     let appends: Vec<Append<'_>> = parsed
         .iter()
-        .map(|(session, partition, offset, json)| {
+        .map(|(session, partition, offset, json, _, meta)| {
             // A partition's first record since assignment follows what the relay before this
             // one committed: everything up to the record before it. A mark per slot (on a
             // cluster) covers only that slot's sessions, whose last record is not known here.
@@ -168,6 +200,7 @@ async fn write_batch(
                 offset: *offset,
                 event_json: json,
                 expected,
+                meta,
             }
         })
         .collect();
@@ -180,6 +213,7 @@ async fn write_batch(
             tracing::warn!(error = %err, retry_in = ?after, "valkey write failed; retrying the batch");
         })
         .when(|_| !stop.is_cancelled())
+        .instrument(valkey.clone())
         .await;
     let Ok(appended) = written else {
         // Stopping: these offsets stay unstored and are read again by the next relay.
@@ -204,6 +238,11 @@ async fn write_batch(
         );
     }
     let written = appended.written;
+    valkey.record(
+        "agentwire.relay.written",
+        agentwire_runtime::trace::int(written),
+    );
+    drop(valkey);
     metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
     metrics::histogram!(m::BATCH_SIZE).record(appends.len() as f64);
     metrics::counter!(m::EVENTS_WRITTEN).increment(written as u64);

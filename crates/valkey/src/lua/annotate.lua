@@ -4,7 +4,8 @@
 -- ARGV[1] source offset   ARGV[2] annotation JSON   ARGV[3] session channel
 -- ARGV[4] idle TTL in seconds   ARGV[5] '1' to publish even if the event is not in the window
 -- ARGV[6] the command announcing on the session channel: PUBLISH, or SPUBLISH on a cluster
--- ARGV[7..] further channels (label feeds, classic PUBLISH: they are not in the session's slot)
+-- ARGV[7] the announcement's metadata (`t=<traceparent> ts=<ms>`), '' for none
+-- ARGV[8..] further channels (label feeds, classic PUBLISH: they are not in the session's slot)
 -- Returns 1 published, 0 already published (a replay), -1 the event is not announced yet.
 --
 -- A session lives in one partition and the enricher publishes its records in order, so the
@@ -25,9 +26,13 @@ if ARGV[5] ~= '1' then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
-local message = 'a\n' .. ARGV[2]
+local head = 'a'
+if ARGV[7] ~= '' then
+  head = head .. ' ' .. ARGV[7]
+end
+local message = head .. '\n' .. ARGV[2]
 redis.call(ARGV[6], ARGV[3], message)
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   redis.call('PUBLISH', ARGV[i], message)
 end
 return 1

@@ -4,6 +4,8 @@
 -- ARGV[4] channel   ARGV[5] idle TTL in seconds
 -- ARGV[6] the offset of this partition the relay wrote last ('' when it knows none)
 -- ARGV[7] the announcing command: PUBLISH, or SPUBLISH (sharded) on a cluster
+-- ARGV[8] the announcement's metadata (`t=<traceparent> ts=<ms>`), '' for none: it follows
+--         the offset on the announcement's first line and is not stored
 -- Returns 1 when appended and published, 0 when this offset was already written (replay),
 -- plus 2 when this append found that Valkey lost writes it had acknowledged, plus 4 when the
 -- window already holds *another* record at this offset (or lacks it inside its range): the
@@ -68,5 +70,9 @@ if not ok then
   return redis.error_reply(message)
 end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call(ARGV[7], ARGV[4], ARGV[1] .. '\n' .. ARGV[2])
+local head = ARGV[1]
+if ARGV[8] ~= '' then
+  head = head .. ' ' .. ARGV[8]
+end
+redis.call(ARGV[7], ARGV[4], head .. '\n' .. ARGV[2])
 return 1 + rolled_back

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod enricher;
+pub mod ws;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -314,9 +317,15 @@ impl Stack {
 
     /// `agentwire relay` as a child process, for tests that SIGKILL it.
     pub fn relay_process(&self) -> ChildProcess {
+        ChildProcess::spawn("relay", self.relay_command("127.0.0.1:0"))
+    }
+
+    /// The command of `agentwire relay` for this stack, its `/metrics` and `/healthz` on
+    /// `admin_listen`.
+    pub fn relay_command(&self, admin_listen: &str) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_agentwire"));
         command
-            .args(["relay", "--admin-listen", "127.0.0.1:0"])
+            .args(["relay", "--admin-listen", admin_listen])
             .env("AGENTWIRE_KAFKA_BROKERS", &self.env.kafka_brokers)
             .env("AGENTWIRE_TOPIC", &self.topic)
             .env("AGENTWIRE_VALKEY_URL", &self.env.valkey_url)
@@ -327,7 +336,7 @@ impl Stack {
                 format!("{}-enriched", self.relay_group),
             )
             .env("AGENTWIRE_RELAY_BATCH_MAX", "64");
-        ChildProcess::spawn("relay", command)
+        command
     }
 
     pub fn http(&self) -> HttpClient {

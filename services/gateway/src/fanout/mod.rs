@@ -20,6 +20,7 @@
 mod feed;
 pub mod publication;
 pub mod registry;
+mod trace;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -227,7 +228,15 @@ impl Fanout {
             return;
         };
         let publication = Arc::new(publication);
+        let span = trace::deliver_span(&publication);
         let tally = registry::deliver(followers.iter().map(|(_, f)| f), &publication);
+        trace::record_latency(&publication);
+        if let Some(span) = span {
+            use agentwire_runtime::trace::int;
+            span.record("agentwire.connections", int(tally.queued));
+            span.record("agentwire.lagged", int(tally.lagged));
+            span.record("agentwire.shed", int(tally.shed));
+        }
         let counters = &self.shared.counters;
         if tally.lagged > 0 {
             counters.lagged.increment(tally.lagged);

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use agentwire_protocol::frames::{ephemeral_frame_json, event_frame_json};
 use agentwire_protocol::{Offset, ServerFrame, SessionKey};
-use agentwire_valkey::{LiveAnnotation, LiveEphemeral, LiveMessage};
+use agentwire_valkey::{LiveAnnotation, LiveEphemeral, LiveMessage, LiveMeta};
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 
@@ -28,15 +28,18 @@ pub enum Kind {
 pub struct Publication {
     pub session: SessionKey,
     pub kind: Kind,
+    /// The relay's trace context and the record's append time, from the announcement.
+    pub meta: LiveMeta,
     json: Utf8Bytes,
     protobuf: OnceLock<Option<Bytes>>,
 }
 
 impl Publication {
-    fn new(session: SessionKey, kind: Kind, json: String) -> Self {
+    fn new(session: SessionKey, kind: Kind, json: String, meta: LiveMeta) -> Self {
         Self {
             session,
             kind,
+            meta,
             json: json.into(),
             protobuf: OnceLock::new(),
         }
@@ -44,7 +47,12 @@ impl Publication {
 
     pub fn event(message: LiveMessage) -> Self {
         let json = event_frame_json(&message.session, message.offset, &message.event_json);
-        Self::new(message.session, Kind::Event(message.offset), json)
+        Self::new(
+            message.session,
+            Kind::Event(message.offset),
+            json,
+            message.meta,
+        )
     }
 
     pub fn annotation(annotation: LiveAnnotation) -> Self {
@@ -52,6 +60,7 @@ impl Publication {
             annotation.session,
             Kind::Annotation(annotation.offset),
             annotation.json,
+            annotation.meta,
         )
     }
 
@@ -60,12 +69,13 @@ impl Publication {
             annotation.session,
             Kind::Labelled(annotation.offset),
             annotation.json,
+            annotation.meta,
         )
     }
 
     pub fn ephemeral(message: LiveEphemeral) -> Self {
         let json = ephemeral_frame_json(&message.session, &message.event_json);
-        Self::new(message.session, Kind::Ephemeral, json)
+        Self::new(message.session, Kind::Ephemeral, json, LiveMeta::default())
     }
 
     /// The JSON text frame (shared bytes: cloning is a reference count).
@@ -107,6 +117,7 @@ mod tests {
             session: session.clone(),
             offset: Offset(7),
             event_json: cloud_event(&session),
+            meta: Default::default(),
         });
         assert!(publication.json().as_str().starts_with(r#"{"op":"event""#));
         let first = publication.protobuf().expect("encodes").clone();

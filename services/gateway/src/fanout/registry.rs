@@ -315,6 +315,7 @@ mod tests {
             session: session(),
             offset: Offset(offset),
             event_json: "{}".into(),
+            meta: Default::default(),
         }))
     }
 

@@ -205,6 +205,7 @@ impl Idempotency {
             partition: outcome.partition,
             offset: outcome.offset,
             duplicate: true,
+            trace_id: None,
         })
     }
 

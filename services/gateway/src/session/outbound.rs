@@ -100,6 +100,7 @@ mod tests {
             session: session.clone(),
             offset: Offset(3),
             event_json: json.clone(),
+            meta: Default::default(),
         }));
         for encoding in [Encoding::Json, Encoding::Protobuf] {
             let stored = Outbound::Stored {

@@ -101,7 +101,10 @@ pub async fn publish(
     let timeout = Duration::from_millis(app.config().tenant_quota_timeout_ms);
     let charged = tenant_limits::charge(app.tenants(), std::slice::from_ref(&event), timeout).await;
     let answer = match charged {
-        Err(err) => Box::pin(std::future::ready(Err(err))) as publisher::Acked,
+        Err(err) => {
+            crate::publish_trace::refused(&event, crate::publish::Transport::Ws, &err);
+            Box::pin(std::future::ready(Err(err))) as publisher::Acked
+        }
         Ok(()) => publisher.submit(event),
     };
     Box::pin(async move { answer.await.map_err(|err| ErrorFrame { id, ..err.frame() }) })

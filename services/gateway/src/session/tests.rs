@@ -81,6 +81,7 @@ fn live(session: &SessionKey, offset: u64) -> Arc<Publication> {
         session: session.clone(),
         offset: Offset(offset),
         event_json: "{}".into(),
+        meta: Default::default(),
     }))
 }
 
@@ -369,6 +370,7 @@ fn ephemerals_are_shed_while_catching_up_and_annotations_follow_their_event() {
             session: s.clone(),
             offset: Offset(offset),
             json: "{}".into(),
+            meta: Default::default(),
         }))
     };
     machine.on_live(&ephemeral);
@@ -421,6 +423,7 @@ fn label_feeds_deliver_only_sessions_the_token_may_follow() {
             session: key(s),
             offset: Offset(1),
             json: "{}".into(),
+            meta: Default::default(),
         }))
     };
     machine.on_live(&labelled("ok"));
