@@ -15,7 +15,9 @@
 //! gateway, `AGENTWIRE_TENANT_LOG_SCAN_*`); over it, the read is refused with a wait. Like
 //! the publish quota, it fails open when Valkey cannot answer in time.
 
+use agentwire_runtime::trace;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use agentwire_kafka::{
     KafkaError, KafkaSettings, KeyedReader, Partitions, ReadBudget, Watermarks, partition_for,
@@ -148,8 +150,31 @@ impl HistoryReader {
     }
 
     /// Up to `limit` events after `after` (exclusive), and no more than the page's byte
-    /// bound. With `after = None`: the window only, from its oldest entry.
+    /// bound. With `after = None`: the window only, from its oldest entry. Traced as one
+    /// `history read` span (catch-ups and `GET …/events`), with how much came from the log.
     pub async fn read(
+        &self,
+        session: &SessionKey,
+        after: Option<Offset>,
+        limit: usize,
+    ) -> Result<Page, HistoryError> {
+        let span = tracing::info_span!(
+            "history read",
+            agentwire.session = %session,
+            agentwire.history.after = after.map(|a| trace::int(a.0)),
+            agentwire.history.events = tracing::field::Empty,
+            agentwire.history.from_log = tracing::field::Empty,
+        );
+        let page = self
+            .read_page(session, after, limit)
+            .instrument(span.clone())
+            .await?;
+        span.record("agentwire.history.events", trace::int(page.events.len()));
+        span.record("agentwire.history.from_log", trace::int(page.from_log));
+        Ok(page)
+    }
+
+    async fn read_page(
         &self,
         session: &SessionKey,
         after: Option<Offset>,

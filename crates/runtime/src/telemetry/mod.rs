@@ -49,6 +49,16 @@ const TRACED_CRATES: [&str; 6] = [
     "agentwire_runtime",
 ];
 
+/// The crates under the OTLP exporter, whose spans are never traced.
+const EXPORTER_STACK: [&str; 6] = [
+    "h2",
+    "hyper",
+    "tonic",
+    "tower::",
+    "reqwest",
+    "opentelemetry",
+];
+
 /// What [`init`] set up; dropping it flushes the spans still waiting (for a few seconds at
 /// most) and stops the exporter.
 #[derive(Debug, Default)]
@@ -116,20 +126,23 @@ fn install(format: LogFormat, settings: Option<&export::ExportSettings>) -> Tele
         Some(Err(err)) => (None, Some(err)),
         None => (None, None),
     };
-    // One global rule for spans: only our crates' spans exist, at INFO and above, whatever
-    // RUST_LOG says (a quiet log still traces); events pass to the log's own filter. The trace
-    // layer itself has no filter of its own: a per-layer filter on it lost spans at random
-    // (their parents then looked like roots).
-    let max_event = filter
+    // One global rule: our crates' spans at INFO and above exist whatever RUST_LOG says (a
+    // quiet log still traces); other spans and all events exist down to the most verbose level
+    // the log shows (its own filter then picks), except the spans of the exporter's own HTTP
+    // and gRPC stack, which would trace themselves. The trace layer has no filter of its own:
+    // a per-layer filter on it lost spans at random (their parents then looked like roots).
+    let max_log = filter
         .max_level_hint()
         .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
     let traced = tracing_subscriber::filter::filter_fn(move |meta| {
-        if meta.is_span() {
-            *meta.level() <= Level::INFO
-                && TRACED_CRATES.iter().any(|c| meta.target().starts_with(c))
-        } else {
-            *meta.level() <= max_event
+        let ours = TRACED_CRATES.iter().any(|c| meta.target().starts_with(c));
+        if meta.is_span() && ours && *meta.level() <= Level::INFO {
+            return true;
         }
+        if meta.is_span() && EXPORTER_STACK.iter().any(|c| meta.target().starts_with(c)) {
+            return false;
+        }
+        *meta.level() <= max_log
     });
     let traces = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
