@@ -13,33 +13,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_yaml_ng::Value;
+use source_files::root;
 
-fn root() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("../..")
-}
+mod source_files;
 
 /// Every `env = "AGENTWIRE_…"` the clap configuration of the code declares.
 fn variables_the_code_reads() -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    let mut dirs = vec![root().join("services"), root().join("crates")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(&path).expect("read source");
-                for piece in text.split("env = \"").skip(1) {
-                    if let Some(name) = piece
-                        .split('"')
-                        .next()
-                        .filter(|n| n.starts_with("AGENTWIRE_"))
-                    {
-                        found.insert(name.to_owned());
-                    }
-                }
+    for (_, text) in source_files::rust_sources(false) {
+        for piece in text.split("env = \"").skip(1) {
+            if let Some(name) = piece
+                .split('"')
+                .next()
+                .filter(|n| n.starts_with("AGENTWIRE_"))
+            {
+                found.insert(name.to_owned());
             }
         }
     }
@@ -48,28 +36,12 @@ fn variables_the_code_reads() -> BTreeSet<String> {
 
 /// Every `"OTEL_…"` string the code names: the standard OpenTelemetry variables it reads.
 fn otel_variables_the_code_names() -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let mut dirs = vec![root().join("services"), root().join("crates")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(&path).expect("read source");
-                for piece in text.split("\"OTEL_").skip(1) {
-                    let name: String = piece
-                        .chars()
-                        .take_while(|c| c.is_ascii_uppercase() || *c == '_')
-                        .collect();
-                    if piece[name.len()..].starts_with('"') {
-                        found.insert(format!("OTEL_{name}"));
-                    }
-                }
-            }
-        }
-    }
-    found
+    source_files::rust_sources(false)
+        .iter()
+        .flat_map(|(_, text)| {
+            source_files::names_with_prefix(text, "OTEL_", |c| c.is_ascii_uppercase() || c == '_')
+        })
+        .collect()
 }
 
 fn compose() -> Value {

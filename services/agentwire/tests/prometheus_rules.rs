@@ -12,12 +12,9 @@ use std::process::Command;
 
 use agentwire_test_support::{promql, promtool};
 use serde_yaml_ng::Value;
+use source_files::root;
 
-fn root() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("../..")
-}
+mod source_files;
 
 fn prometheus_dir() -> PathBuf {
     root().join("infra/prometheus")
@@ -41,30 +38,14 @@ fn run_promtool(args: &[&str]) {
 
 /// Every `"agentwire_…"` string in the `src/` folders of the services and crates.
 fn metrics_the_code_declares() -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let mut dirs = vec![root().join("services"), root().join("crates")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs")
-                && path.components().any(|c| c.as_os_str() == "src")
-            {
-                let text = std::fs::read_to_string(&path).expect("read source");
-                for piece in text.split("\"agentwire_").skip(1) {
-                    let name: String = piece
-                        .chars()
-                        .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-                        .collect();
-                    if piece[name.len()..].starts_with('"') {
-                        found.insert(format!("agentwire_{name}"));
-                    }
-                }
-            }
-        }
-    }
-    found
+    source_files::rust_sources(true)
+        .iter()
+        .flat_map(|(_, text)| {
+            source_files::names_with_prefix(text, "agentwire_", |c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+            })
+        })
+        .collect()
 }
 
 fn rules() -> Value {
