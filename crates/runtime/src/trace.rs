@@ -99,15 +99,6 @@ pub fn int<T: TryInto<i64>>(value: T) -> i64 {
     value.try_into().unwrap_or(i64::MAX)
 }
 
-/// Sets an attribute on `span`'s trace span (for values known only after it started).
-pub fn set_attribute(
-    span: &tracing::Span,
-    key: &'static str,
-    value: impl Into<opentelemetry::Value>,
-) {
-    span.set_attribute(key, value);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use agentwire_protocol::{Ack, ErrorCode, Event, cloudevents};
 use agentwire_valkey::{Outcome, Unsettled};
 use futures::future::{Either, ready};
 
-use agentwire_runtime::trace::{self, TraceHeaders, semconv};
+use agentwire_runtime::trace::{self, semconv};
 use tracing::Instrument as _;
 
 use crate::error::ApiError;
@@ -49,7 +49,8 @@ pub async fn enqueue(
     transport: Transport,
 ) -> Result<impl Future<Output = Result<Ack, ApiError>> + Send + use<>, ApiError> {
     let started = Instant::now();
-    let span = publish_trace::publish_span(&event, transport);
+    let incoming = publish_trace::incoming(&event);
+    let span = publish_trace::publish_span(&event, transport, incoming.as_ref());
     if let Err(err) = event.check_publishable() {
         count(transport, "refused");
         let err = ApiError::from(err);
@@ -65,7 +66,7 @@ pub async fn enqueue(
         Ok(Claim::Duplicate(mut ack)) => {
             count(transport, "duplicate");
             publish_trace::record_outcome(&span, Ok("duplicate"));
-            ack.trace_id = publish_trace::trace_id(&span, &event);
+            ack.trace_id = publish_trace::trace_id(&span, incoming.as_ref());
             return Ok(Either::Left(ready(Ok(ack))));
         }
         Ok(Claim::Append(ticket)) => Some(ticket),
@@ -80,12 +81,10 @@ pub async fn enqueue(
     let id = event.id.map(|id| id.to_string()).unwrap_or_default();
     span.record("cloudevents.event_id", id.as_str());
     let producer_seq = event.producer_seq;
-    let trace_id = publish_trace::trace_id(&span, &event);
+    let trace_id = publish_trace::trace_id(&span, incoming.as_ref());
     let send = publish_trace::send_span(&span, state.log().topic(), &event);
     send.record(semconv::MESSAGING_MESSAGE_ID, id.as_str());
     // The record's headers carry the append span's context (or, untraced, the event's own).
-    let incoming =
-        TraceHeaders::from_parts(event.traceparent.as_deref(), event.tracestate.as_deref());
     let headers = trace::outgoing(&send, incoming.as_ref());
     let record = LogRecord {
         content_type: agentwire_kafka::CLOUDEVENTS_JSON,

@@ -9,9 +9,18 @@ use tracing::field::Empty;
 use crate::error::ApiError;
 use crate::publish::Transport;
 
-/// The span of one event's publish, parented to the event's trace context (its
-/// distributed-tracing attributes, or the HTTP request's `traceparent`).
-pub fn publish_span(event: &Event, transport: Transport) -> tracing::Span {
+/// The trace context an event arrived with: its distributed-tracing attributes (filled from
+/// the HTTP request's `traceparent` when it had none).
+pub fn incoming(event: &Event) -> Option<TraceHeaders> {
+    TraceHeaders::from_parts(event.traceparent.as_deref(), event.tracestate.as_deref())
+}
+
+/// The span of one event's publish, parented to the context it arrived with.
+pub fn publish_span(
+    event: &Event,
+    transport: Transport,
+    incoming: Option<&TraceHeaders>,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "publish",
         otel.kind = "server",
@@ -26,9 +35,7 @@ pub fn publish_span(event: &Event, transport: Transport) -> tracing::Span {
         cloudevents.event_type = %event.event_type,
         error.type = Empty,
     );
-    let parent =
-        TraceHeaders::from_parts(event.traceparent.as_deref(), event.tracestate.as_deref());
-    trace::set_parent(&span, parent.as_ref());
+    trace::set_parent(&span, incoming);
     span
 }
 
@@ -73,14 +80,12 @@ pub fn record_outcome(span: &tracing::Span, outcome: Result<&'static str, &ApiEr
 /// A publish refused before it reached the publish path (a rate limit or quota): its span,
 /// ended at once with the refusal.
 pub fn refused(event: &Event, transport: Transport, err: &ApiError) {
-    let span = publish_span(event, transport);
+    let span = publish_span(event, transport, incoming(event).as_ref());
     record_outcome(&span, Err(err));
 }
 
 /// The trace id a publish answer names: the publish span's when traces are on, else the
 /// event's own context's, if it has one.
-pub fn trace_id(span: &tracing::Span, event: &Event) -> Option<String> {
-    let incoming =
-        TraceHeaders::from_parts(event.traceparent.as_deref(), event.tracestate.as_deref());
-    trace::outgoing(span, incoming.as_ref()).map(|h| h.trace_id())
+pub fn trace_id(span: &tracing::Span, incoming: Option<&TraceHeaders>) -> Option<String> {
+    trace::outgoing(span, incoming).map(|h| h.trace_id())
 }

@@ -72,8 +72,7 @@ async fn carry(
         let Some(enrichment) = parse(message) else {
             continue;
         };
-        let span = trace::record_span(message, topic, group, &enrichment.session.to_string());
-        let meta = trace::announcement(&span, message);
+        let (span, meta) = trace::record(message, topic, group, &enrichment.session.to_string());
         if !announce(store, &enrichment, &meta, stop)
             .instrument(span)
             .await

@@ -168,8 +168,7 @@ async fn write_batch(
         .iter()
         .filter_map(|message| {
             let (session, partition, offset, json) = parse(message)?;
-            let span = trace::record_span(message, topic, group, &session.to_string());
-            let meta = trace::announcement(&span, message);
+            let (span, meta) = trace::record(message, topic, group, &session.to_string());
             Some((session, partition, offset, json, span, meta))
         })
         .collect();

@@ -8,8 +8,19 @@ use agentwire_runtime::trace::{self, TraceHeaders, semconv};
 use agentwire_valkey::LiveMeta;
 use tracing::field::Empty;
 
-/// The span of relaying one record of `topic`, read by consumer group `group`.
-pub fn record_span(message: &LogMessage, topic: &str, group: &str, session: &str) -> tracing::Span {
+/// The span of relaying one record of `topic`, read by consumer group `group`, and what its
+/// announcement carries ([`LiveMeta::encode`]): the span's context (or, untraced, the
+/// record's own) and the record's timestamp.
+pub fn record(
+    message: &LogMessage,
+    topic: &str,
+    group: &str,
+    session: &str,
+) -> (tracing::Span, String) {
+    let incoming = TraceHeaders::from_parts(
+        message.traceparent.as_deref(),
+        message.tracestate.as_deref(),
+    );
     let span = tracing::info_span!(
         "process",
         otel.name = format!("process {topic}"),
@@ -24,26 +35,13 @@ pub fn record_span(message: &LogMessage, topic: &str, group: &str, session: &str
         agentwire.session = session,
         agentwire.relay.outcome = Empty,
     );
-    trace::set_parent(&span, incoming(message).as_ref());
-    span
-}
-
-/// The record's trace context, from its headers.
-pub fn incoming(message: &LogMessage) -> Option<TraceHeaders> {
-    TraceHeaders::from_parts(
-        message.traceparent.as_deref(),
-        message.tracestate.as_deref(),
-    )
-}
-
-/// What the announcement of a record carries: the record span's context (or, untraced, the
-/// record's own) and the record's timestamp.
-pub fn announcement(span: &tracing::Span, message: &LogMessage) -> String {
-    LiveMeta {
-        traceparent: trace::outgoing(span, incoming(message).as_ref()).map(|h| h.traceparent),
+    trace::set_parent(&span, incoming.as_ref());
+    let meta = LiveMeta {
+        traceparent: trace::outgoing(&span, incoming.as_ref()).map(|h| h.traceparent),
         appended_ms: message.timestamp_ms,
     }
-    .encode()
+    .encode();
+    (span, meta)
 }
 
 /// The span of one Valkey pipeline of `records` appends.
