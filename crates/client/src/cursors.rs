@@ -2,13 +2,15 @@
 //! offset a subscription started after and the last offset handed to the caller.
 //!
 //! Offsets are Kafka offsets, one sequence per session, and `after` is exclusive: resuming
-//! with `after = last delivered` asks the server for exactly the events not yet seen. The
-//! admit check is the defence in depth on top of that: an event at or below the cursor is
-//! a duplicate (a replay overlapping the live stream, or a server bug) and is dropped.
+//! with `after = last delivered` asks the server for exactly the events not yet seen. A
+//! session with no offset yet that must not skip anything (followed from the start of the
+//! log, or subscribed while its partition was empty) resumes `from: earliest`. The admit
+//! check is the defence in depth on top of that: an event at or below the cursor is a
+//! duplicate (a replay overlapping the live stream, or a server bug) and is dropped.
 
 use std::collections::BTreeMap;
 
-use agentwire_protocol::{Offset, SessionKey};
+use agentwire_protocol::{Offset, SessionKey, Start};
 
 /// What to do with an incoming event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,8 +25,13 @@ pub enum Admit {
 
 #[derive(Clone, Debug, Default)]
 struct Cursor {
-    /// The `after` the caller subscribed with (exclusive); `None` means "only new events".
+    /// The `after` the caller subscribed with (exclusive); `None` means "only new events",
+    /// or every event when `from_start`.
     start: Option<Offset>,
+    /// With no offset to resume after, resume from the log's first retained event: the
+    /// caller asked for it, or the session's partition was empty when it was subscribed (so
+    /// every event of the session is new to the subscription).
+    from_start: bool,
     /// The last offset delivered to the caller.
     last: Option<Offset>,
     /// The epoch the server gave these offsets; sent back on resume so a reset log is told
@@ -36,6 +43,15 @@ impl Cursor {
     /// The exclusive lower bound of what may still be delivered (`None` sorts lowest).
     fn floor(&self) -> Option<Offset> {
         self.last.max(self.start)
+    }
+
+    /// Where a (re-)subscription starts.
+    fn resume(&self) -> Start {
+        match self.floor() {
+            Some(after) => Start::After(after),
+            None if self.from_start => Start::Earliest,
+            None => Start::New,
+        }
     }
 }
 
@@ -57,6 +73,29 @@ impl Cursors {
     pub fn follow(&mut self, session: SessionKey, after: Option<Offset>) {
         let cursor = self.sessions.entry(session).or_default();
         cursor.start = after;
+    }
+
+    /// Like [`Cursors::follow`] from `start`: [`Start::Earliest`] asks for every event the log
+    /// still holds, and keeps asking for it until something is delivered.
+    pub fn follow_from(&mut self, session: SessionKey, start: Start) {
+        let earliest = start == Start::Earliest;
+        self.follow(session.clone(), start.after());
+        if earliest && let Some(cursor) = self.sessions.get_mut(&session) {
+            cursor.from_start = true;
+        }
+    }
+
+    /// Records the server's answer to a subscription for only new events: the session's
+    /// latest offset becomes its resume point; with none (its partition was empty) every
+    /// later event of the session is new, so it resumes from the start of the log.
+    pub fn subscribed_new(&mut self, session: &SessionKey, latest: Option<Offset>) {
+        let Some(cursor) = self.sessions.get_mut(session) else {
+            return;
+        };
+        match latest {
+            Some(latest) => cursor.start = Some(latest),
+            None => cursor.from_start = true,
+        }
     }
 
     /// Stops following `session`; later events for it are [`Admit::Unfollowed`].
@@ -99,12 +138,12 @@ impl Cursors {
         }
     }
 
-    /// Every followed session with the `after` to (re-)subscribe it with and the epoch of
-    /// that offset, in key order.
-    pub fn resume_points(&self) -> Vec<(SessionKey, Option<Offset>, Option<String>)> {
+    /// Every followed session with where to (re-)subscribe it from and the epoch of its
+    /// offsets, in key order.
+    pub fn resume_points(&self) -> Vec<(SessionKey, Start, Option<String>)> {
         self.sessions
             .iter()
-            .map(|(s, c)| (s.clone(), c.floor(), c.epoch.clone()))
+            .map(|(s, c)| (s.clone(), c.resume(), c.epoch.clone()))
             .collect()
     }
 
@@ -156,9 +195,39 @@ mod tests {
         assert_eq!(
             cursors.resume_points(),
             vec![
-                (fresh, Some(Offset(41)), None),
-                (live, None, None),
-                (replayed, Some(Offset(50)), Some("e1".into()))
+                (fresh, Start::After(Offset(41)), None),
+                (live, Start::New, None),
+                (replayed, Start::After(Offset(50)), Some("e1".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_session_with_no_offset_yet_resumes_from_the_start_when_it_must_not_skip() {
+        let mut cursors = Cursors::new();
+        let (empty, busy, replay) = (key("t:a:empty"), key("t:a:busy"), key("t:a:replay"));
+        cursors.follow(empty.clone(), None);
+        cursors.follow(busy.clone(), None);
+        cursors.follow_from(replay.clone(), Start::Earliest);
+        // The server found `empty`'s partition empty, and `busy`'s at offset 9.
+        cursors.subscribed_new(&empty, None);
+        cursors.subscribed_new(&busy, Some(Offset(9)));
+        let starts = |cursors: &Cursors| -> Vec<Start> {
+            cursors.resume_points().into_iter().map(|p| p.1).collect()
+        };
+        assert_eq!(
+            starts(&cursors),
+            vec![Start::After(Offset(9)), Start::Earliest, Start::Earliest]
+        );
+        // The first delivery gives each its cursor.
+        assert_eq!(cursors.admit(&empty, Offset(0)), Admit::Deliver);
+        assert_eq!(cursors.admit(&replay, Offset(3)), Admit::Deliver);
+        assert_eq!(
+            starts(&cursors),
+            vec![
+                Start::After(Offset(9)),
+                Start::After(Offset(0)),
+                Start::After(Offset(3))
             ]
         );
     }

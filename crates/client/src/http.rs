@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use agentwire_protocol::{ErrorCode, Event, Offset, ProducerId, SessionKey, Tenant, cloudevents};
+use agentwire_protocol::{
+    ErrorCode, Event, Offset, ProducerId, SessionKey, Start, Tenant, cloudevents,
+};
 use reqwest::header::CONTENT_TYPE;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -178,9 +180,10 @@ impl HttpClient {
         Ok(acks)
     }
 
-    /// Reads a session's history: events with offsets strictly after `after` (from the
-    /// oldest retained when `None`), at most `limit` of them (the server's default when
-    /// `None`), in offset order. One page only: see [`HttpClient::history_page`] to page on.
+    /// Reads a session's history: events with offsets strictly after `after` (the session's
+    /// Valkey window when `None`), at most `limit` of them (the server's default when
+    /// `None`), in offset order. One page only: see [`HttpClient::history_page`] to page on,
+    /// and [`HttpClient::history_page_from`] to read from the log's first retained event.
     pub async fn history(
         &self,
         session: &SessionKey,
@@ -197,6 +200,20 @@ impl HttpClient {
         after: Option<Offset>,
         limit: Option<u32>,
     ) -> Result<HistoryPage> {
+        self.history_page_from(session, after.into(), limit).await
+    }
+
+    /// One page of a session's history from `start`: after a cursor, from the first event
+    /// the log still holds ([`Start::Earliest`], `?from=earliest`), or the window only
+    /// ([`Start::New`]). Page on with [`HttpClient::history_page`] after
+    /// [`HistoryPage::next_after`] while [`HistoryPage::more`].
+    pub async fn history_page_from(
+        &self,
+        session: &SessionKey,
+        start: Start,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage> {
+        let after = start.after();
         // The three parts are validated to [A-Za-z0-9._-], so they need no escaping.
         let mut url = format!(
             "{}/v1/sessions/{}/{}/{}/events",
@@ -204,6 +221,7 @@ impl HttpClient {
         );
         let query: Vec<String> = [
             after.map(|a| format!("after={a}")),
+            start.as_from().map(|f| format!("from={f}")),
             limit.map(|l| format!("limit={l}")),
         ]
         .into_iter()

@@ -23,15 +23,18 @@
 //!
 //! A session subscribed for new events only gets its cursor from the server's `subscribed`
 //! answer (the session's latest offset, or the end of its partition when it has none yet), so
-//! a connection lost before the first delivery still resumes without missing anything. Only
-//! while the log's partition is completely empty is there no cursor to resume from.
+//! a connection lost before the first delivery still resumes without missing anything. When
+//! the answer has no cursor (the session's partition was still empty), every event of the
+//! session is new to the subscription: until the first delivery it resumes `from: earliest`,
+//! the first event the log still holds. [`Subscriber::follow_from`] with [`Start::Earliest`]
+//! replays a session from there on purpose, and resumes the same way.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use agentwire_protocol::{
-    ClientFrame, ErrorCode, ErrorFrame, Event, Offset, ServerFrame, SessionKey, cloudevents,
+    ClientFrame, ErrorCode, ErrorFrame, Event, Offset, ServerFrame, SessionKey, Start, cloudevents,
 };
 use backon::{ExponentialBuilder, Retryable};
 use tokio::time::Instant;
@@ -99,8 +102,9 @@ struct Opened {
     conn: WsConnection,
     /// When the token the connection was opened with expires.
     token_expires: Option<SystemTime>,
-    /// Sessions subscribed for new events only, with the latest offset the server reported.
-    live_from: Vec<(SessionKey, Offset)>,
+    /// Sessions subscribed for new events only, with the latest offset the server reported
+    /// (none: the session's partition was empty).
+    live_from: Vec<(SessionKey, Option<Offset>)>,
     /// The epoch of each subscribed session's offsets.
     epochs: Vec<(SessionKey, Option<String>)>,
     refused: Vec<ErrorFrame>,
@@ -220,15 +224,21 @@ impl Subscriber {
     /// followed only moves its cursor forward (see [`Cursors::follow`]). A refusal is
     /// returned and the session is not followed.
     pub async fn follow(&mut self, session: SessionKey, after: Option<Offset>) -> Result<()> {
+        self.follow_from(session, after.into()).await
+    }
+
+    /// Like [`Subscriber::follow`] from `start`: [`Start::Earliest`] delivers every event of
+    /// the session the log still holds, then the live ones.
+    pub async fn follow_from(&mut self, session: SessionKey, start: Start) -> Result<()> {
         let already = self.cursors.is_following(&session);
-        self.cursors.follow(session.clone(), after);
+        self.cursors.follow_from(session.clone(), start);
         let (Some(conn), false) = (self.conn.as_mut(), already) else {
             return Ok(());
         };
-        match conn.subscribe_detailed(&session, after).await {
+        match conn.subscribe_detailed(&session, start).await {
             Ok(subscription) => {
-                if let (None, Some(latest)) = (after, subscription.latest) {
-                    self.cursors.follow(session.clone(), Some(latest));
+                if start == Start::New {
+                    self.cursors.subscribed_new(&session, subscription.latest);
                 }
                 self.cursors.set_epoch(&session, subscription.epoch);
                 Ok(())
@@ -368,7 +378,7 @@ impl Subscriber {
 
     fn install(&mut self, opened: Opened) {
         for (session, latest) in opened.live_from {
-            self.cursors.follow(session, Some(latest));
+            self.cursors.subscribed_new(&session, latest);
         }
         for (session, epoch) in opened.epochs {
             self.cursors.set_epoch(&session, epoch);
@@ -433,16 +443,16 @@ async fn open(
     url: &str,
     token: Option<&TokenProvider>,
     timeout: Duration,
-    points: &[(SessionKey, Option<Offset>, Option<String>)],
+    points: &[(SessionKey, Start, Option<String>)],
 ) -> Result<Opened> {
     let token = token.map(TokenProvider::token);
     let mut conn = WsConnection::connect_authorized(url, token.as_deref(), timeout).await?;
-    for (session, after, epoch) in points {
+    for (session, start, epoch) in points {
         conn.send(&ClientFrame::Subscribe {
             session: session.clone(),
-            after: *after,
-            // The epoch guards a cursor; "only new events" has none to guard.
-            epoch: after.and(epoch.clone()),
+            start: *start,
+            // The epoch guards a cursor; "only new events" and "from the start" have none.
+            epoch: start.after().and(epoch.clone()),
         })
         .await?;
     }
@@ -453,11 +463,13 @@ async fn open(
         epochs: Vec::new(),
         refused: Vec::new(),
     };
-    for (session, after, _) in points {
+    for (session, start, _) in points {
         match opened.conn.await_subscribed(session).await {
             Ok(subscription) => {
-                if let (Some(latest), None) = (subscription.latest, after) {
-                    opened.live_from.push((session.clone(), latest));
+                if *start == Start::New {
+                    opened
+                        .live_from
+                        .push((session.clone(), subscription.latest));
                 }
                 opened.epochs.push((session.clone(), subscription.epoch));
             }

@@ -9,7 +9,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use agentwire_protocol::{Ack, ClientFrame, ErrorFrame, Event, Offset, ServerFrame, SessionKey};
+use agentwire_protocol::{
+    Ack, ClientFrame, ErrorFrame, Event, Offset, ServerFrame, SessionKey, Start,
+};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -117,18 +119,29 @@ impl WsConnection {
         session: &SessionKey,
         after: Option<Offset>,
     ) -> Result<Option<Offset>> {
-        Ok(self.subscribe_detailed(session, after).await?.latest)
+        self.subscribe_from(session, after.into()).await
     }
 
-    /// Like [`WsConnection::subscribe`], keeping the whole `subscribed` answer.
+    /// Subscribes to `session` from `start` ([`Start::Earliest`]: every event the log still
+    /// holds, then live) and returns once the server confirmed, with the session's latest
+    /// offset if it has one.
+    pub async fn subscribe_from(
+        &mut self,
+        session: &SessionKey,
+        start: Start,
+    ) -> Result<Option<Offset>> {
+        Ok(self.subscribe_detailed(session, start).await?.latest)
+    }
+
+    /// Like [`WsConnection::subscribe_from`], keeping the whole `subscribed` answer.
     pub(crate) async fn subscribe_detailed(
         &mut self,
         session: &SessionKey,
-        after: Option<Offset>,
+        start: Start,
     ) -> Result<Subscription> {
         self.send(&ClientFrame::Subscribe {
             session: session.clone(),
-            after,
+            start,
             epoch: None,
         })
         .await?;

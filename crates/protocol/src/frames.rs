@@ -11,14 +11,73 @@ use crate::event::Event;
 use crate::ids::{Label, Offset, SessionKey, Tenant};
 use crate::pb;
 
+/// Where a session subscription starts: JSON `after` or `"from":"earliest"` (exclusive of
+/// each other), protobuf `after` or `from`; neither means only new events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Start {
+    /// Only events newer than the session's latest one.
+    #[default]
+    New,
+    /// Events with offsets strictly after this one (a resume).
+    After(Offset),
+    /// Every event the log still holds, from its first retained offset, then live.
+    Earliest,
+}
+
+impl Start {
+    /// The one value `from` takes.
+    pub const EARLIEST: &'static str = "earliest";
+
+    /// Validates a request's `after` and `from` (absent `from`: `None`): any `from` but
+    /// `earliest`, and `from` together with `after`, are refused naming `from`.
+    pub fn from_parts(after: Option<u64>, from: Option<&str>) -> Result<Start, ProtocolError> {
+        match (after, from) {
+            (_, Some(from)) if from != Self::EARLIEST => Err(ProtocolError::invalid(
+                "from",
+                format!(
+                    "must be \"{}\" (every event the log still holds), not {from:?}",
+                    Self::EARLIEST
+                ),
+            )),
+            (Some(_), Some(_)) => Err(ProtocolError::invalid(
+                "from",
+                "`from` and `after` exclude each other: resume with `after` or replay with `from`",
+            )),
+            (None, Some(_)) => Ok(Start::Earliest),
+            (Some(after), None) => Ok(Start::After(Offset::cursor(after)?)),
+            (None, None) => Ok(Start::New),
+        }
+    }
+
+    /// The resume cursor, for [`Start::After`].
+    pub fn after(self) -> Option<Offset> {
+        match self {
+            Start::After(after) => Some(after),
+            Start::New | Start::Earliest => None,
+        }
+    }
+
+    /// The `from` it is sent with, for [`Start::Earliest`].
+    pub fn as_from(self) -> Option<&'static str> {
+        (self == Start::Earliest).then_some(Self::EARLIEST)
+    }
+}
+
+impl From<Option<Offset>> for Start {
+    /// A resume after the cursor, or only new events without one.
+    fn from(after: Option<Offset>) -> Self {
+        after.map_or(Start::New, Start::After)
+    }
+}
+
 /// A frame from a client.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientFrame {
-    /// Follow a session; deliver events with offsets strictly after `after`, or only new
-    /// events when `after` is `None`.
+    /// Follow a session from `start`: after a cursor, from the log's first retained event,
+    /// or only new events.
     Subscribe {
         session: SessionKey,
-        after: Option<Offset>,
+        start: Start,
         /// The cursor's epoch, as a `subscribed` frame gave it: a resume whose epoch is not
         /// the log's current one is refused with `epoch_changed`.
         epoch: Option<String>,
@@ -60,6 +119,7 @@ struct ClientFrameIn {
     label: Option<String>,
     tenant: Option<String>,
     after: Option<u64>,
+    from: Option<String>,
     event: Option<Box<RawValue>>,
     token: Option<String>,
     epoch: Option<String>,
@@ -93,7 +153,7 @@ impl ClientFrame {
         match raw.op.as_str() {
             "subscribe" => Ok(ClientFrame::Subscribe {
                 session: session(raw.session)?,
-                after: raw.after.map(Offset::cursor).transpose()?,
+                start: Start::from_parts(raw.after, raw.from.as_deref())?,
                 epoch: raw.epoch.filter(|e| !e.is_empty()),
             }),
             "unsubscribe" => Ok(ClientFrame::Unsubscribe {
@@ -146,7 +206,7 @@ impl ClientFrame {
             }
             Some(pb::client_frame::Op::Subscribe(s)) => Ok(ClientFrame::Subscribe {
                 session: s.session.parse()?,
-                after: s.after.map(Offset::cursor).transpose()?,
+                start: Start::from_parts(s.after, Some(s.from.as_str()).filter(|f| !f.is_empty()))?,
                 epoch: (!s.epoch.is_empty()).then_some(s.epoch),
             }),
             Some(pb::client_frame::Op::Unsubscribe(u)) => Ok(ClientFrame::Unsubscribe {
@@ -184,13 +244,16 @@ impl ClientFrame {
         match self {
             ClientFrame::Subscribe {
                 session,
-                after,
+                start,
                 epoch,
             } => {
                 let mut frame =
                     serde_json::json!({"op": "subscribe", "session": session.to_string()});
-                if let Some(after) = after {
+                if let Some(after) = start.after() {
                     frame["after"] = after.0.into();
+                }
+                if let Some(from) = start.as_from() {
+                    frame["from"] = from.into();
                 }
                 if let Some(epoch) = epoch {
                     frame["epoch"] = epoch.as_str().into();
@@ -227,11 +290,12 @@ impl ClientFrame {
         let op = match self {
             ClientFrame::Subscribe {
                 session,
-                after,
+                start,
                 epoch,
             } => Op::Subscribe(pb::Subscribe {
                 session: session.to_string(),
-                after: after.map(|a| a.0),
+                after: start.after().map(|a| a.0),
+                from: start.as_from().unwrap_or_default().to_owned(),
                 epoch: epoch.clone().unwrap_or_default(),
                 ..Default::default()
             }),
@@ -595,12 +659,17 @@ mod tests {
         let frames = [
             ClientFrame::Subscribe {
                 session: "t:a:s".parse().expect("key"),
-                after: Some(Offset(41)),
+                start: Start::After(Offset(41)),
                 epoch: Some("5f3a09c2".into()),
             },
             ClientFrame::Subscribe {
                 session: "t:a:s".parse().expect("key"),
-                after: None,
+                start: Start::New,
+                epoch: None,
+            },
+            ClientFrame::Subscribe {
+                session: "t:a:s".parse().expect("key"),
+                start: Start::Earliest,
                 epoch: None,
             },
             ClientFrame::Unsubscribe {
@@ -683,6 +752,101 @@ mod tests {
                 .code(),
             ErrorCode::Malformed
         );
+    }
+
+    #[test]
+    fn subscribe_from_earliest_has_one_shape_in_json_and_protobuf() {
+        let session: SessionKey = "t:a:s".parse().expect("key");
+        let frame = ClientFrame::Subscribe {
+            session: session.clone(),
+            start: Start::Earliest,
+            epoch: None,
+        };
+        let json = r#"{"op":"subscribe","session":"t:a:s","from":"earliest"}"#;
+        let shape = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("json");
+        assert_eq!(shape(&frame.to_json()), shape(json));
+        assert_eq!(ClientFrame::from_json(json).expect("json"), frame);
+        let pb = pb::ClientFrame {
+            op: Some(pb::client_frame::Op::Subscribe(pb::Subscribe {
+                session: session.to_string(),
+                from: "earliest".into(),
+                ..Default::default()
+            })),
+        };
+        assert_eq!(
+            ClientFrame::from_protobuf(&pb.encode_to_vec()).expect("pb"),
+            frame
+        );
+    }
+
+    #[test]
+    fn old_subscribes_without_from_keep_their_meaning() {
+        let new = |after: Option<u64>| pb::ClientFrame {
+            op: Some(pb::client_frame::Op::Subscribe(pb::Subscribe {
+                session: "t:a:s".into(),
+                after,
+                ..Default::default()
+            })),
+        };
+        let start = |frame: ClientFrame| match frame {
+            ClientFrame::Subscribe { start, .. } => start,
+            other => panic!("not a subscribe: {other:?}"),
+        };
+        let decode = |pb: pb::ClientFrame| {
+            start(ClientFrame::from_protobuf(&pb.encode_to_vec()).expect("pb"))
+        };
+        assert_eq!(decode(new(None)), Start::New);
+        assert_eq!(decode(new(Some(0))), Start::After(Offset(0)));
+        let json = |text: &str| start(ClientFrame::from_json(text).expect(text));
+        assert_eq!(json(r#"{"op":"subscribe","session":"t:a:s"}"#), Start::New);
+        assert_eq!(
+            json(r#"{"op":"subscribe","session":"t:a:s","after":7,"from":null}"#),
+            Start::After(Offset(7))
+        );
+        assert_eq!(Start::from(Some(Offset(3))), Start::After(Offset(3)));
+        assert_eq!(Start::from(None), Start::New);
+    }
+
+    #[test]
+    fn from_is_refused_with_after_or_with_any_other_value() {
+        let refused = [
+            r#"{"op":"subscribe","session":"t:a:s","after":4,"from":"earliest"}"#,
+            r#"{"op":"subscribe","session":"t:a:s","from":"bogus"}"#,
+            r#"{"op":"subscribe","session":"t:a:s","from":"latest"}"#,
+            r#"{"op":"subscribe","session":"t:a:s","from":""}"#,
+        ];
+        for text in refused {
+            let err = ClientFrame::from_json(text).expect_err(text);
+            assert_eq!(
+                (err.code(), err.field()),
+                (ErrorCode::InvalidField, Some("from")),
+                "{text}"
+            );
+        }
+        let both = pb::ClientFrame {
+            op: Some(pb::client_frame::Op::Subscribe(pb::Subscribe {
+                session: "t:a:s".into(),
+                after: Some(4),
+                from: "earliest".into(),
+                ..Default::default()
+            })),
+        };
+        let bogus = pb::ClientFrame {
+            op: Some(pb::client_frame::Op::Subscribe(pb::Subscribe {
+                session: "t:a:s".into(),
+                from: "bogus".into(),
+                ..Default::default()
+            })),
+        };
+        for frame in [both, bogus] {
+            let err = ClientFrame::from_protobuf(&frame.encode_to_vec()).expect_err("refused");
+            assert_eq!(
+                (err.code(), err.field()),
+                (ErrorCode::InvalidField, Some("from"))
+            );
+        }
+        let bogus = Start::from_parts(None, Some("bogus")).expect_err("bogus");
+        assert!(bogus.message().contains("earliest"), "{}", bogus.message());
     }
 
     #[test]

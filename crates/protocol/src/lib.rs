@@ -12,11 +12,13 @@ pub mod error;
 pub mod event;
 pub mod frames;
 pub mod ids;
+pub mod model_version;
 pub mod pb;
 
 pub use close::{CloseCode, CloseReason, Reconnect};
 pub use enrichment::{Enrichment, LabelScore, SourceRef};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{Data, Event};
-pub use frames::{Ack, ClientFrame, ErrorFrame, ServerFrame};
+pub use frames::{Ack, ClientFrame, ErrorFrame, ServerFrame, Start};
 pub use ids::{AgentType, EventType, Label, Offset, ProducerId, SessionId, SessionKey, Tenant};
+pub use model_version::ModelVersion;

@@ -10,7 +10,9 @@ use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 
 use agentwire_client::{HttpClient, Subscriber, WsConnection};
-use agentwire_protocol::{ClientFrame, Event, EventType, ProducerId, ServerFrame, SessionKey};
+use agentwire_protocol::{
+    ClientFrame, Event, EventType, ProducerId, ServerFrame, SessionKey, Start,
+};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoArgs {
@@ -204,7 +206,7 @@ async fn print_enrichments(ws_url: String, sessions: Vec<SessionKey>, stop: Canc
     for session in sessions {
         let subscribe = ClientFrame::Subscribe {
             session,
-            after: None,
+            start: Start::New,
             epoch: None,
         };
         if conn.send(&subscribe).await.is_err() {

@@ -35,7 +35,7 @@ async fn a_resume_into_a_reset_log_is_refused_with_epoch_changed() {
     let mut ws = WsConnection::connect(&stack.ws_url).await.expect("connect");
     let subscribe = |after: Option<Offset>, epoch: Option<String>| ClientFrame::Subscribe {
         session: session.clone(),
-        after,
+        start: after.into(),
         epoch,
     };
     ws.send(&subscribe(None, None)).await.expect("send");

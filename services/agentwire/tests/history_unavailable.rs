@@ -93,7 +93,7 @@ async fn a_cursor_into_deleted_records_is_told_history_is_unavailable() {
         .expect("connect");
     conn.send(&ClientFrame::Subscribe {
         session: session.clone(),
-        after: Some(offsets[1]),
+        start: Some(offsets[1]).into(),
         epoch: None,
     })
     .await

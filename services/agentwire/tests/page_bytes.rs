@@ -125,7 +125,7 @@ async fn large_events_make_short_pages_and_paging_loses_nothing() {
         .expect("connect");
     conn.send(&ClientFrame::Subscribe {
         session: stack.session(session),
-        after: Some(Offset(first)),
+        start: Some(Offset(first)).into(),
         epoch: None,
     })
     .await

@@ -1,5 +1,6 @@
 //! `POST /v1/events` (durable publish, one event or a batch) and
-//! `GET /v1/sessions/{tenant}/{agent_type}/{session_id}/events` (history after a cursor).
+//! `GET /v1/sessions/{tenant}/{agent_type}/{session_id}/events` (history after a cursor, or
+//! from the log's first retained event).
 
 use axum::Json;
 use axum::body::Body;
@@ -14,11 +15,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use agentwire_protocol::{
-    Ack, ErrorCode, Event, Offset, ProtocolError, SessionKey, cloudevents, pb,
+    Ack, ErrorCode, Event, Offset, ProtocolError, SessionKey, Start, cloudevents, pb,
 };
 
 use crate::auth::Principal;
 use crate::error::{ApiError, error_response};
+use crate::history::ReadFrom;
 use crate::publish::{self, Transport};
 use crate::state::AppState;
 use crate::tenant_limits;
@@ -209,8 +211,10 @@ async fn append_in_order(state: AppState, events: Vec<Event>) -> (Vec<Ack>, Opti
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
-    /// Exclusive cursor: events with offsets strictly greater. Absent: from the oldest retained.
+    /// Exclusive cursor: events with offsets strictly greater. Absent: the window only.
     after: Option<u64>,
+    /// `earliest`: from the first offset the log still holds (exclusive with `after`).
+    from: Option<String>,
     limit: Option<usize>,
 }
 
@@ -236,7 +240,8 @@ struct HistoryBody {
     next_after: Option<Offset>,
 }
 
-/// `GET /v1/sessions/{tenant}/{agent_type}/{session_id}/events?after=N&limit=M`.
+/// `GET /v1/sessions/{tenant}/{agent_type}/{session_id}/events?after=N&limit=M` (or
+/// `?from=earliest&limit=M`, then `after` = `next_after` to page on).
 pub async fn history(
     State(state): State<AppState>,
     principal: Principal,
@@ -255,8 +260,12 @@ pub async fn history(
             format!("must be between 1 and {MAX_HISTORY_LIMIT}"),
         )));
     }
-    let after = query.after.map(Offset::cursor).transpose()?;
-    let page = state.history().read(&session, after, limit).await?;
+    let from = match Start::from_parts(query.after, query.from.as_deref())? {
+        Start::New => ReadFrom::Window,
+        Start::After(after) => ReadFrom::After(after),
+        Start::Earliest => ReadFrom::Earliest,
+    };
+    let page = state.history().read(&session, from, limit).await?;
     let events = page
         .events
         .into_iter()

@@ -23,7 +23,7 @@ use agentwire_kafka::{
     KafkaError, KafkaSettings, KeyedReader, Partitions, ReadBudget, Watermarks, partition_for,
 };
 use agentwire_protocol::{Offset, SessionKey, cloudevents};
-use agentwire_valkey::{Gap, HistoryStore, TenantLimiter, ValkeyError};
+use agentwire_valkey::{Gap, HistoryStore, TenantLimiter, ValkeyError, Window};
 
 use crate::metrics as m;
 
@@ -63,6 +63,19 @@ pub struct ScanLimits {
     pub quota_timeout: Duration,
 }
 
+/// Where a history read starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The window only, from its oldest entry (`GET …/events` without `after` or `from`).
+    Window,
+    /// Strictly after a cursor: the window where its chain reaches back to the cursor, the
+    /// log before that.
+    After(Offset),
+    /// From the first offset the session's partition still holds (`from: earliest`): like a
+    /// cursor just before it.
+    Earliest,
+}
+
 /// Events of a session after a cursor, in offset order.
 #[derive(Clone, Debug, Default)]
 pub struct Page {
@@ -99,8 +112,47 @@ pub struct HistoryReader {
 struct LogPart {
     events: Vec<(Offset, String)>,
     more: bool,
-    /// The last offset examined.
-    scanned_to: Offset,
+    /// The last offset examined (or the read's cursor when it examined none).
+    scanned_to: Option<Offset>,
+}
+
+/// The offsets of the session's partition a read takes from the log: from `from`
+/// (inclusive) to `until` (exclusive; the end of the log when `None`). `after` is the read's
+/// cursor (`None`: before the log's first offset).
+#[derive(Clone, Copy, Debug)]
+struct LogRange {
+    after: Option<Offset>,
+    from: Offset,
+    until: Option<Offset>,
+}
+
+impl LogRange {
+    /// The range of a window's gap after a cursor; `None` past the last offset Kafka can
+    /// assign, where nothing can follow.
+    fn of_gap(gap: Gap) -> Option<LogRange> {
+        Some(LogRange {
+            after: Some(gap.after),
+            from: gap.after.next()?,
+            until: gap.until,
+        })
+    }
+
+    /// What a read from the log's first offset must take from the log before `window` (read
+    /// from its oldest entry), if anything: everything before its first entry, or the whole
+    /// log without one, unless that entry is the log's first offset. Neither the relay's link
+    /// nor an empty window proves that nothing came earlier.
+    fn before_window(window: &Window) -> Option<LogRange> {
+        let until = match window.entries.first() {
+            Some((Offset(0), _)) => return None,
+            Some((first, _)) => Some(*first),
+            None => None,
+        };
+        Some(LogRange {
+            after: None,
+            from: Offset(0),
+            until,
+        })
+    }
 }
 
 /// The epoch of a session's offsets: a digest of what gives an offset its meaning (the
@@ -149,24 +201,29 @@ impl HistoryReader {
         &self.store
     }
 
-    /// Up to `limit` events after `after` (exclusive), and no more than the page's byte
-    /// bound. With `after = None`: the window only, from its oldest entry. Traced as one
-    /// `history read` span (catch-ups and `GET …/events`), with how much came from the log.
+    /// Up to `limit` events from `from` (see [`ReadFrom`]), and no more than the page's byte
+    /// bound. Traced as one `history read` span (catch-ups and `GET …/events`), with how much
+    /// came from the log.
     pub async fn read(
         &self,
         session: &SessionKey,
-        after: Option<Offset>,
+        from: ReadFrom,
         limit: usize,
     ) -> Result<Page, HistoryError> {
+        let after = match from {
+            ReadFrom::After(after) => Some(trace::int(after.0)),
+            ReadFrom::Window | ReadFrom::Earliest => None,
+        };
         let span = tracing::info_span!(
             "history read",
             agentwire.session = %session,
-            agentwire.history.after = after.map(|a| trace::int(a.0)),
+            agentwire.history.after = after,
+            agentwire.history.earliest = from == ReadFrom::Earliest,
             agentwire.history.events = tracing::field::Empty,
             agentwire.history.from_log = tracing::field::Empty,
         );
         let page = self
-            .read_page(session, after, limit)
+            .read_from(session, from, limit)
             .instrument(span.clone())
             .await?;
         span.record("agentwire.history.events", trace::int(page.events.len()));
@@ -174,18 +231,53 @@ impl HistoryReader {
         Ok(page)
     }
 
+    /// A read from the log's first offset is a read after the offset before it; retention
+    /// may move that first offset between the two looks, so a read it overtook starts again.
+    async fn read_from(
+        &self,
+        session: &SessionKey,
+        from: ReadFrom,
+        limit: usize,
+    ) -> Result<Page, HistoryError> {
+        if from != ReadFrom::Earliest {
+            return self.read_page(session, from, limit).await;
+        }
+        let mut tries = 3;
+        loop {
+            match self.read_page(session, from, limit).await {
+                Err(HistoryError::Retention { .. }) if tries > 1 => tries -= 1,
+                read => return read,
+            }
+        }
+    }
+
     async fn read_page(
         &self,
         session: &SessionKey,
-        after: Option<Offset>,
+        from: ReadFrom,
         limit: usize,
     ) -> Result<Page, HistoryError> {
         let max_bytes = self.page_max_bytes;
+        let after = match from {
+            ReadFrom::Window => None,
+            ReadFrom::After(after) => Some(after),
+            ReadFrom::Earliest => self
+                .first_retained(session)
+                .await?
+                .0
+                .checked_sub(1)
+                .map(Offset),
+        };
         let window = self
             .store
             .read_page(session, after, limit, max_bytes)
             .await?;
-        let Some(gap) = after.and_then(|a| window.gap(a)) else {
+        let range = match (from, after) {
+            (ReadFrom::Window, _) => None,
+            (_, Some(after)) => window.gap(after).and_then(LogRange::of_gap),
+            (_, None) => LogRange::before_window(&window),
+        };
+        let Some(range) = range else {
             let next_after = window.more.then(|| window.entries.last().map(|e| e.0));
             return Ok(Page {
                 latest: window.latest,
@@ -204,12 +296,12 @@ impl HistoryReader {
             mut events,
             mut more,
             scanned_to,
-        } = self.read_log(session, gap, budget).await?;
+        } = self.read_log(session, range, budget).await?;
         let from_log = events.len();
         metrics::counter!(m::LOG_READS).increment(1);
         // The log filled the gap: the window's entries (all at or after the gap's end) follow,
         // within what is left of the page.
-        if !more && gap.until.is_some() {
+        if !more && range.until.is_some() {
             more = window.more;
             let mut bytes: usize = events.iter().map(|(_, json)| json.len()).sum();
             for (offset, json) in window.entries {
@@ -223,7 +315,7 @@ impl HistoryReader {
             }
         }
         let last = events.last().map(|e| e.0);
-        let next_after = more.then(|| last.max(Some(scanned_to))).flatten();
+        let next_after = more.then(|| last.max(scanned_to)).flatten();
         Ok(Page {
             latest: window.latest,
             events,
@@ -248,6 +340,13 @@ impl HistoryReader {
             .map(Offset))
     }
 
+    /// The first offset the session's partition still holds (its low watermark).
+    async fn first_retained(&self, session: &SessionKey) -> Result<Offset, HistoryError> {
+        let partition = partition_for(session.to_string().as_bytes(), self.partitions().await?);
+        let (low, _) = self.watermarks.get(&self.topic, partition).await?;
+        Ok(Offset(u64::try_from(low).unwrap_or(0)))
+    }
+
     async fn partitions(&self) -> Result<usize, HistoryError> {
         match self.partitions.count().await? {
             0 => Err(HistoryError::NoPartitions),
@@ -255,12 +354,12 @@ impl HistoryReader {
         }
     }
 
-    /// The session's events in the gap, read from its partition (only the session's records
+    /// The session's events in `range`, read from its partition (only the session's records
     /// are kept), within `budget`; whether the budget stopped the read, and where.
     async fn read_log(
         &self,
         session: &SessionKey,
-        gap: Gap,
+        range: LogRange,
         budget: ReadBudget,
     ) -> Result<LogPart, HistoryError> {
         let key = session.to_string();
@@ -270,22 +369,14 @@ impl HistoryReader {
             Offset(u64::try_from(low).unwrap_or(0)),
             Offset(u64::try_from(high).unwrap_or(0)),
         );
-        // Past the last offset Kafka can assign nothing can follow (cursors are checked at
-        // the edge; this keeps the arithmetic total).
-        let Some(from) = gap.after.next() else {
-            return Ok(LogPart {
-                events: Vec::new(),
-                more: false,
-                scanned_to: gap.after,
-            });
-        };
+        let LogRange { after, from, until } = range;
         if from < low {
             return Err(HistoryError::Retention {
-                after: gap.after,
+                after: after.unwrap_or(from),
                 first_retained: low,
             });
         }
-        let until = gap.until.map_or(high, |u| u.min(high));
+        let until = until.map_or(high, |u| u.min(high));
         let cost = until
             .0
             .saturating_sub(from.0)
@@ -319,16 +410,11 @@ impl HistoryReader {
             .collect();
         metrics::counter!(m::LOG_RECORDS_SCANNED)
             .increment(u64::try_from(read.scanned).unwrap_or(u64::MAX));
-        tracing::debug!(%session, partition, after = %gap.after, found = events.len(), scanned = read.scanned, more = read.more, "history read from the log");
+        tracing::debug!(%session, partition, %from, found = events.len(), scanned = read.scanned, more = read.more, "history read from the log");
         Ok(LogPart {
             events,
             more: read.more,
-            scanned_to: read
-                .next
-                .0
-                .checked_sub(1)
-                .map_or(gap.after, Offset)
-                .max(gap.after),
+            scanned_to: read.next.0.checked_sub(1).map(Offset).max(after),
         })
     }
 

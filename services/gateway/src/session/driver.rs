@@ -165,15 +165,15 @@ impl Driver {
                 Action::Send(outbound) => self.send(outbound).await?,
                 Action::ReadEpoch {
                     session,
-                    after,
+                    start,
                     epoch,
                 } => {
                     let current = Box::pin(steps::epoch(&self.app, &session)).await;
-                    self.machine.on_epoch(session, after, epoch, current);
+                    self.machine.on_epoch(session, start, epoch, current);
                 }
                 Action::Follow {
                     session,
-                    after,
+                    start,
                     epoch,
                 } => {
                     let opened = Box::pin(steps::open(&self.app, &session, &self.outbox)).await;
@@ -181,7 +181,7 @@ impl Driver {
                         self.follows.insert(session.clone(), follow);
                         latest
                     });
-                    self.machine.on_followed(session, after, epoch, latest);
+                    self.machine.on_followed(session, start, epoch, latest);
                 }
                 Action::Unfollow(session) => drop(self.follows.remove(&session)),
                 Action::CatchUp(session) => {

@@ -5,7 +5,8 @@
 //!
 //! Rules (see `docs/protocol.md`):
 //! - **Seam.** A subscribe follows the session's channel first, then reads history after its
-//!   cursor; the cursor ([`Cursor`]) drops whatever history and live delivery both carry.
+//!   cursor; the cursor ([`Cursor`]) drops whatever history and live delivery both carry. A
+//!   subscribe `from: earliest` has no cursor: its history starts at the log's first offset.
 //! - **Lag → catch-up.** A session whose live events did not fit the connection's mailbox (or
 //!   whose feed resynced) reads history after its cursor; until that read is done its live
 //!   events are held back (history has them), so the cursor never skips a gap.
@@ -23,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use agentwire_protocol::{
     Ack, ClientFrame, CloseCode, CloseReason, ErrorCode, ErrorFrame, Event, Label, Offset,
-    ProtocolError, ServerFrame, SessionKey, Tenant,
+    ProtocolError, ServerFrame, SessionKey, Start, Tenant,
 };
 
 use crate::auth::Principal;
@@ -53,14 +54,14 @@ pub enum Action {
     /// Read the session's current epoch, then call [`SessionState::on_epoch`].
     ReadEpoch {
         session: SessionKey,
-        after: Option<Offset>,
+        start: Start,
         epoch: Option<String>,
     },
     /// Follow the session's channel, read its resume point, then call
     /// [`SessionState::on_followed`] (keep the follow only if that read succeeded).
     Follow {
         session: SessionKey,
-        after: Option<Offset>,
+        start: Start,
         epoch: String,
     },
     /// Drop the follow of the session's channel.
@@ -295,9 +296,9 @@ impl SessionState {
         match frame {
             ClientFrame::Subscribe {
                 session,
-                after,
+                start,
                 epoch,
-            } => self.subscribe(session, after, epoch),
+            } => self.subscribe(session, start, epoch),
             ClientFrame::Unsubscribe { session } => {
                 if self.slots.remove(&session).is_none() {
                     let err = ProtocolError::new(
@@ -358,7 +359,7 @@ impl SessionState {
         Ok(())
     }
 
-    fn subscribe(&mut self, session: SessionKey, after: Option<Offset>, epoch: Option<String>) {
+    fn subscribe(&mut self, session: SessionKey, start: Start, epoch: Option<String>) {
         if let Err(err) = self.principal.check_subscribe(&session) {
             return self.session_error(&err, &session);
         }
@@ -376,7 +377,7 @@ impl SessionState {
         self.opening.insert(session.clone());
         self.push(Action::ReadEpoch {
             session,
-            after,
+            start,
             epoch,
         });
     }
@@ -385,7 +386,7 @@ impl SessionState {
     pub fn on_epoch(
         &mut self,
         session: SessionKey,
-        after: Option<Offset>,
+        start: Start,
         wanted: Option<String>,
         current: Result<String, ApiError>,
     ) {
@@ -401,14 +402,14 @@ impl SessionState {
             let err = ApiError::new(
                 ErrorCode::EpochChanged,
                 format!(
-                    "the cursor's epoch {wanted} is not the log's current epoch {current}: its offsets mean something else now; subscribe again without after"
+                    "the cursor's epoch {wanted} is not the log's current epoch {current}: its offsets mean something else now; subscribe again without after (or from earliest)"
                 ),
             );
             return self.session_error(&err, &session);
         }
         self.push(Action::Follow {
             session,
-            after,
+            start,
             epoch: current,
         });
     }
@@ -418,7 +419,7 @@ impl SessionState {
     pub fn on_followed(
         &mut self,
         session: SessionKey,
-        after: Option<Offset>,
+        start: Start,
         epoch: String,
         latest: Result<Option<Offset>, ApiError>,
     ) {
@@ -427,11 +428,17 @@ impl SessionState {
             Ok(latest) => latest,
             Err(err) => return self.session_error(&err, &session),
         };
-        // "Only new events" starts after the latest event; a resume starts after `after`.
+        // "Only new events" starts after the latest event, a resume after its cursor, a
+        // replay before the log's first offset (no cursor: the catch-up reads from there).
+        let cursor = match start {
+            Start::New => latest,
+            Start::After(after) => Some(after),
+            Start::Earliest => None,
+        };
         self.slots.insert(
             session.clone(),
             Slot {
-                cursor: Cursor::new(after.or(latest)),
+                cursor: Cursor::new(cursor),
                 phase: Phase::Live,
             },
         );
@@ -440,7 +447,7 @@ impl SessionState {
             offset: latest,
             epoch: Some(epoch),
         });
-        if after.is_some() {
+        if start != Start::New {
             self.counters.catch_up_subscribe.increment(1);
             self.catch_up(&session);
         }

@@ -8,7 +8,7 @@ use agentwire_protocol::{Ack, ErrorFrame, Event, Offset, SessionKey};
 
 use crate::error::ApiError;
 use crate::fanout::{Channel, Follow, Outbox};
-use crate::history::HistoryError;
+use crate::history::{HistoryError, ReadFrom};
 use crate::metrics as m;
 use crate::session::publisher::{self, Publisher};
 use crate::session::state::{Feed, HistoryRead};
@@ -59,14 +59,17 @@ pub async fn follow_label(
     follow(app, Channel::Label(tenant.clone(), label.clone()), outbox).await
 }
 
-/// One page of `session`'s history after `after`.
+/// One page of `session`'s history after `after`; with no cursor yet, from the log's first
+/// retained offset (a subscription from the start, or one that began on an empty partition:
+/// every event of the session is new to it).
 pub async fn read_history(
     app: &AppState,
     session: &SessionKey,
     after: Option<Offset>,
 ) -> HistoryRead {
     let page = app.config().catch_up_page;
-    match app.history().read(session, after, page).await {
+    let from = after.map_or(ReadFrom::Earliest, ReadFrom::After);
+    match app.history().read(session, from, page).await {
         Ok(page) => HistoryRead::Page {
             events: page.events,
             more: page.more,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentwire_protocol::{
-    ClientFrame, CloseCode, ErrorCode, Event, EventType, Label, Offset, SessionKey, Tenant,
+    ClientFrame, CloseCode, ErrorCode, Event, EventType, Label, Offset, SessionKey, Start, Tenant,
 };
 use agentwire_valkey::{LiveAnnotation, LiveEphemeral, LiveMessage};
 
@@ -99,33 +99,29 @@ fn message(machine: &mut SessionState, frame: ClientFrame) {
 
 /// A machine following `session` from `after` (a resume) with `latest` as its resume point.
 fn following(session: &SessionKey, after: Option<u64>, latest: Option<u64>) -> SessionState {
+    following_from(session, after.map(Offset).into(), latest)
+}
+
+/// A machine following `session` from `start` with `latest` as its resume point.
+fn following_from(session: &SessionKey, start: Start, latest: Option<u64>) -> SessionState {
     let mut machine = SessionState::new(settings(), Principal::anyone());
     drain(&mut machine);
+    let epoch = start.after().map(|_| EPOCH.to_owned());
     message(
         &mut machine,
         ClientFrame::Subscribe {
             session: session.clone(),
-            after: after.map(Offset),
-            epoch: after.map(|_| EPOCH.to_owned()),
+            start,
+            epoch: epoch.clone(),
         },
     );
     assert!(matches!(
         drain(&mut machine)[..],
         [Action::ReadEpoch { .. }]
     ));
-    machine.on_epoch(
-        session.clone(),
-        after.map(Offset),
-        after.map(|_| EPOCH.to_owned()),
-        Ok(EPOCH.into()),
-    );
+    machine.on_epoch(session.clone(), start, epoch, Ok(EPOCH.into()));
     assert!(matches!(drain(&mut machine)[..], [Action::Follow { .. }]));
-    machine.on_followed(
-        session.clone(),
-        after.map(Offset),
-        EPOCH.into(),
-        Ok(latest.map(Offset)),
-    );
+    machine.on_followed(session.clone(), start, EPOCH.into(), Ok(latest.map(Offset)));
     machine
 }
 
@@ -156,6 +152,36 @@ fn the_seam_delivers_history_then_live_with_no_gap_and_no_duplicate() {
             "history 45",
             "live Event(Offset(46))"
         ]
+    );
+}
+
+#[test]
+fn a_subscription_from_earliest_reads_history_from_the_start_then_goes_live() {
+    let s = key("s");
+    let mut machine = following_from(&s, Start::Earliest, Some(45));
+    let actions = drain(&mut machine);
+    assert_eq!(
+        sent(&actions),
+        vec![format!(
+            r#"{{"op":"subscribed","session":"{s}","offset":45,"epoch":"{EPOCH}"}}"#
+        )]
+    );
+    assert!(matches!(&actions[1], Action::CatchUp(x) if *x == s));
+    // No cursor: the read starts before the log's first offset.
+    assert_eq!(machine.catch_up_from(&s), Some(None));
+    machine.on_live(&live(&s, 46));
+    assert!(drain(&mut machine).is_empty(), "live waits for history");
+    machine.on_history(&s, page(&[0, 3, 45], true));
+    let actions = drain(&mut machine);
+    assert_eq!(sent(&actions), vec!["history 0", "history 3", "history 45"]);
+    assert!(matches!(actions.last(), Some(Action::CatchUp(_))));
+    assert_eq!(machine.catch_up_from(&s), Some(Some(Offset(45))));
+    machine.on_history(&s, page(&[45, 46], false));
+    machine.on_live(&live(&s, 46));
+    machine.on_live(&live(&s, 47));
+    assert_eq!(
+        sent(&drain(&mut machine)),
+        vec!["history 46", "live Event(Offset(47))"]
     );
 }
 
@@ -252,7 +278,7 @@ fn a_resume_from_another_epoch_is_refused() {
     drain(&mut machine);
     machine.on_epoch(
         s.clone(),
-        Some(Offset(5)),
+        Start::After(Offset(5)),
         Some("agent.events/4/0/0".into()),
         Ok(EPOCH.into()),
     );
@@ -264,7 +290,7 @@ fn a_resume_from_another_epoch_is_refused() {
         &mut machine,
         ClientFrame::Subscribe {
             session: s,
-            after: None,
+            start: Start::New,
             epoch: None,
         },
     );
@@ -280,7 +306,7 @@ fn subscriptions_are_limited_and_counted_once() {
     drain(&mut machine);
     let subscribe = |s: &str| ClientFrame::Subscribe {
         session: key(s),
-        after: None,
+        start: Start::New,
         epoch: None,
     };
     message(&mut machine, subscribe("a"));
@@ -320,7 +346,7 @@ fn a_refresh_moves_the_expiry_and_ends_follows_the_new_token_forbids() {
     let (a, b) = (key("a"), key("b"));
     let mut machine = SessionState::new(settings(), principal(None, in_an_hour()));
     for s in [&a, &b] {
-        machine.on_followed(s.clone(), None, EPOCH.into(), Ok(None));
+        machine.on_followed(s.clone(), Start::New, EPOCH.into(), Ok(None));
     }
     drain(&mut machine);
     message(&mut machine, ClientFrame::Refresh { token: "t".into() });
