@@ -36,6 +36,11 @@ pub struct Enrichment {
     #[serde(default)]
     pub duplicate_score: Option<f32>,
     pub model: String,
+    /// What produced this enrichment: the model and a digest of the label set and thresholds
+    /// (`<model>@<8 hex digits>`, see [`crate::ModelVersion`]). Records written before
+    /// versions existed have none: read it with [`Enrichment::version`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
     /// `cpu`, `wgpu-gpu` or `wgpu-software`.
     pub device: String,
     /// The sentence embedding (384 floats, unit length). Kept out of realtime annotations.
@@ -44,6 +49,16 @@ pub struct Enrichment {
 }
 
 impl Enrichment {
+    /// The enrichment's version; for a record written before versions existed, its model
+    /// (such enrichers had one label set per model).
+    pub fn version(&self) -> &str {
+        if self.version.is_empty() {
+            &self.model
+        } else {
+            &self.version
+        }
+    }
+
     /// The realtime `enriched` frame for session subscribers and label feeds: everything
     /// but the embedding, which stays in the log.
     pub fn annotation_json(&self) -> String {
@@ -56,6 +71,7 @@ impl Enrichment {
             duplicate_of: self.duplicate_of,
             duplicate_score: self.duplicate_score,
             model: &self.model,
+            version: self.version(),
             device: &self.device,
         };
         // Serialising plain data with string keys cannot fail.
@@ -75,6 +91,7 @@ struct Annotation<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     duplicate_score: Option<f32>,
     model: &'a str,
+    version: &'a str,
     device: &'a str,
 }
 
@@ -99,6 +116,7 @@ mod tests {
             duplicate_of: Some(Offset(40)),
             duplicate_score: Some(0.97),
             model: "m".into(),
+            version: "m@0123abcd".into(),
             device: "cpu".into(),
             embedding: vec![0.1; 384],
         };
@@ -108,9 +126,23 @@ mod tests {
         assert_eq!(v["offset"], 42);
         assert_eq!(v["duplicate_of"], 40);
         assert_eq!(v["labels"][0]["label"], "billing");
+        assert_eq!(v["model"], "m");
+        assert_eq!(v["version"], "m@0123abcd");
         assert!(v.get("embedding").is_none());
         let back: Enrichment =
             serde_json::from_str(&serde_json::to_string(&e).expect("ser")).expect("de");
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn a_record_without_a_version_reads_as_its_model() {
+        let old = r#"{"session":"acme:planner:s1","source":{"topic":"agent.events","partition":0,"offset":7},"event_id":null,"labels":[],"model":"m","device":"cpu"}"#;
+        let e: Enrichment = serde_json::from_str(old).expect("an old record parses");
+        assert_eq!(e.version(), "m");
+        let v: serde_json::Value = serde_json::from_str(&e.annotation_json()).expect("json");
+        assert_eq!(v["version"], "m", "the frame always names a version");
+        let again: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&e).expect("ser")).expect("json");
+        assert!(again.get("version").is_none(), "re-encoded as it was read");
     }
 }

@@ -498,14 +498,16 @@ async fn label_feeds_deliver_only_sessions_the_token_may_follow() {
         })
         .to_string();
         store
-            .annotate(
+            .annotate(&agentwire_valkey::Annotation {
                 session,
-                Offset(offset),
-                &json,
-                std::slice::from_ref(&channel),
-                true,
-                "",
-            )
+                offset: Offset(offset),
+                version: "m@00000000",
+                unversioned_as: "m",
+                json: &json,
+                label_channels: std::slice::from_ref(&channel),
+                force: true,
+                meta: "",
+            })
             .await
             .expect("annotate");
     }

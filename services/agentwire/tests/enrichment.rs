@@ -118,6 +118,11 @@ async fn a_text_event_reaches_subscribers_then_its_enrichment() {
     assert_eq!(a["labels"][0]["label"], "billing", "{a}");
     assert!(a["duplicate_of"].is_null(), "{a}");
     assert!(a.get("embedding").is_none(), "embeddings stay in the log");
+    let version = a["version"].as_str().expect("a version").to_owned();
+    assert!(
+        version.starts_with(&format!("{}@", agentwire_enricher::MODEL_ID)),
+        "{a}"
+    );
 
     // A near duplicate of the first, then an event without text (not enriched), then another topic.
     let second = http
@@ -181,6 +186,7 @@ async fn a_text_event_reaches_subscribers_then_its_enrichment() {
         assert_eq!(r.embedding.len(), 384);
         assert_eq!(r.source.topic, stack.topic);
         assert_eq!(r.device, "cpu");
+        assert_eq!(r.version(), version, "one version for one configuration");
         let norm: f32 = r.embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-3, "unit length, got {norm}");
     }

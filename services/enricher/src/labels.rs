@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use agentwire_protocol::LabelScore;
+use agentwire_protocol::{LabelScore, ModelVersion};
 use serde::Deserialize;
 
 use crate::embedder::{Embedder, cosine};
@@ -27,6 +27,8 @@ pub struct LabelSet {
     labels: Vec<(String, Vec<f32>)>,
     min_score: f32,
     top_k: usize,
+    /// The label file's names and examples, and the thresholds, digested in file order.
+    digest: ModelVersion,
 }
 
 impl LabelSet {
@@ -47,12 +49,17 @@ impl LabelSet {
             return Err(fail("no [[label]] entries".into()));
         }
         let mut labels = Vec::with_capacity(file.label.len());
+        let mut digest = ModelVersion::default();
         for spec in file.label {
             if spec.name.is_empty() || spec.examples.is_empty() {
                 return Err(fail(format!(
                     "label {:?} needs a name and at least one example",
                     spec.name
                 )));
+            }
+            digest = digest.part("label", &spec.name);
+            for example in &spec.examples {
+                digest = digest.part("example", example);
             }
             let texts: Vec<&str> = spec.examples.iter().map(String::as_str).collect();
             let embeddings = embedder.embed(&texts)?;
@@ -62,7 +69,14 @@ impl LabelSet {
             labels,
             min_score,
             top_k,
+            digest: digest.part("min_score", min_score).part("top_k", top_k),
         })
+    }
+
+    /// What of the label set changes the enricher's output (every name and example, the
+    /// minimum score, the most labels reported), for the enrichment version.
+    pub fn digest(&self) -> ModelVersion {
+        self.digest
     }
 
     /// Names of all labels, in file order.
@@ -122,6 +136,7 @@ mod tests {
             ],
             min_score: 0.1,
             top_k: 1,
+            digest: ModelVersion::default(),
         };
         let got = set.score(&[0.6, 0.8]);
         assert_eq!(got.len(), 1);

@@ -4,7 +4,8 @@
 //! Invariants:
 //! - Its own consumer group: a slow or stopped enricher never delays realtime delivery.
 //! - Offsets are stored only after every enrichment of a batch is acknowledged by Kafka; a
-//!   crash re-enriches, and the relay delivers each source offset's annotation once.
+//!   crash re-enriches, and the relay delivers each source offset's annotation once per
+//!   enrichment version (`Worker::version`: the model, the label set and its thresholds).
 //! - Inference runs on its own thread, never on the async runtime.
 
 pub mod bench;

@@ -45,7 +45,7 @@ pub async fn run(config: EnricherConfig, shutdown: CancellationToken) -> Result<
     };
     let worker = Worker::start(settings).await?;
     let device = worker.adapter().label().to_owned();
-    tracing::info!(adapter = %worker.adapter(), "enricher inference ready");
+    tracing::info!(adapter = %worker.adapter(), version = %worker.version(), "enricher inference ready");
 
     let kafka = config.kafka.settings();
     // Same partition count as the source, so an enrichment shares its event's partition number.
@@ -67,6 +67,7 @@ pub async fn run(config: EnricherConfig, shutdown: CancellationToken) -> Result<
         group: &config.group,
         enriched_topic: &config.enriched_topic,
         device: &device,
+        version: worker.version(),
     };
     loop {
         let event = tokio::select! {
@@ -102,6 +103,8 @@ struct BatchContext<'a> {
     group: &'a str,
     enriched_topic: &'a str,
     device: &'a str,
+    /// The enrichment version of every record (`Worker::version`).
+    version: &'a str,
 }
 
 /// A parsed record with text.
@@ -188,6 +191,7 @@ impl BatchContext<'_> {
                 duplicate_of: result.duplicate.map(|d| d.of),
                 duplicate_score: result.duplicate.map(|d| d.score),
                 model: MODEL_ID.to_owned(),
+                version: self.version.to_owned(),
                 device: self.device.to_owned(),
                 embedding: result.embedding,
             };

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::dedupe::{Duplicate, SessionMemory};
 use crate::device::{Adapter, DeviceChoice};
-use crate::embedder::{Embedder, ModelFiles};
+use crate::embedder::{Embedder, MODEL_ID, ModelFiles};
 use crate::error::{LabelError, ModelError};
 use crate::labels::LabelSet;
 use crate::metrics as m;
@@ -54,6 +54,7 @@ pub struct Worker {
     jobs: Option<mpsc::Sender<(Vec<Item>, Reply)>>,
     thread: Option<JoinHandle<()>>,
     adapter: Adapter,
+    version: String,
 }
 
 impl Worker {
@@ -68,7 +69,8 @@ impl Worker {
                 let loaded = load(&settings);
                 let state = match loaded {
                     Ok(state) => {
-                        let _ = ready_tx.send(Ok(state.embedder.adapter().clone()));
+                        let version = version(&settings, &state.labels);
+                        let _ = ready_tx.send(Ok((state.embedder.adapter().clone(), version)));
                         state
                     }
                     Err(error) => {
@@ -79,18 +81,25 @@ impl Worker {
                 serve(state, &inbox);
             })
             .map_err(|e| ModelError::Device(format!("cannot start the inference thread: {e}")))?;
-        let adapter = ready
+        let (adapter, version) = ready
             .await
             .map_err(|_| ModelError::Device("the inference thread died while loading".into()))??;
         Ok(Self {
             jobs: Some(jobs),
             thread: Some(thread),
             adapter,
+            version,
         })
     }
 
     pub fn adapter(&self) -> &Adapter {
         &self.adapter
+    }
+
+    /// The version of every enrichment this worker makes (`<model>@<digest>`): the model, the
+    /// label set and the thresholds that change its output.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// Enriches `items` in one batch; results are in the same order.
@@ -143,6 +152,16 @@ fn load(settings: &WorkerSettings) -> Result<State, LabelError> {
         labels,
         memory,
     })
+}
+
+/// The enrichment version of a loaded worker. `sessions` is left out: it bounds memory, and
+/// changes which duplicates are found only for sessions evicted in between.
+fn version(settings: &WorkerSettings, labels: &LabelSet) -> String {
+    labels
+        .digest()
+        .part("duplicate_threshold", settings.duplicate_threshold)
+        .part("duplicate_window", settings.duplicate_window)
+        .finish(MODEL_ID)
 }
 
 fn serve(mut state: State, inbox: &mpsc::Receiver<(Vec<Item>, Reply)>) {

@@ -1,13 +1,14 @@
 //! Carries `agent.enriched` into Valkey: each enrichment becomes an `enriched` annotation on
-//! its session's channel (after the event it annotates, once per source offset) and on the
-//! tenant's label feeds. Valkey stays a view of the log: the annotation is derived from the
+//! its session's channel (after the event it annotates, once per source offset and enrichment
+//! version: a redrive by the same model and labels announces nothing again, one by a new
+//! version announces again) and on the tenant's label feeds. Valkey stays a view of the log: the annotation is derived from the
 //! durable record, never produced by the enricher straight into Valkey.
 
 use std::time::{Duration, Instant};
 
 use agentwire_kafka::{ConsumerEvent, LogConsumer, LogMessage, OffsetStore};
 use agentwire_protocol::Enrichment;
-use agentwire_valkey::{Annotated, HistoryStore, keys};
+use agentwire_valkey::{Annotated, Annotation, HistoryStore, keys};
 use backon::{ExponentialBuilder, Retryable as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -101,7 +102,17 @@ async fn announce(
     let started = Instant::now();
     loop {
         let force = started.elapsed() >= EVENT_WAIT;
-        let attempt = || store.annotate(&e.session, e.source.offset, &json, &labels, force, meta);
+        let annotation = Annotation {
+            session: &e.session,
+            offset: e.source.offset,
+            version: e.version(),
+            unversioned_as: &e.model,
+            json: &json,
+            label_channels: &labels,
+            force,
+            meta,
+        };
+        let attempt = || store.annotate(&annotation);
         let outcome = attempt
             .retry(
                 ExponentialBuilder::default()
