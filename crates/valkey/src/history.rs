@@ -10,10 +10,12 @@ use crate::connection::{Connection, slot};
 use crate::error::ValkeyError;
 use crate::keys;
 
+mod annotations;
+
+pub use annotations::{Annotated, Annotation, UNVERSIONED_MARK};
+
 static APPEND: std::sync::LazyLock<Script> =
     std::sync::LazyLock::new(|| Script::new(include_str!("lua/append.lua")));
-static ANNOTATE: std::sync::LazyLock<Script> =
-    std::sync::LazyLock::new(|| Script::new(include_str!("lua/annotate.lua")));
 static READ: std::sync::LazyLock<Script> =
     std::sync::LazyLock::new(|| Script::new(include_str!("lua/read.lua")));
 
@@ -152,16 +154,6 @@ impl Window {
     }
 }
 
-/// What [`HistoryStore::annotate`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Annotated {
-    Published,
-    /// This offset (or a later one) was annotated before: nothing published.
-    Replay,
-    /// The annotated event is not in the session's window yet: try again shortly.
-    EventNotYetAnnounced,
-}
-
 /// Reads and writes session windows.
 #[derive(Clone)]
 pub struct HistoryStore {
@@ -247,40 +239,6 @@ impl HistoryStore {
             written: replies.iter().filter(|r| *r & 1 == 1).count(),
             rollbacks: replies.iter().filter(|r| *r & 2 == 2).count(),
             mismatches: replies.iter().filter(|r| *r & 4 == 4).count(),
-        })
-    }
-
-    /// Announces an enrichment of the event at `offset` to the session's subscribers and to
-    /// `label_channels`, once per offset (see `lua/annotate.lua`). With `force` false it
-    /// waits for the event itself to be in the window, so subscribers see the event first.
-    pub async fn annotate(
-        &self,
-        session: &SessionKey,
-        offset: Offset,
-        annotation_json: &str,
-        label_channels: &[String],
-        force: bool,
-        meta: &str,
-    ) -> Result<Annotated, ValkeyError> {
-        let ttl = self.settings.idle_ttl.as_secs().max(1);
-        let mut invocation = ANNOTATE.key(keys::annotated(session));
-        invocation
-            .key(keys::history(session))
-            .arg(offset.0)
-            .arg(annotation_json)
-            .arg(keys::channel(session))
-            .arg(ttl)
-            .arg(if force { "1" } else { "0" })
-            .arg(self.publish_verb())
-            .arg(meta);
-        for channel in label_channels {
-            invocation.arg(channel);
-        }
-        let outcome: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(match outcome {
-            1 => Annotated::Published,
-            0 => Annotated::Replay,
-            _ => Annotated::EventNotYetAnnounced,
         })
     }
 
@@ -378,6 +336,11 @@ impl HistoryStore {
             .query_async(&mut self.connection())
             .await?;
         Ok(receivers)
+    }
+
+    /// How big and how long-lived windows are.
+    pub fn settings(&self) -> &HistorySettings {
+        &self.settings
     }
 
     /// The connection, shared with other Valkey-backed parts of the same process.

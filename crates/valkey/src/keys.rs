@@ -14,12 +14,19 @@ pub fn history(session: &SessionKey) -> String {
     format!("{PREFIX}{{{session}}}:h")
 }
 
+/// A session's window being rebuilt from the log by a replay drill, swapped in when complete.
+pub fn history_rebuild(session: &SessionKey) -> String {
+    format!("{PREFIX}{{{session}}}:h:rebuild")
+}
+
 /// The pub/sub channel announcing a session's new events.
 pub fn channel(session: &SessionKey) -> String {
     format!("{PREFIX}{{{session}}}:ch")
 }
 
-/// The highest source offset whose enrichment was announced on the session's channel.
+/// The session's annotation marks: a hash of enrichment version → the highest source offset
+/// whose enrichment of that version was announced on the session's channel
+/// (`lua/annotate.lua`; a string, the one mark, before versions).
 pub fn annotated(session: &SessionKey) -> String {
     format!("{PREFIX}{{{session}}}:enr")
 }

@@ -12,13 +12,16 @@ pub mod keys;
 mod limits;
 mod live;
 mod probes;
+mod producer_log;
 mod producers;
+mod window_repair;
 
 pub use args::ValkeyArgs;
 pub use connection::{Connection, SLOTS, ValkeyUrl, slot, slot_tag};
 pub use error::ValkeyError;
 pub use history::{
-    Annotated, Append, Appended, Gap, HistorySettings, HistoryStore, Link, LiveCheck, Window,
+    Annotated, Annotation, Append, Appended, Gap, HistorySettings, HistoryStore, Link, LiveCheck,
+    UNVERSIONED_MARK, Window,
 };
 pub use limits::{TenantLimiter, TenantQuota};
 pub use live::{
@@ -27,4 +30,9 @@ pub use live::{
     parse_message,
 };
 pub use probes::{LogProbes, Probe as LogProbe};
-pub use producers::{Outcome, ProducerSettings, ProducerStore, Reserve, Restored, Unsettled};
+pub use producer_log::Accumulator;
+pub use producers::{
+    Outcome, ProducerSettings, ProducerStore, Reserve, Restored, StoredOutcome, StoredProducer,
+    Unsettled,
+};
+pub use window_repair::{StoredEntry, WindowSlice};

@@ -108,6 +108,25 @@ pub struct Restored {
     pub outcomes: Vec<(u64, Outcome)>,
 }
 
+/// What a producer's state records about one sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredOutcome {
+    /// Kafka acknowledged it there.
+    Written(Outcome),
+    /// Its append failed before anything was sent (`f`).
+    NotWritten,
+    /// A gateway is appending it, or it is waiting to learn whether it landed.
+    InFlight,
+}
+
+/// A producer's state as stored in Valkey.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredProducer {
+    pub epoch: u64,
+    pub next: u64,
+    pub outcomes: std::collections::BTreeMap<u64, StoredOutcome>,
+}
+
 /// The producer states of every tenant.
 #[derive(Clone)]
 pub struct ProducerStore {
@@ -274,6 +293,56 @@ impl ProducerStore {
         }
         let _: i64 = call.invoke_async(&mut self.conn.clone()).await?;
         Ok(())
+    }
+
+    /// Makes the producer's state agree with the log's (a replay drill's rebuild): like
+    /// [`ProducerStore::restore`], and the log's outcomes also replace different ones.
+    /// `false` when a newer epoch holds the state.
+    pub async fn repair(
+        &self,
+        tenant: &Tenant,
+        producer: &ProducerId,
+        state: &Restored,
+    ) -> Result<bool, ValkeyError> {
+        let mut call = self.invocation(tenant, producer, "repair");
+        call.arg(state.epoch).arg(state.next);
+        for (seq, outcome) in &state.outcomes {
+            call.arg(*seq).arg(outcome.encode());
+        }
+        let done: i64 = call.invoke_async(&mut self.conn.clone()).await?;
+        Ok(done == 1)
+    }
+
+    /// The producer's state as stored, `None` when there is none.
+    pub async fn stored(
+        &self,
+        tenant: &Tenant,
+        producer: &ProducerId,
+    ) -> Result<Option<StoredProducer>, ValkeyError> {
+        let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys::producer(tenant, producer))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let num = |name: &str| fields.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut outcomes = std::collections::BTreeMap::new();
+        for (field, value) in &fields {
+            if let Some(seq) = field.strip_prefix("s:").and_then(|s| s.parse().ok()) {
+                let state = match Outcome::decode(value) {
+                    Ok(outcome) => StoredOutcome::Written(outcome),
+                    Err(_) if value == "f" => StoredOutcome::NotWritten,
+                    Err(_) => StoredOutcome::InFlight,
+                };
+                outcomes.insert(seq, state);
+            }
+        }
+        Ok(Some(StoredProducer {
+            epoch: num("epoch"),
+            next: num("next"),
+            outcomes,
+        }))
     }
 
     /// Whether the tenant's states were rebuilt since Valkey started empty.

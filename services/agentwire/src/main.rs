@@ -62,6 +62,8 @@ enum Command {
     },
     /// Simulated agents publishing into sessions, and a client printing what it receives.
     Demo(demo::DemoArgs),
+    /// Replay drills from the Kafka log: verify, compare, rebuild, redrive, export, import.
+    Drill(agentwire_drill::DrillArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +72,7 @@ fn main() -> anyhow::Result<()> {
     let service = match &cli.command {
         Command::Gateway { .. } => "agentwire-gateway",
         Command::Relay { .. } => "agentwire-relay",
+        Command::Drill(_) => "agentwire-drill",
         _ => "agentwire",
     };
     // Within the runtime: the OTLP gRPC client starts its connection task there. Dropped
@@ -78,6 +81,14 @@ fn main() -> anyhow::Result<()> {
         let _entered = runtime.enter();
         agentwire_runtime::telemetry::init(cli.log_format, service)
     };
+    if let Command::Drill(args) = cli.command {
+        // 0 clean, 1 problems found, 2 usage or connection errors (clap's own usage errors
+        // exit 2 too).
+        let verdict = runtime.block_on(agentwire_drill::run(args));
+        drop(telemetry);
+        drop(runtime);
+        std::process::exit(verdict.exit_code());
+    }
     let outcome = runtime.block_on(run(cli.command));
     drop(telemetry);
     outcome
@@ -122,6 +133,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("topic {} ready ({partitions} partitions)", kafka.topic);
         }
         Command::Demo(args) => demo::run(args, shutdown).await?,
+        Command::Drill(_) => unreachable!("drills run before the services' dispatch"),
     }
     Ok(())
 }

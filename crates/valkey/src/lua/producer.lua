@@ -17,6 +17,10 @@
 -- bump     -> {"not_ready"} | {"epoch", new epoch}
 -- (numbers in replies are decimal strings)
 -- restore  ARGV[4] epoch ARGV[5] next, then pairs seq, "<p>:<o>" -> 1 (merges, never lowers)
+-- repair   like restore, and the log's outcome also replaces a different recorded outcome or a
+--          "f" (nothing written) for a sequence the log holds (a replay drill's rebuild); an
+--          append in flight ("p:", "u:") is left to its gateway -> 1, 0 when a newer epoch
+--          holds the state
 local key, ready = KEYS[1], KEYS[2]
 local op, ttl, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
@@ -32,11 +36,11 @@ local function forget_before(seq)
   end
 end
 
-if op == 'restore' then
+if op == 'restore' or op == 'repair' then
   local epoch, next_seq = tonumber(ARGV[4]), tonumber(ARGV[5])
   local current = tonumber(redis.call('HGET', key, 'epoch') or '-1')
   if current > epoch then
-    return 1
+    return op == 'restore' and 1 or 0
   end
   if current < epoch then
     redis.call('DEL', key)
@@ -45,7 +49,16 @@ if op == 'restore' then
     redis.call('HSET', key, 'next', next_seq)
   end
   for i = 6, #ARGV, 2 do
-    redis.call('HSETNX', key, 's:' .. ARGV[i], ARGV[i + 1])
+    local field = 's:' .. ARGV[i]
+    if op == 'repair' then
+      local held = redis.call('HGET', key, field)
+      local state = string.sub(held or '', 1, 2)
+      if state ~= 'p:' and state ~= 'u:' then
+        redis.call('HSET', key, field, ARGV[i + 1])
+      end
+    else
+      redis.call('HSETNX', key, field, ARGV[i + 1])
+    end
   end
   touch()
   return 1

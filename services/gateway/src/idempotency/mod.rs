@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::error::ApiError;
 use crate::metrics as m;
 
-pub use rebuild::Accumulator;
+pub use agentwire_valkey::Accumulator;
 
 /// How often a publish waiting on another gateway's append (or rebuild) looks again.
 const POLL: Duration = Duration::from_millis(20);
