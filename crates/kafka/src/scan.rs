@@ -7,7 +7,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use agentwire_protocol::Offset;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -22,6 +23,19 @@ const BATCH: usize = 2_000;
 const QUEUED_BATCHES: usize = 4;
 /// How long the broker may stay silent before the scan gives up.
 const STALL: Duration = Duration::from_secs(30);
+
+/// The end of a partition is how a scan learns that a range is read, not an error to log.
+struct ScanContext;
+
+impl ClientContext for ScanContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "kafka client error during a scan");
+        }
+    }
+}
+
+impl ConsumerContext for ScanContext {}
 
 /// One record of a scan, with everything a copy needs to write it again.
 #[derive(Clone, Debug)]
@@ -78,7 +92,7 @@ impl LogScan {
         topic: &str,
         ranges: &[PartitionRange],
     ) -> Result<Self, KafkaError> {
-        let consumer: BaseConsumer = settings
+        let consumer: BaseConsumer<ScanContext> = settings
             .base()
             .set("group.id", "agentwire-drill")
             .set("enable.auto.commit", "false")
@@ -86,11 +100,12 @@ impl LogScan {
             // The end of a partition also ends its range (offsets need not be contiguous).
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            // Prefetch bounded per partition: memory stays flat whatever the range.
+            // Prefetch bounded: memory stays flat whatever the range. (A `fetch.max.bytes`
+            // at the sum of the partitions' fetch sizes made the broker, nisshi 0.8.1, spend
+            // three times the CPU per record: the scan read 10,000 records/s instead of
+            // 28,000. The defaults are kept.)
             .set("queued.max.messages.kbytes", "4096")
-            .set("fetch.max.bytes", "8388608")
-            .set("max.partition.fetch.bytes", "1048576")
-            .create()
+            .create_with_context(ScanContext)
             .map_err(KafkaError::Client)?;
         let mut tpl = TopicPartitionList::new();
         let mut pending: BTreeMap<i32, (u64, u64)> = BTreeMap::new();
@@ -138,7 +153,7 @@ impl Drop for LogScan {
 }
 
 fn poll(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ScanContext>,
     mut pending: BTreeMap<i32, (u64, u64)>,
     tx: &mpsc::Sender<ScanItem>,
     stop: &CancellationToken,
