@@ -17,6 +17,7 @@
 pub mod broker;
 mod broker_trigger;
 mod chart;
+pub mod drill_log;
 pub mod fanout;
 mod floor;
 mod idle;
@@ -68,6 +69,8 @@ enum Scenario {
     Broker(broker::Args),
     /// Durable fanout held for minutes, with the processes' CPU and memory over time.
     Soak(soak::Args),
+    /// Replay drill figures: fill a topic with valid events; read it back with a bare consumer.
+    DrillLog(drill_log::Args),
     /// The WebSocket fanout floor's server (started by `fanout`/`ephemeral` themselves).
     #[command(hide = true)]
     WsFloorServer(ws_floor::ServeArgs),
@@ -85,6 +88,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Scenario::Idle(args) => idle::run(args).await,
         Scenario::Broker(args) => broker::run(args).await.map(drop),
         Scenario::Soak(args) => soak::run(args).await.map(drop),
+        Scenario::DrillLog(args) => drill_log::run(args).await,
         Scenario::WsFloorServer(args) => ws_floor::serve(args).await,
     }
 }

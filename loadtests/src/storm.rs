@@ -92,8 +92,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let stop = CancellationToken::new();
     let received = Arc::new(AtomicU64::new(0));
     // Clients that received at least one event: the storm waits for all of them, so every
-    // client resumes with a cursor. (A client that subscribed for "only new events" while its
-    // partition was empty has no cursor until its first delivery; see docs/protocol.md.)
+    // client resumes with a cursor and the figures are about cursor resumes. (A client with no
+    // cursor yet would resubscribe from the start of the log and lose nothing either; see
+    // docs/protocol.md.)
     let warmed = Arc::new(AtomicU64::new(0));
     let latency = Arc::new(std::sync::Mutex::new(stats::histogram()?));
     let mut tasks = tokio::task::JoinSet::new();

@@ -47,6 +47,7 @@ pub async fn rebuild(
         return Ok(());
     }
     let store = HistoryStore::connect(&ctx.valkey.url, ctx.valkey.history()).await?;
+    report.repaired = true;
     rewrite_windows(common, &scope, &store, &checked, report).await?;
     for fix in &checked.mark_fixes {
         match fix.to {

@@ -113,6 +113,8 @@ pub struct Report {
     /// What the command changed (or, with `--dry-run`, would change).
     pub changes: BTreeMap<String, u64>,
     pub notes: Vec<String>,
+    /// The findings were repaired (a rebuild that ran).
+    pub repaired: bool,
     #[serde(skip)]
     max_findings: usize,
     #[serde(skip)]
@@ -137,6 +139,7 @@ impl Report {
             findings: BTreeMap::new(),
             changes: BTreeMap::new(),
             notes: Vec::new(),
+            repaired: false,
             max_findings,
             clock: Some(Instant::now()),
         }
@@ -188,10 +191,10 @@ impl Report {
     pub fn markdown(&self) -> String {
         use std::fmt::Write as _;
         let mut md = String::new();
-        let verdict = if self.problems() == 0 {
-            "clean".to_owned()
-        } else {
-            format!("{} problem(s)", self.problems())
+        let verdict = match (self.problems(), self.repaired) {
+            (0, _) => "clean".to_owned(),
+            (n, true) => format!("{n} problem(s) found and repaired"),
+            (n, false) => format!("{n} problem(s)"),
         };
         let _ = writeln!(md, "# agentwire drill {}: {verdict}\n", self.command);
         let _ = writeln!(
