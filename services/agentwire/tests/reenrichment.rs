@@ -4,7 +4,7 @@
 //! session marker left by a relay from before versions does not stop annotation.
 //!
 //! The first tests write `agent.enriched` records themselves and let the real relay carry them;
-//! the last one re-runs the real enricher in fresh consumer groups, as a redrive does.
+//! the last one re-runs the real enricher's group with `agentwire drill redrive`.
 //! Absence is proven by order, never by waiting: the relay carries one partition in order, so
 //! a frame for a later record arriving first means the records before it announced nothing.
 
@@ -266,6 +266,36 @@ async fn enriched_records(stack: &Stack, session: &SessionKey) -> Vec<Enrichment
         .collect()
 }
 
+/// `agentwire drill redrive --group <group> --from 0` on the stack's topic: its exit status
+/// and what it printed.
+fn redrive(stack: &Stack, group: &str) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentwire"))
+        .args(["drill", "redrive", "--group", group, "--from", "0"])
+        .env("AGENTWIRE_KAFKA_BROKERS", &stack.env.kafka_brokers)
+        .env("AGENTWIRE_TOPIC", &stack.topic)
+        .output()
+        .expect("run agentwire drill redrive");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// Redrives `group` once the broker no longer counts the stopped enricher as a member.
+async fn redrive_stopped(stack: &Stack, group: &str) {
+    wait_until(
+        LIMIT,
+        "the redrive of the stopped enricher's group",
+        || async {
+            let (code, text) = redrive(stack, group);
+            (code == 0).then_some(()).ok_or(text)
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redrive_of_the_enricher_announces_again_only_under_a_new_version() {
     let stack = Stack::start(1).await;
@@ -275,7 +305,8 @@ async fn a_redrive_of_the_enricher_announces_again_only_under_a_new_version() {
     ];
     let (session, mut ws, offsets) = session_with_events(&stack, "enricher", &texts).await;
 
-    let first = enricher::config(&stack, &unique("enricher"));
+    let group = unique("enricher");
+    let first = enricher::config(&stack, &group);
     let running = Enricher::start(first.clone());
     let (a, version, _) = next_enriched(&mut ws).await;
     let (b, again, _) = next_enriched(&mut ws).await;
@@ -285,11 +316,16 @@ async fn a_redrive_of_the_enricher_announces_again_only_under_a_new_version() {
         version.starts_with(&format!("{MODEL_ID}@")),
         "a version names its model: {version}"
     );
+    // A group with a live member is not moved.
+    let (code, text) = redrive(&stack, &group);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("live member"), "{text}");
     running.stop().await;
 
-    // The same model and labels over the whole range again (a fresh group starts from the
-    // beginning, as a group reset by `drill redrive` does): new records, no new frames.
-    let running = Enricher::start(enricher::config(&stack, &unique("enricher")));
+    // `drill redrive` moves the group back to the start; the same model and labels over the
+    // whole range again: new records, no new frames.
+    redrive_stopped(&stack, &group).await;
+    let running = Enricher::start(enricher::config(&stack, &group));
     let records = wait_until(LIMIT, "the redrive's enrichments in the log", || async {
         let records = enriched_records(&stack, &session).await;
         (records.len() >= 4).then_some(records)
@@ -299,11 +335,12 @@ async fn a_redrive_of_the_enricher_announces_again_only_under_a_new_version() {
     let versions: Vec<&str> = records.iter().map(Enrichment::version).collect();
     assert_eq!(versions, vec![version.as_str(); 4]);
 
-    // Another label threshold is another version: every event is annotated once more, and
-    // the first frame after the same-version redrive is this one.
+    // Another label threshold is another version: after another redrive every event is
+    // annotated once more, and the first frame after the same-version redrive is this one.
+    redrive_stopped(&stack, &group).await;
     let changed = agentwire_enricher::EnricherConfig {
         min_score: first.min_score - 0.05,
-        ..enricher::config(&stack, &unique("enricher"))
+        ..enricher::config(&stack, &group)
     };
     let running = Enricher::start(changed);
     let (a2, new_version, _) = next_enriched(&mut ws).await;
