@@ -24,6 +24,14 @@ pub use error::DrillError;
 pub use report::{Finding, FindingSet, Kind, Report};
 pub use scope::{Bound, Scope, ScopeArgs};
 
+/// Milliseconds since the Unix epoch now (record timestamps are in the same unit).
+pub(crate) fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// How a drill ended: the exit status of `agentwire drill`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {

@@ -41,13 +41,7 @@ pub async fn compare(
     ttl: Duration,
     report: &mut Report,
 ) -> Result<Vec<Disagreeing>, DrillError> {
-    let now_ms = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(i64::MAX);
+    let now_ms = crate::now_ms();
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let mut out = Vec::new();
     let mut tenants: Vec<_> = producers.into_iter().collect();

@@ -306,38 +306,12 @@ impl Walk {
             return Ok(());
         }
         let ids = std::mem::replace(&mut self.event_ids, DuplicateFinder::new(1));
-        ids.finish(|d| {
-            report.find(
-                Kind::DuplicateEventId,
-                Finding {
-                    session: None,
-                    partition: Some(d.again.0),
-                    offset: Some(d.again.1),
-                    first_offset: Some(d.first.1),
-                    detail: format!(
-                        "event id {} first at partition {} offset {}",
-                        uuid::Uuid::from_u128(d.key),
-                        d.first.0,
-                        d.first.1
-                    ),
-                },
-            );
+        report_duplicates(ids, Kind::DuplicateEventId, report, |key| {
+            format!("event id {}", uuid::Uuid::from_u128(key))
         })?;
         let seqs = std::mem::replace(&mut self.producer_seqs, DuplicateFinder::new(1));
-        seqs.finish(|d| {
-            report.find(
-                Kind::DuplicateProducerSeq,
-                Finding {
-                    session: None,
-                    partition: Some(d.again.0),
-                    offset: Some(d.again.1),
-                    first_offset: Some(d.first.1),
-                    detail: format!(
-                        "the same producer, epoch and sequence as partition {} offset {}",
-                        d.first.0, d.first.1
-                    ),
-                },
-            );
+        report_duplicates(seqs, Kind::DuplicateProducerSeq, report, |_| {
+            "the same producer, epoch and sequence".to_owned()
         })?;
         let mut gaps: Vec<_> = self
             .seqs
@@ -366,6 +340,32 @@ impl Walk {
         }
         Ok(())
     }
+}
+
+/// Reports every duplicate `finder` holds as `kind`, `what` naming the shared key.
+fn report_duplicates(
+    finder: DuplicateFinder,
+    kind: Kind,
+    report: &mut Report,
+    what: impl Fn(u128) -> String,
+) -> Result<(), DrillError> {
+    finder.finish(|d| {
+        report.find(
+            kind,
+            Finding {
+                session: None,
+                partition: Some(d.again.0),
+                offset: Some(d.again.1),
+                first_offset: Some(d.first.1),
+                detail: format!(
+                    "{} (first at partition {} offset {})",
+                    what(d.key),
+                    d.first.0,
+                    d.first.1
+                ),
+            },
+        );
+    })
 }
 
 #[cfg(test)]

@@ -228,13 +228,7 @@ impl WindowCheck {
         report: &mut Report,
     ) -> Result<(), DrillError> {
         self.flush(scope, report).await?;
-        let now_ms = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(i64::MAX);
+        let now_ms = crate::now_ms();
         let ttl_ms = i64::try_from(idle_ttl.as_millis()).unwrap_or(i64::MAX);
         let mut tails = Vec::new();
         for (session, state) in &self.sessions {

@@ -361,6 +361,21 @@ async fn injected_faults_are_found_and_rebuild_repairs_valkey_under_live_traffic
         "{missing_states:?}"
     );
 
+    // A dry run lists the changes, exits 1 for them, and changes nothing.
+    let (code, report) = drill(&stack, &["rebuild", "--dry-run"]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        report["changes"]["windows to rewrite"].as_u64(),
+        Some(3),
+        "{report}"
+    );
+    assert!(
+        report["changes"].get("windows rewritten").is_none(),
+        "{report}"
+    );
+    let (code, report) = drill(&stack, &["compare"]);
+    assert_eq!((code, findings(&report).len()), (1, 5), "{report}");
+
     // Rebuild while events keep arriving.
     let live = {
         let http = stack.http();
@@ -500,6 +515,30 @@ fn drill_untenanted(stack: &Stack, args: &[&str]) -> (i32, String) {
     (output.status.code().expect("exit code"), text)
 }
 
+/// Exports the stack tenant's records of `topic` to `out`.
+fn export_topic(stack: &Stack, topic: &str, out: &Path) {
+    let output = Command::new(env!("CARGO_BIN_EXE_agentwire"))
+        .args([
+            "drill",
+            "export",
+            "--tenant",
+            &stack.tenant,
+            "--topic",
+            topic,
+            "--out",
+        ])
+        .arg(out)
+        .env("AGENTWIRE_KAFKA_BROKERS", &stack.env.kafka_brokers)
+        .output()
+        .expect("run agentwire drill export");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "export {topic}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn without_offsets(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .expect("export")
@@ -540,26 +579,7 @@ async fn export_import_export_round_trips_and_a_copy_keeps_order_per_session() {
         Some(published)
     );
     let second = dir.path().join("second.jsonl");
-    let output = Command::new(env!("CARGO_BIN_EXE_agentwire"))
-        .args([
-            "drill",
-            "export",
-            "--tenant",
-            &stack.tenant,
-            "--topic",
-            &restored,
-            "--out",
-        ])
-        .arg(&second)
-        .env("AGENTWIRE_KAFKA_BROKERS", &stack.env.kafka_brokers)
-        .output()
-        .expect("export the restored topic");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    export_topic(&stack, &restored, &second);
     assert_eq!(without_offsets(&first), without_offsets(&second));
 
     // redrive --to-topic: the same records per session, in order.
@@ -571,20 +591,6 @@ async fn export_import_export_round_trips_and_a_copy_keeps_order_per_session() {
         Some(published)
     );
     let third = dir.path().join("third.jsonl");
-    let output = Command::new(env!("CARGO_BIN_EXE_agentwire"))
-        .args([
-            "drill",
-            "export",
-            "--tenant",
-            &stack.tenant,
-            "--topic",
-            &copy,
-            "--out",
-        ])
-        .arg(&third)
-        .env("AGENTWIRE_KAFKA_BROKERS", &stack.env.kafka_brokers)
-        .output()
-        .expect("export the copy");
-    assert_eq!(output.status.code(), Some(0));
+    export_topic(&stack, &copy, &third);
     assert_eq!(without_offsets(&first), without_offsets(&third));
 }
