@@ -3,7 +3,7 @@
 //! that version in the enriched topic. A mark ahead would make the relay drop later
 //! enrichments as replays: subscribers would never get them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use agentwire_kafka::{KafkaSettings, LogScan, PartitionRange, partition_count, watermarks};
 use agentwire_protocol::{Enrichment, Offset, SessionKey};
@@ -79,7 +79,7 @@ pub async fn compare(
     enriched_topic: &str,
     scope: &Scope,
     store: &HistoryStore,
-    sessions: impl Iterator<Item = SessionKey>,
+    seen: &HashMap<SessionKey, crate::walk::SessionSeen>,
     report: &mut Report,
 ) -> Result<Vec<MarkFix>, DrillError> {
     let Some(highest) = enriched(kafka, enriched_topic, scope).await? else {
@@ -88,20 +88,41 @@ pub async fn compare(
         ));
         return Ok(Vec::new());
     };
-    let all: BTreeSet<SessionKey> = sessions.chain(highest.keys().cloned()).collect();
-    let marks: Vec<(SessionKey, BTreeMap<String, Offset>)> = futures::stream::iter(all)
-        .map(|session| async move {
-            let marks = store.annotation_marks(&session).await?;
-            Ok::<_, DrillError>((session, marks))
-        })
-        .buffer_unordered(64)
-        .try_collect()
-        .await?;
+    // Every session of the scope and every session with enrichments, a chunk at a time so
+    // that memory does not grow with a second copy of the sessions.
+    let mut all = seen
+        .keys()
+        .chain(highest.keys().filter(|s| !seen.contains_key(*s)))
+        .peekable();
     let mut fixes = Vec::new();
-    let mut marks = marks;
-    marks.sort_by(|a, b| a.0.cmp(&b.0));
+    while all.peek().is_some() {
+        let chunk: Vec<&SessionKey> = all.by_ref().take(CHUNK).collect();
+        let mut marks: Vec<(&SessionKey, BTreeMap<String, Offset>)> = futures::stream::iter(chunk)
+            .map(|session| async move {
+                let marks = store.annotation_marks(session).await?;
+                Ok::<_, DrillError>((session, marks))
+            })
+            .buffer_unordered(64)
+            .try_collect()
+            .await?;
+        marks.sort_by(|a, b| a.0.cmp(b.0));
+        evaluate(enriched_topic, &highest, marks, &mut fixes, report);
+    }
+    Ok(fixes)
+}
+
+/// Sessions whose marks are read at once.
+const CHUNK: usize = 2_000;
+
+fn evaluate(
+    enriched_topic: &str,
+    highest: &HashMap<SessionKey, BTreeMap<String, Offset>>,
+    marks: Vec<(&SessionKey, BTreeMap<String, Offset>)>,
+    fixes: &mut Vec<MarkFix>,
+    report: &mut Report,
+) {
     for (session, marks) in marks {
-        let logged = highest.get(&session);
+        let logged = highest.get(session);
         for (version, mark) in marks {
             let log_top = match logged {
                 // A marker from before versions covers every version.
@@ -132,5 +153,4 @@ pub async fn compare(
             });
         }
     }
-    Ok(fixes)
 }

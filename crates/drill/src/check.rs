@@ -126,7 +126,7 @@ pub async fn check(
             &ctx.enriched_topic,
             scope,
             &store,
-            walk.sessions.keys().cloned(),
+            &walk.sessions,
             report,
         )
         .await?;

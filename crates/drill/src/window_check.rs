@@ -230,12 +230,23 @@ impl WindowCheck {
         self.flush(scope, report).await?;
         let now_ms = crate::now_ms();
         let ttl_ms = i64::try_from(idle_ttl.as_millis()).unwrap_or(i64::MAX);
+        let Self {
+            store,
+            relayed_until,
+            sessions,
+            bad,
+            ..
+        } = self;
+        // Entries after each session's last record, read a chunk of sessions at a time.
         let mut tails = Vec::new();
-        for (session, state) in &self.sessions {
+        for (session, state) in sessions.iter() {
             if !state.relayed {
                 continue;
             }
-            let until = self.relayed_until(state.partition);
+            let until = relayed_until
+                .get(&state.partition)
+                .copied()
+                .unwrap_or(Offset(0));
             let scope_end = scope
                 .range(state.partition)
                 .map_or(until, |r| r.until)
@@ -243,17 +254,20 @@ impl WindowCheck {
             let after = state.checked_through.map_or(0, |o| o.0 + 1);
             if state.exists && after < scope_end.0 {
                 tails.push((
-                    session.clone(),
+                    session,
                     state.partition,
                     Offset(after),
                     Offset(scope_end.0 - 1),
                 ));
+                if tails.len() >= TAIL_CHUNK {
+                    read_tails(store, std::mem::take(&mut tails), bad, report).await?;
+                }
             }
             let recent = state
                 .last_ms
                 .is_none_or(|ms| now_ms.saturating_sub(ms) < ttl_ms);
             if !state.exists && recent {
-                self.bad.insert(session.clone());
+                bad.insert(session.clone());
                 report.find(
                     Kind::WindowAbsent,
                     Finding {
@@ -268,32 +282,42 @@ impl WindowCheck {
                 );
             }
         }
-        let store = self.store.clone();
-        let slices: Vec<(SessionKey, i32, WindowSlice)> = futures::stream::iter(tails)
-            .map(|(session, partition, lo, hi)| {
-                let store = store.clone();
-                async move {
-                    let slice = store.window_slice(&session, lo, hi).await?;
-                    Ok::<_, DrillError>((session, partition, slice))
-                }
-            })
-            .buffer_unordered(READS)
-            .try_collect()
-            .await?;
-        for (session, partition, slice) in slices {
-            for entry in slice.entries {
-                self.bad.insert(session.clone());
-                report.find(
-                    Kind::WindowEntryExtra,
-                    finding(
-                        &session,
-                        partition,
-                        entry.offset,
-                        "after the session's last record in the log".into(),
-                    ),
-                );
-            }
-        }
+        read_tails(store, tails, bad, report).await?;
         Ok(())
     }
+}
+
+/// Sessions whose window tails are read at once.
+const TAIL_CHUNK: usize = 2_000;
+
+/// Reads each session's window after its last record: any entry there is extra.
+async fn read_tails(
+    store: &HistoryStore,
+    tails: Vec<(&SessionKey, i32, Offset, Offset)>,
+    bad: &mut BTreeSet<SessionKey>,
+    report: &mut Report,
+) -> Result<(), DrillError> {
+    let slices: Vec<(&SessionKey, i32, WindowSlice)> = futures::stream::iter(tails)
+        .map(|(session, partition, lo, hi)| async move {
+            let slice = store.window_slice(session, lo, hi).await?;
+            Ok::<_, DrillError>((session, partition, slice))
+        })
+        .buffer_unordered(READS)
+        .try_collect()
+        .await?;
+    for (session, partition, slice) in slices {
+        for entry in slice.entries {
+            bad.insert(session.clone());
+            report.find(
+                Kind::WindowEntryExtra,
+                finding(
+                    session,
+                    partition,
+                    entry.offset,
+                    "after the session's last record in the log".into(),
+                ),
+            );
+        }
+    }
+    Ok(())
 }
