@@ -76,7 +76,10 @@ impl HistoryStore {
         through: Offset,
     ) -> Result<WindowSlice, ValkeyError> {
         let key = keys::history(session);
+        // One transaction: an append (and its trimming) between the reads would make a
+        // trimmed entry look missing.
         let (first, last, range): (Vec<RawEntry>, Vec<RawEntry>, Vec<RawEntry>) = redis::pipe()
+            .atomic()
             .cmd("XRANGE")
             .arg(&key)
             .arg("-")
