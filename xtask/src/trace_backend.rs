@@ -104,17 +104,16 @@ fn spawn(phoenix: &Path, dir: &Path) -> anyhow::Result<Service> {
         .env("PHOENIX_HOST", "127.0.0.1")
         .env("PHOENIX_PORT", UI_PORT.to_string())
         .env("PHOENIX_GRPC_PORT", OTLP_GRPC_PORT.to_string())
-        .envs(QUIET_AND_LOCAL);
+        .envs(quiet_and_local());
     Service::start("phoenix", command, &dir.join("phoenix.log"))
 }
 
-/// No telemetry, nothing fetched from the internet, and none of the features a trace store
-/// does not need (the LLM assistant, its server-side bash, the MCP server).
-const QUIET_AND_LOCAL: [(&str, &str); 6] = [
-    ("PHOENIX_TELEMETRY_ENABLED", "false"),
-    ("PHOENIX_ALLOW_EXTERNAL_RESOURCES", "false"),
-    ("PHOENIX_DISABLE_AGENT_ASSISTANT", "true"),
-    ("PHOENIX_AGENTS_DISABLE_BASH", "true"),
-    ("PHOENIX_ENABLE_MCP_SERVER", "false"),
-    ("PHOENIX_LOG_MIGRATIONS", "false"),
-];
+/// Phoenix's settings as agentwire runs it (no telemetry, nothing fetched from the internet,
+/// no assistant or MCP server), shared with the other place that starts it:
+/// `infra/phoenix/quiet.env`.
+fn quiet_and_local() -> impl Iterator<Item = (&'static str, &'static str)> {
+    include_str!("../../infra/phoenix/quiet.env")
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+}

@@ -33,17 +33,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Spans per page: the most Phoenix returns at once.
 const PAGE_LIMIT: &str = "1000";
 
-/// No telemetry, nothing fetched from the internet, and none of the features a trace store
-/// does not need (the LLM assistant, its server-side bash, the MCP server). `xtask`'s
-/// `trace_backend.rs` starts the stack's Phoenix with the same settings.
-const QUIET_AND_LOCAL: [(&str, &str); 6] = [
-    ("PHOENIX_TELEMETRY_ENABLED", "false"),
-    ("PHOENIX_ALLOW_EXTERNAL_RESOURCES", "false"),
-    ("PHOENIX_DISABLE_AGENT_ASSISTANT", "true"),
-    ("PHOENIX_AGENTS_DISABLE_BASH", "true"),
-    ("PHOENIX_ENABLE_MCP_SERVER", "false"),
-    ("PHOENIX_LOG_MIGRATIONS", "false"),
-];
+/// Phoenix's settings as agentwire runs it (no telemetry, nothing fetched from the internet,
+/// no assistant or MCP server), shared with the other place that starts it:
+/// `infra/phoenix/quiet.env`.
+fn quiet_and_local() -> impl Iterator<Item = (&'static str, &'static str)> {
+    include_str!("../../../infra/phoenix/quiet.env")
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+}
 
 /// Why a query to Phoenix failed.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +144,7 @@ impl Phoenix {
                 .env("PHOENIX_HOST", "127.0.0.1")
                 .env("PHOENIX_PORT", http_port.to_string())
                 .env("PHOENIX_GRPC_PORT", grpc_port.to_string())
-                .envs(QUIET_AND_LOCAL);
+                .envs(quiet_and_local());
             let name = format!("phoenix on 127.0.0.1:{http_port} (gRPC :{grpc_port})");
             let log = dir.path().join("phoenix.log");
             let probe = || ready(&client, http_port, grpc_port);

@@ -73,6 +73,18 @@ async fn delete_before(stack: &Stack, partition: i32, before: Offset) {
     assert!(error.is_ok(), "DeleteRecords: {error:?}");
 }
 
+/// A subscriber following `session` from the start of the log.
+async fn follow_from_start(stack: &Stack, session: &SessionKey) -> Subscriber {
+    let mut subscriber = Subscriber::connect(&stack.ws_url, Vec::new())
+        .await
+        .expect("connect");
+    subscriber
+        .follow_from(session.clone(), Start::Earliest)
+        .await
+        .expect("follow from the start");
+    subscriber
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_followed_before_the_first_event_misses_nothing_across_a_reconnect() {
     let stack = Stack::start(2).await;
@@ -136,13 +148,7 @@ async fn from_earliest_reads_a_session_longer_than_its_window_from_the_log() {
     );
 
     // WebSocket: everything from the start, then live.
-    let mut subscriber = Subscriber::connect(&stack.ws_url, Vec::new())
-        .await
-        .expect("connect");
-    subscriber
-        .follow_from(session.clone(), Start::Earliest)
-        .await
-        .expect("follow from the start");
+    let mut subscriber = follow_from_start(&stack, &session).await;
     assert_eq!(offsets(&receive(&mut subscriber, all.len()).await), all);
     let live = publish(&stack, &session, 1000, 5).await;
     assert_eq!(offsets(&receive(&mut subscriber, live.len()).await), live);
@@ -168,13 +174,7 @@ async fn from_earliest_starts_at_the_first_offset_retention_kept() {
     let kept = published[4..].to_vec();
 
     // The window may still hold older events: the log's start decides, with no error.
-    let mut subscriber = Subscriber::connect(&stack.ws_url, Vec::new())
-        .await
-        .expect("connect");
-    subscriber
-        .follow_from(session.clone(), Start::Earliest)
-        .await
-        .expect("follow from the start");
+    let mut subscriber = follow_from_start(&stack, &session).await;
     assert_eq!(offsets(&receive(&mut subscriber, kept.len()).await), kept);
     assert_eq!(
         pages_from_earliest(&stack, &session, 3).await.concat(),
