@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use agentwire_kafka::{KafkaSettings, LogScan, PartitionRange, partition_count, watermarks};
+use agentwire_kafka::{KafkaSettings, LogScan, PartitionRange, Watermarks, partition_count};
 use agentwire_protocol::{Enrichment, Offset, SessionKey};
 use agentwire_valkey::{HistoryStore, UNVERSIONED_MARK};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -34,8 +34,9 @@ async fn enriched(
         return Ok(None);
     }
     let mut ranges = Vec::new();
+    let marks = Watermarks::new(kafka)?;
     for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
-        let (low, high) = watermarks(kafka, enriched_topic, partition).await?;
+        let (low, high) = marks.get(enriched_topic, partition).await?;
         ranges.push(PartitionRange {
             partition,
             from: Offset(u64::try_from(low).unwrap_or(0)),

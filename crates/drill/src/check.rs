@@ -94,6 +94,7 @@ pub async fn check(
     }
     let mut walk = Walk::new(
         scope,
+        windows.is_some(),
         producers.is_some(),
         valkey.map_or(256, |c| c.producer_window),
     );

@@ -117,7 +117,7 @@ async fn rewrite_windows(
         })
         .collect();
     let mut scratch = Report::new("rebuild", 0);
-    let mut walk = Walk::new(scope, false, 1);
+    let mut walk = Walk::new(scope, true, false, 1);
     let mut staged: BTreeSet<SessionKey> = BTreeSet::new();
     let mut buffer: BTreeMap<SessionKey, Vec<StoredEntry>> = BTreeMap::new();
     let mut buffered = 0;

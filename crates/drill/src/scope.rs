@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use agentwire_kafka::{
-    KafkaSettings, PartitionRange, offsets_for_time, partition_count, partition_for, watermarks,
+    KafkaSettings, PartitionRange, Watermarks, offsets_for_time, partition_count, partition_for,
 };
 use agentwire_protocol::{Offset, SessionKey, Tenant};
 use time::OffsetDateTime;
@@ -118,8 +118,9 @@ impl Scope {
         let to = resolve_bound(kafka, topic, &all, args.to.as_ref()).await?;
         let mut ranges = Vec::new();
         let mut whole = args.sessions.is_empty();
+        let marks = Watermarks::new(kafka)?;
         for partition in all {
-            let (low, high) = watermarks(kafka, topic, partition).await?;
+            let (low, high) = marks.get(topic, partition).await?;
             let (low, high) = (
                 u64::try_from(low).unwrap_or(0),
                 u64::try_from(high).unwrap_or(0),

@@ -11,7 +11,7 @@ use agentwire_valkey::{Accumulator, Outcome};
 
 use crate::dupes::DuplicateFinder;
 use crate::error::DrillError;
-use crate::report::{Finding, Kind, Report};
+use crate::report::{Finding, Kind, Report, TenantCounts};
 use crate::scope::Scope;
 
 /// Keys each duplicate finder keeps in memory before it spills a sorted run to disk.
@@ -99,6 +99,8 @@ pub struct Walk {
     track_producers: bool,
     producer_window: u64,
     whole_partitions: bool,
+    /// Whether callers want each record as a window holds it (a copy of every event).
+    entries: bool,
 }
 
 fn seq_key(tenant: &Tenant, producer: &ProducerId, epoch: u64, seq: u64) -> u128 {
@@ -111,7 +113,9 @@ fn seq_key(tenant: &Tenant, producer: &ProducerId, epoch: u64, seq: u64) -> u128
 }
 
 impl Walk {
-    pub fn new(scope: &Scope, track_producers: bool, producer_window: u64) -> Self {
+    /// `entries`: [`Walk::visit`] returns each record as a window holds it (a comparison with
+    /// Valkey needs them; the log's own checks do not).
+    pub fn new(scope: &Scope, entries: bool, track_producers: bool, producer_window: u64) -> Self {
         Self {
             sessions: HashMap::new(),
             event_ids: DuplicateFinder::new(IN_MEMORY_KEYS),
@@ -122,6 +126,7 @@ impl Walk {
             track_producers,
             producer_window,
             whole_partitions: scope.whole_partitions,
+            entries,
         }
     }
 
@@ -174,7 +179,7 @@ impl Walk {
                 Err(_) => Err("not_an_event"),
             },
         };
-        let previous = match self.sessions.get_mut(&session) {
+        let (previous, new_session) = match self.sessions.get_mut(&session) {
             Some(seen) => {
                 if seen.partition != partition {
                     report.find(
@@ -194,7 +199,7 @@ impl Walk {
                 seen.last = offset;
                 seen.records += 1;
                 seen.last_ms = record.timestamp_ms.or(seen.last_ms);
-                Some(Some(previous))
+                (Some(Some(previous)), false)
             }
             None => {
                 self.sessions.insert(
@@ -206,26 +211,19 @@ impl Walk {
                         last_ms: record.timestamp_ms,
                     },
                 );
-                let counts = report
-                    .tenants
-                    .entry(session.tenant.to_string())
-                    .or_default();
-                counts.sessions += 1;
-                self.whole_partitions.then_some(None)
+                (self.whole_partitions.then_some(None), true)
             }
         };
-        let counts = report
-            .tenants
-            .entry(session.tenant.to_string())
-            .or_default();
-        counts.records += 1;
+        let event_type = parsed
+            .as_ref()
+            .map_or("(invalid)", |e| e.event_type.as_str());
+        count(report, &session, event_type, new_session);
         let json = match parsed {
             Ok(event) => {
-                *counts
-                    .types
-                    .entry(event.event_type.as_str().to_owned())
-                    .or_default() += 1;
                 self.event(&session, &event, (partition, offset.0), record.timestamp_ms)?;
+                if !self.entries {
+                    return Ok(None);
+                }
                 record
                     .value
                     .as_deref()
@@ -234,7 +232,6 @@ impl Walk {
                     .to_owned()
             }
             Err(reason) => {
-                *counts.types.entry("(invalid)".to_owned()).or_default() += 1;
                 report.find(
                     Kind::InvalidRecord,
                     at(format!("not a valid event of the session: {reason}")),
@@ -339,6 +336,29 @@ impl Walk {
             );
         }
         Ok(())
+    }
+}
+
+/// Counts a record of `session` for its tenant (allocating names only when first seen).
+fn count(report: &mut Report, session: &SessionKey, event_type: &str, new_session: bool) {
+    let tenant = session.tenant.as_str();
+    if !report.tenants.contains_key(tenant) {
+        report
+            .tenants
+            .insert(tenant.to_owned(), TenantCounts::default());
+    }
+    let Some(counts) = report.tenants.get_mut(tenant) else {
+        return;
+    };
+    counts.records += 1;
+    if new_session {
+        counts.sessions += 1;
+    }
+    match counts.types.get_mut(event_type) {
+        Some(n) => *n += 1,
+        None => {
+            counts.types.insert(event_type.to_owned(), 1);
+        }
     }
 }
 
