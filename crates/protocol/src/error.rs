@@ -58,12 +58,18 @@ pub enum ErrorCode {
     /// Retry with the same `producerseq` to learn which; the retry never writes a second copy
     /// (an unsequenced publish cannot be told apart from its retry).
     OutcomeUnknown,
+    /// A task op named a lease that is not the task's current one: it expired (and the task
+    /// was handed out again), was released, or the task moved on. Drop the task.
+    StaleLease,
+    /// The task is not in a state that allows the op (a requeue of a task that is not a dead
+    /// letter, a cancel of a finished task).
+    WrongState,
     /// A bug or an unexpected failure inside agentwire.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::Malformed,
         ErrorCode::UnknownOp,
         ErrorCode::InvalidField,
@@ -86,6 +92,8 @@ impl ErrorCode {
         ErrorCode::SequenceTooOld,
         ErrorCode::Unavailable,
         ErrorCode::OutcomeUnknown,
+        ErrorCode::StaleLease,
+        ErrorCode::WrongState,
         ErrorCode::Internal,
     ];
 
@@ -114,6 +122,8 @@ impl ErrorCode {
             ErrorCode::SequenceTooOld => "sequence_too_old",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::OutcomeUnknown => "outcome_unknown",
+            ErrorCode::StaleLease => "stale_lease",
+            ErrorCode::WrongState => "wrong_state",
             ErrorCode::Internal => "internal",
         }
     }
@@ -132,7 +142,9 @@ impl ErrorCode {
             | ErrorCode::SequenceGap
             | ErrorCode::StaleEpoch
             | ErrorCode::SequenceTooOld
-            | ErrorCode::EpochChanged => 409,
+            | ErrorCode::EpochChanged
+            | ErrorCode::StaleLease
+            | ErrorCode::WrongState => 409,
             ErrorCode::HistoryUnavailable => 410,
             ErrorCode::TooManySubscriptions
             | ErrorCode::TooManyConnections

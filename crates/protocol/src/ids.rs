@@ -56,6 +56,13 @@ macro_rules! name_newtype {
                 serializer.serialize_str(&self.0)
             }
         }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                Self::new(text).map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 
@@ -78,6 +85,11 @@ name_newtype!(
     /// A zero-shot label of the enricher (`billing`, `incident`, …): a tenant's label feed.
     Label,
     "label"
+);
+name_newtype!(
+    /// What a task needs done (`web_search`, `summarise`): the queue a task waits in.
+    Capability,
+    "capability"
 );
 name_newtype!(
     /// A producer that numbers its events with `producer_seq`.

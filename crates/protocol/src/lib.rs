@@ -14,11 +14,15 @@ pub mod frames;
 pub mod ids;
 pub mod model_version;
 pub mod pb;
+pub mod task;
 
 pub use close::{CloseCode, CloseReason, Reconnect};
 pub use enrichment::{Enrichment, LabelScore, SourceRef};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{Data, Event};
 pub use frames::{Ack, ClientFrame, ErrorFrame, ServerFrame, Start};
-pub use ids::{AgentType, EventType, Label, Offset, ProducerId, SessionId, SessionKey, Tenant};
+pub use ids::{AgentType, Capability, EventType, Label, Offset, ProducerId, SessionId, SessionKey, Tenant};
 pub use model_version::ModelVersion;
+pub use task::{
+    RetryPolicy, TaskDoc, TaskEventKind, TaskRecord, TaskSpec, TaskState, TaskStatus, TaskView,
+};

@@ -62,6 +62,30 @@ pub fn producers_rebuild_lock(tenant: &Tenant) -> String {
     format!("{PREFIX}tenant:{{{tenant}}}:producers-rebuild")
 }
 
+/// The set of a tenant's task capabilities; every key of the tenant's work queue is named from
+/// it (`lua/tasks.lua`) and shares its hash tag `{tq:tenant}`.
+pub fn task_caps(tenant: &Tenant) -> String {
+    format!("{PREFIX}tq:{{{tenant}}}:caps")
+}
+
+/// The channel announcing that a task of the tenant became ready (the message is its
+/// capability).
+pub fn task_wake(tenant: &Tenant) -> String {
+    format!("{PREFIX}tq:{{{tenant}}}:wake")
+}
+
+/// The tenant a task wake channel belongs to.
+pub fn tenant_of_task_wake(channel: &str) -> Option<Tenant> {
+    let rest = channel.strip_prefix(PREFIX)?.strip_prefix("tq:{")?;
+    let tenant = rest.strip_suffix("}:wake")?;
+    Tenant::new(tenant).ok()
+}
+
+/// Every tenant that has had a task (the lease sweeper's list).
+pub fn task_tenants() -> String {
+    format!("{PREFIX}tq:tenants")
+}
+
 /// The relay's mark of one partition of its source topic: the highest offset it appended
 /// (`through`) and where a Valkey rollback was last found (`floor`, see `lua/append.lua`).
 ///

@@ -14,6 +14,7 @@ mod live;
 mod probes;
 mod producer_log;
 mod producers;
+mod tasks;
 mod window_repair;
 
 pub use args::ValkeyArgs;
@@ -34,5 +35,8 @@ pub use producer_log::Accumulator;
 pub use producers::{
     Outcome, ProducerSettings, ProducerStore, Reserve, Restored, StoredOutcome, StoredProducer,
     Unsettled,
+};
+pub use tasks::{
+    Applied, Claim, ClaimedTask, Enqueued, LeaseOutcome, QueueStats, TaskStore, Transition,
 };
 pub use window_repair::{StoredEntry, WindowSlice};
