@@ -16,6 +16,7 @@ mod rebuild;
 mod redrive;
 mod report;
 mod scope;
+mod task_rebuild;
 mod walk;
 mod window_check;
 
@@ -23,6 +24,7 @@ pub use args::{Common, DrillArgs, DrillCommand, ValkeyContext};
 pub use error::DrillError;
 pub use report::{Finding, FindingSet, Kind, Report};
 pub use scope::{Bound, Scope, ScopeArgs};
+pub use task_rebuild::{TaskRebuild, rebuild_tasks};
 
 /// Milliseconds since the Unix epoch now (record timestamps are in the same unit).
 pub(crate) fn now_ms() -> i64 {

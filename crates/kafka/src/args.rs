@@ -22,6 +22,13 @@ pub struct KafkaArgs {
         default_value = "agent.events"
     )]
     pub topic: String,
+    /// The work-queue topic: every task transition (`agent.task.*`), keyed by task.
+    #[arg(
+        long = "tasks-topic",
+        env = "AGENTWIRE_TASKS_TOPIC",
+        default_value = "agent.tasks"
+    )]
+    pub tasks_topic: String,
     /// Longest wait for Kafka to acknowledge a publish before it fails with 503.
     #[arg(
         long = "kafka-delivery-timeout-ms",
@@ -89,6 +96,7 @@ mod tests {
         KafkaArgs {
             brokers: brokers.into(),
             topic: topic.into(),
+            tasks_topic: "agent.tasks".into(),
             delivery_timeout_ms: 5000,
             linger_ms: 1,
         }

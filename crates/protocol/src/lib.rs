@@ -15,14 +15,18 @@ pub mod ids;
 pub mod model_version;
 pub mod pb;
 pub mod task;
+pub mod task_frames;
 
 pub use close::{CloseCode, CloseReason, Reconnect};
 pub use enrichment::{Enrichment, LabelScore, SourceRef};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{Data, Event};
 pub use frames::{Ack, ClientFrame, ErrorFrame, ServerFrame, Start};
-pub use ids::{AgentType, Capability, EventType, Label, Offset, ProducerId, SessionId, SessionKey, Tenant};
+pub use ids::{
+    AgentType, Capability, EventType, Label, Offset, ProducerId, SessionId, SessionKey, Tenant,
+};
 pub use model_version::ModelVersion;
 pub use task::{
     RetryPolicy, TaskDoc, TaskEventKind, TaskRecord, TaskSpec, TaskState, TaskStatus, TaskView,
 };
+pub use task_frames::{ClaimRequest, TaskOp};

@@ -235,7 +235,8 @@ impl RetryPolicy {
     pub fn backoff_ms(&self, attempt: u32, unit: f64) -> u64 {
         let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         #[allow(clippy::cast_precision_loss)]
-        let full = (self.initial_ms as f64 * self.multiplier.powi(exponent)).min(self.max_ms as f64);
+        let full =
+            (self.initial_ms as f64 * self.multiplier.powi(exponent)).min(self.max_ms as f64);
         let unit = unit.clamp(0.0, 1.0);
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let delay = (full * (1.0 - self.jitter * unit)).round() as u64;
@@ -355,7 +356,10 @@ impl TaskDoc {
             .content_type
             .unwrap_or_else(|| "application/json".to_owned());
         if content_type.is_empty() || content_type.len() > 256 {
-            return Err(ProtocolError::invalid("content_type", "must be 1 to 256 bytes"));
+            return Err(ProtocolError::invalid(
+                "content_type",
+                "must be 1 to 256 bytes",
+            ));
         }
         let (payload, payload_base64) = match (spec.payload, spec.payload_base64) {
             (Some(_), Some(_)) => {
@@ -368,7 +372,9 @@ impl TaskDoc {
                 if !is_json_type(&content_type) {
                     return Err(ProtocolError::invalid(
                         "payload",
-                        format!("is JSON but content_type is {content_type:?}; send payload_base64"),
+                        format!(
+                            "is JSON but content_type is {content_type:?}; send payload_base64"
+                        ),
                     ));
                 }
                 (Some(json), None)
@@ -377,7 +383,9 @@ impl TaskDoc {
                 use base64::Engine as _;
                 base64::engine::general_purpose::STANDARD
                     .decode(&b64)
-                    .map_err(|e| ProtocolError::invalid("payload_base64", format!("is not base64: {e}")))?;
+                    .map_err(|e| {
+                        ProtocolError::invalid("payload_base64", format!("is not base64: {e}"))
+                    })?;
                 (None, Some(b64))
             }
             (None, None) => (None, None),
@@ -418,7 +426,8 @@ impl TaskDoc {
         let session_key = |field: &'static str, value: Option<String>| {
             value
                 .map(|s| {
-                    let key: SessionKey = s.parse().map_err(|e: ProtocolError| e.with_field(field))?;
+                    let key: SessionKey =
+                        s.parse().map_err(|e: ProtocolError| e.with_field(field))?;
                     if key.tenant != tenant {
                         return Err(ProtocolError::invalid(
                             field,
@@ -626,7 +635,10 @@ mod tests {
         .expect("valid");
         assert_eq!(doc.priority, 0);
         assert_eq!(doc.max_attempts, DEFAULT_MAX_ATTEMPTS);
-        assert_eq!(doc.payload.as_ref().map(|p| p.get()), Some(r#"{"q":"rust"}"#));
+        assert_eq!(
+            doc.payload.as_ref().map(|p| p.get()),
+            Some(r#"{"q":"rust"}"#)
+        );
         assert_eq!(doc.not_before_ms, None);
         assert_eq!(doc.id.get_version_num(), 7);
     }
@@ -634,9 +646,15 @@ mod tests {
     #[test]
     fn bad_specs_name_their_field() {
         for (json, field) in [
-            (r#"{"tenant":"acme","capability":"x","priority":10}"#, "priority"),
+            (
+                r#"{"tenant":"acme","capability":"x","priority":10}"#,
+                "priority",
+            ),
             (r#"{"tenant":"acme","capability":"a b"}"#, "capability"),
-            (r#"{"tenant":"acme","capability":"x","max_attempts":0}"#, "max_attempts"),
+            (
+                r#"{"tenant":"acme","capability":"x","max_attempts":0}"#,
+                "max_attempts",
+            ),
             (
                 r#"{"tenant":"acme","capability":"x","retry":{"jitter":2}}"#,
                 "retry.jitter",

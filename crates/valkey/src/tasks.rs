@@ -239,7 +239,10 @@ fn doc_fields(doc: &TaskDoc) -> Result<Vec<(String, String)>, ValkeyError> {
         ("rmult".into(), doc.retry.multiplier.to_string()),
         ("rjit".into(), doc.retry.jitter.to_string()),
         ("dl".into(), opt(doc.deadline_ms)),
-        ("idem".into(), doc.idempotency_key.clone().unwrap_or_default()),
+        (
+            "idem".into(),
+            doc.idempotency_key.clone().unwrap_or_default(),
+        ),
         ("nb".into(), opt(doc.not_before_ms)),
     ])
 }
@@ -254,7 +257,10 @@ fn status_fields(status: &TaskStatus) -> Vec<(String, String)> {
         ("nb".into(), opt(status.not_before_ms)),
         ("worker".into(), status.worker.clone().unwrap_or_default()),
         ("err".into(), status.last_error.clone().unwrap_or_default()),
-        ("reason".into(), status.dead_reason.clone().unwrap_or_default()),
+        (
+            "reason".into(),
+            status.dead_reason.clone().unwrap_or_default(),
+        ),
         (
             "result".into(),
             status
@@ -271,7 +277,11 @@ fn status_fields(status: &TaskStatus) -> Vec<(String, String)> {
 fn lease_outcome(reply: &Value) -> Result<LeaseOutcome, ValkeyError> {
     let items = list(reply)?;
     let word = items.first().map(text).transpose()?.unwrap_or_default();
-    let second = || items.get(1).ok_or_else(|| bad(format!("{word} without a value")));
+    let second = || {
+        items
+            .get(1)
+            .ok_or_else(|| bad(format!("{word} without a value")))
+    };
     Ok(match word.as_str() {
         "ok" => LeaseOutcome::Done(transitions(second()?)?),
         "already" => LeaseOutcome::Already(status(list(second()?)?)?),
@@ -360,7 +370,10 @@ impl TaskStore {
             .arg(keys::task_tenants())
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(names.into_iter().filter_map(|n| Tenant::new(n).ok()).collect())
+        Ok(names
+            .into_iter()
+            .filter_map(|n| Tenant::new(n).ok())
+            .collect())
     }
 
     /// Replays a record of `agent.tasks`: stores its status if newer than Valkey's.
@@ -590,7 +603,12 @@ impl TaskStore {
             .iter()
             .map(|row| {
                 let row = list(row)?;
-                let field = |i: usize| row.get(i).map(text).transpose().map(Option::unwrap_or_default);
+                let field = |i: usize| {
+                    row.get(i)
+                        .map(text)
+                        .transpose()
+                        .map(Option::unwrap_or_default)
+                };
                 let count = |i: usize| -> Result<u64, ValkeyError> {
                     Ok(opt_num(&field(i)?)?.unwrap_or(0))
                 };

@@ -22,9 +22,8 @@ async fn store() -> TaskStore {
 }
 
 fn task(tenant: &Tenant, cap: &str, extra: &str) -> TaskDoc {
-    let json = format!(
-        r#"{{"tenant":"{tenant}","capability":"{cap}","payload":{{"n":1}}{extra}}}"#
-    );
+    let json =
+        format!(r#"{{"tenant":"{tenant}","capability":"{cap}","payload":{{"n":1}}{extra}}}"#);
     let spec: TaskSpec = serde_json::from_str(&json).expect("spec");
     TaskDoc::from_spec(spec, agentwire_protocol::task::now_ms()).expect("valid")
 }
@@ -98,19 +97,29 @@ async fn a_retry_waits_for_its_backoff_and_the_last_failure_dead_letters() {
     assert_eq!(not_before, failed_at + 300, "no jitter: the full backoff");
     // A retried fail with the same lease changes nothing.
     assert!(matches!(
-        store.fail(&t, doc.id, &lease, "boom", true, 0.5).await.expect("retry"),
+        store
+            .fail(&t, doc.id, &lease, "boom", true, 0.5)
+            .await
+            .expect("retry"),
         LeaseOutcome::Already(_)
     ));
     // Until not_before, claims find nothing; after it, the task (attempt 2).
-    let second = agentwire_test_support::wait_until(Duration::from_secs(10), "the retry to become ready", || async {
-        let claim = store
-            .claim(&t, &caps, 1, Duration::from_secs(30), "w")
-            .await
-            .expect("claim");
-        claim.tasks.into_iter().next()
-    })
+    let second = agentwire_test_support::wait_until(
+        Duration::from_secs(10),
+        "the retry to become ready",
+        || async {
+            let claim = store
+                .claim(&t, &caps, 1, Duration::from_secs(30), "w")
+                .await
+                .expect("claim");
+            claim.tasks.into_iter().next()
+        },
+    )
     .await;
-    assert!(second.status.updated_at_ms >= not_before, "claimed before its backoff");
+    assert!(
+        second.status.updated_at_ms >= not_before,
+        "claimed before its backoff"
+    );
     assert_eq!(second.status.attempt, 2);
     let lease = second.status.lease_id.expect("lease");
     let LeaseOutcome::Done(out) = store
@@ -150,7 +159,10 @@ async fn stale_leases_are_refused_and_lease_ops_are_idempotent() {
         .expect("claim");
     let lease = claim.tasks[0].status.lease_id.clone().expect("lease");
     assert_eq!(
-        store.complete(&t, doc.id, "not-the-lease", None).await.expect("complete"),
+        store
+            .complete(&t, doc.id, "not-the-lease", None)
+            .await
+            .expect("complete"),
         LeaseOutcome::Stale(TaskState::Claimed)
     );
     let result = serde_json::value::RawValue::from_string(r#"{"ok":true}"#.into()).expect("raw");
@@ -163,7 +175,10 @@ async fn stale_leases_are_refused_and_lease_ops_are_idempotent() {
     };
     assert_eq!(out[0].kind, TaskEventKind::Completed);
     assert!(matches!(
-        store.complete(&t, doc.id, &lease, Some(&result)).await.expect("again"),
+        store
+            .complete(&t, doc.id, &lease, Some(&result))
+            .await
+            .expect("again"),
         LeaseOutcome::Already(_)
     ));
     assert_eq!(
@@ -172,7 +187,10 @@ async fn stale_leases_are_refused_and_lease_ops_are_idempotent() {
     );
     let view = store.get(&t, doc.id).await.expect("get").expect("known");
     assert_eq!(view.status.state, TaskState::Completed);
-    assert_eq!(view.status.result.map(|r| r.get().to_owned()).as_deref(), Some(r#"{"ok":true}"#));
+    assert_eq!(
+        view.status.result.map(|r| r.get().to_owned()).as_deref(),
+        Some(r#"{"ok":true}"#)
+    );
     assert_eq!(
         store.cancel(&t, doc.id).await.expect("cancel"),
         LeaseOutcome::WrongState(TaskState::Completed)
@@ -238,7 +256,10 @@ async fn replayed_records_rebuild_a_wiped_queue_keeping_only_newer_versions() {
         .find(|c| c.doc.id == done.id)
         .and_then(|c| c.status.lease_id.clone())
         .expect("lease");
-    let LeaseOutcome::Done(out) = store.complete(&t, done.id, &lease, None).await.expect("done")
+    let LeaseOutcome::Done(out) = store
+        .complete(&t, done.id, &lease, None)
+        .await
+        .expect("done")
     else {
         panic!("refused");
     };
@@ -266,7 +287,11 @@ async fn replayed_records_rebuild_a_wiped_queue_keeping_only_newer_versions() {
     }
     let done_view = store.get(&t, done.id).await.expect("get").expect("known");
     assert_eq!(done_view.status.state, TaskState::Completed);
-    let pending_view = store.get(&t, pending.id).await.expect("get").expect("known");
+    let pending_view = store
+        .get(&t, pending.id)
+        .await
+        .expect("get")
+        .expect("known");
     assert_eq!(pending_view.status.state, TaskState::Claimed);
     let stats = store.stats(&t, &[cap("x")]).await.expect("stats");
     assert_eq!((stats[0].ready, stats[0].in_flight), (0, 1));
@@ -284,20 +309,44 @@ async fn wipe(tenant: &Tenant) {
         .await
         .expect("keys");
     for key in keys {
-        let _: () = redis::cmd("DEL").arg(key).query_async(&mut conn).await.expect("del");
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("del");
     }
 }
 
 /// One step of the property test: worker `w` acts on its `i`-th held lease (modulo).
 #[derive(Clone, Debug)]
 enum Step {
-    Claim { w: usize, n: usize, lease_ms: u64 },
-    Complete { w: usize, i: usize },
-    Fail { w: usize, i: usize, retryable: bool },
-    Release { w: usize, i: usize },
-    Heartbeat { w: usize, i: usize },
+    Claim {
+        w: usize,
+        n: usize,
+        lease_ms: u64,
+    },
+    Complete {
+        w: usize,
+        i: usize,
+    },
+    Fail {
+        w: usize,
+        i: usize,
+        retryable: bool,
+    },
+    Release {
+        w: usize,
+        i: usize,
+    },
+    Heartbeat {
+        w: usize,
+        i: usize,
+    },
     /// Acts on a lease the worker held before (possibly stale).
-    CompleteOld { w: usize, i: usize },
+    CompleteOld {
+        w: usize,
+        i: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {

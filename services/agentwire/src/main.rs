@@ -2,6 +2,7 @@
 //! takes the shutdown token and hands a bound listener to the service's `run`.
 
 mod demo;
+mod tasks;
 
 use std::net::SocketAddr;
 
@@ -64,6 +65,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Replay drills from the Kafka log: verify, compare, rebuild, redrive, export, import.
     Drill(agentwire_drill::DrillArgs),
+    /// Work-queue tools: rebuild the queues from the log.
+    Tasks(tasks::TasksArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -133,6 +136,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("topic {} ready ({partitions} partitions)", kafka.topic);
         }
         Command::Demo(args) => demo::run(args, shutdown).await?,
+        Command::Tasks(args) => tasks::run(args).await?,
         Command::Drill(_) => unreachable!("drills run before the services' dispatch"),
     }
     Ok(())

@@ -206,6 +206,21 @@ pub struct GatewayConfig {
         default_value_t = 100_000
     )]
     pub dedupe_rebuild_depth: u64,
+    /// Seconds a completed or cancelled task stays readable (`GET /v1/tasks/…`) and its
+    /// idempotency key keeps naming it.
+    #[arg(
+        long = "task-retention-secs",
+        env = "AGENTWIRE_TASK_RETENTION_SECS",
+        default_value_t = 24 * 3600
+    )]
+    pub task_retention_secs: u64,
+    /// Milliseconds between sweeps of expired leases and due retries.
+    #[arg(
+        long = "task-sweep-ms",
+        env = "AGENTWIRE_TASK_SWEEP_MS",
+        default_value_t = 500
+    )]
+    pub task_sweep_ms: u64,
 }
 
 impl GatewayConfig {
@@ -255,6 +270,12 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
         self.valkey.validate()?;
+        if self.task_retention_secs == 0 || self.task_sweep_ms == 0 {
+            return Err(
+                "--task-retention-secs (AGENTWIRE_TASK_RETENTION_SECS) and --task-sweep-ms (AGENTWIRE_TASK_SWEEP_MS) must be above 0"
+                    .into(),
+            );
+        }
         if self.max_body_bytes < 1024 {
             return Err("--max-body-bytes (AGENTWIRE_MAX_BODY_BYTES) must be at least 1024".into());
         }

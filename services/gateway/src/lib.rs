@@ -25,6 +25,7 @@ pub mod routes;
 pub mod serve;
 pub mod session;
 mod state;
+pub mod tasks;
 mod tenant_limits;
 mod ws;
 
@@ -111,6 +112,26 @@ pub async fn run(
         config.page_max_bytes,
         scan,
     )?;
+    agentwire_kafka::ensure_topic_like(
+        &config.kafka.settings(),
+        &config.kafka.topic,
+        &config.kafka.tasks_topic,
+    )
+    .await?;
+    let task_queue = tasks::TaskQueue::new(
+        agentwire_valkey::TaskStore::new(
+            agentwire_valkey::Connection::connect(&config.valkey.url).await?,
+            Duration::from_secs(config.task_retention_secs),
+        ),
+        EventLog::new(&config.kafka.settings(), &config.kafka.tasks_topic)?,
+        log.clone(),
+        tasks::wake::Wakeups::start(config.valkey.url.clone(), shutdown.clone()),
+    );
+    let sweeper = tokio::spawn(tasks::sweeper::run(
+        task_queue.clone(),
+        Duration::from_millis(config.task_sweep_ms),
+        shutdown.clone(),
+    ));
     let state = AppState::new(state::Parts {
         config,
         log: log.clone(),
@@ -120,6 +141,7 @@ pub async fn run(
         idempotency,
         auth,
         tenant_connections,
+        tasks: task_queue,
         shutdown: shutdown.clone(),
     });
     if let Ok(addr) = listener.local_addr() {
@@ -143,6 +165,7 @@ pub async fn run(
         tracing::warn!(error = %err, "producer flush at shutdown failed");
     }
     feed.abort();
+    sweeper.abort();
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -66,3 +66,15 @@ pub const LIVE_FORGED: &str = "agentwire_gateway_live_forged_total";
 pub const HTTP_CONNECTIONS: &str = "agentwire_gateway_http_connections";
 /// Times the server reached `AGENTWIRE_MAX_HTTP_CONNECTIONS` and stopped accepting.
 pub const HTTP_CONNECTIONS_AT_CAP: &str = "agentwire_gateway_http_connections_at_cap_total";
+/// Task transitions recorded to `agent.tasks`, by `kind` (`enqueued`, `claimed`, …).
+pub const TASK_TRANSITIONS: &str = "agentwire_gateway_task_transitions_total";
+/// Enqueues answered with the task an idempotency key named first.
+pub const TASK_DUPLICATES: &str = "agentwire_gateway_task_duplicates_total";
+/// Seconds a claim took (script and records), by the gateway that served it.
+pub const TASK_CLAIM_SECONDS: &str = "agentwire_gateway_task_claim_seconds";
+/// Tasks handed out again after an earlier attempt (expired lease, retry, release).
+pub const TASK_REDELIVERIES: &str = "agentwire_gateway_task_redeliveries_total";
+/// The attempt number of each task handed out (a histogram).
+pub const TASK_ATTEMPTS: &str = "agentwire_gateway_task_attempts";
+/// Tasks per capability and `state` (`ready`, `delayed`, `in_flight`, `dead`), as last read.
+pub const TASK_QUEUE_DEPTH: &str = "agentwire_gateway_task_queue_depth";

@@ -33,6 +33,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .merge(crate::tasks::routes())
         .fallback(not_found)
         // After every route: it applies to the routes registered before it. The `Allow` header
         // is still set.
@@ -83,6 +84,19 @@ mod tests {
             "/healthz",
             "/readyz",
             "/metrics",
+            "/v1/tasks",
+            "/v1/tasks/{tenant}/claim",
+            "/v1/tasks/{tenant}/{id}",
+            "/v1/tasks/{tenant}/{id}/complete",
+            "/v1/tasks/{tenant}/{id}/fail",
+            "/v1/tasks/{tenant}/{id}/heartbeat",
+            "/v1/tasks/{tenant}/{id}/release",
+            "/v1/tasks/{tenant}/{id}/cancel",
+            "/v1/queues/{tenant}",
+            "/v1/queues/{tenant}/{capability}",
+            "/v1/dead-letters/{tenant}/{capability}",
+            "/v1/dead-letters/{tenant}/{capability}/requeue",
+            "/v1/dead-letters/{tenant}/{capability}/purge",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
         }

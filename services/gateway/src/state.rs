@@ -13,6 +13,7 @@ use crate::config::GatewayConfig;
 use crate::fanout::Fanout;
 use crate::history::HistoryReader;
 use crate::idempotency::Idempotency;
+use crate::tasks::TaskQueue;
 
 /// Cheap to clone; one per process.
 #[derive(Clone, Debug)]
@@ -31,6 +32,7 @@ pub struct Parts {
     pub idempotency: Idempotency,
     pub auth: Authenticator,
     pub tenant_connections: TenantConnections,
+    pub tasks: TaskQueue,
     pub shutdown: CancellationToken,
 }
 
@@ -87,6 +89,11 @@ impl AppState {
     /// WebSocket connections per tenant.
     pub fn tenant_connections(&self) -> &TenantConnections {
         &self.inner.parts.tenant_connections
+    }
+
+    /// The work queues.
+    pub fn tasks(&self) -> &TaskQueue {
+        &self.inner.parts.tasks
     }
 
     pub fn shutdown(&self) -> &CancellationToken {

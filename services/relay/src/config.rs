@@ -40,6 +40,20 @@ pub struct RelayConfig {
         default_value = "agentwire-relay-enriched"
     )]
     pub enriched_group: String,
+    /// Kafka consumer group of the relays' task carriers (`agent.tasks` into the queues).
+    #[arg(
+        long = "relay-tasks-group",
+        env = "AGENTWIRE_RELAY_TASKS_GROUP",
+        default_value = "agentwire-relay-tasks"
+    )]
+    pub tasks_group: String,
+    /// Seconds a completed or cancelled task stays readable after the carrier applied it.
+    #[arg(
+        long = "task-retention-secs",
+        env = "AGENTWIRE_TASK_RETENTION_SECS",
+        default_value_t = 24 * 3600
+    )]
+    pub task_retention_secs: u64,
     /// `fetch.wait.max.ms` of the relay's consumer.
     #[arg(
         long = "kafka-fetch-wait-ms",

@@ -15,6 +15,7 @@ mod enriched;
 mod log_watch;
 mod metrics;
 mod pipeline;
+mod tasks;
 mod trace;
 
 pub use config::RelayConfig;

@@ -49,6 +49,14 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
         store.clone(),
         stop.clone(),
     ));
+    let task_carrier = tokio::spawn(crate::tasks::run(
+        config.clone(),
+        agentwire_valkey::TaskStore::new(
+            store.connection(),
+            Duration::from_secs(config.task_retention_secs),
+        ),
+        stop.clone(),
+    ));
 
     let topic = config.kafka.topic.clone();
     let mut watch = tokio::spawn(
@@ -134,6 +142,11 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
     let _ = tokio::task::spawn_blocking(move || consumer.join()).await;
     if let Err(err) = offsets.commit_sync() {
         tracing::warn!(error = %err, "final offset commit failed; the next relay re-reads a little");
+    }
+    match task_carrier.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "the task carrier failed"),
+        Err(err) => tracing::warn!(error = %err, "the task carrier panicked"),
     }
     match carrier.await {
         Ok(Ok(())) => {}

@@ -103,6 +103,8 @@ pub struct Stack {
     pub relay_group: String,
     /// The enricher's output topic for this stack (the relay creates it).
     pub enriched_topic: String,
+    /// The work-queue topic of this stack (the gateway creates it).
+    pub tasks_topic: String,
     /// `AGENTWIRE_HISTORY_MAXLEN` of the relays this stack starts.
     pub history_maxlen: u64,
     pub http_url: String,
@@ -199,6 +201,7 @@ impl Stack {
             tenant: unique("t"),
             relay_group: unique("relay"),
             enriched_topic: unique("enriched"),
+            tasks_topic: unique("tasks"),
             history_maxlen: 10_000,
             http_url: String::new(),
             ws_url: String::new(),
@@ -215,6 +218,7 @@ impl Stack {
         KafkaArgs {
             brokers: self.env.kafka_brokers.clone(),
             topic: self.topic.clone(),
+            tasks_topic: self.tasks_topic.clone(),
             delivery_timeout_ms: 3000,
             linger_ms: 1,
         }
@@ -265,6 +269,8 @@ impl Stack {
             dedupe_ttl_secs: 3600,
             dedupe_pending_stale_ms: 60_000,
             dedupe_rebuild_depth: 100_000,
+            task_retention_secs: 3600,
+            task_sweep_ms: 200,
         }
     }
 
@@ -275,6 +281,8 @@ impl Stack {
             group: self.relay_group.clone(),
             enriched_topic: self.enriched_topic.clone(),
             enriched_group: format!("{}-enriched", self.relay_group),
+            tasks_group: format!("{}-tasks", self.relay_group),
+            task_retention_secs: 3600,
             batch_max: 256,
             fetch_wait_ms: 4,
         }
@@ -328,12 +336,17 @@ impl Stack {
             .args(["relay", "--admin-listen", admin_listen])
             .env("AGENTWIRE_KAFKA_BROKERS", &self.env.kafka_brokers)
             .env("AGENTWIRE_TOPIC", &self.topic)
+            .env("AGENTWIRE_TASKS_TOPIC", &self.tasks_topic)
             .env("AGENTWIRE_VALKEY_URL", &self.env.valkey_url)
             .env("AGENTWIRE_RELAY_GROUP", &self.relay_group)
             .env("AGENTWIRE_ENRICHED_TOPIC", &self.enriched_topic)
             .env(
                 "AGENTWIRE_RELAY_ENRICHED_GROUP",
                 format!("{}-enriched", self.relay_group),
+            )
+            .env(
+                "AGENTWIRE_RELAY_TASKS_GROUP",
+                format!("{}-tasks", self.relay_group),
             )
             .env("AGENTWIRE_RELAY_BATCH_MAX", "64");
         command

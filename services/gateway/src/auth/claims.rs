@@ -3,6 +3,9 @@
 //! and the producer ids it may publish under and take epochs for (`producers`, glob patterns
 //! over producer ids).
 //!
+//! Work queues: `enqueue` and `consume` are glob patterns over capability names (absent:
+//! every capability of the tenant); an empty list forbids it.
+//!
 //! Producer ids are owned: a producer's sequence and epoch are shared state of the tenant, so
 //! whoever may use an id can burn its next sequence or fence it. A token without `producers`
 //! may use every producer id only when it may publish into every session of the tenant (no
@@ -14,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use agentwire_protocol::{ErrorCode, Event, ProducerId, SessionKey, Tenant};
+use agentwire_protocol::{Capability, ErrorCode, Event, ProducerId, SessionKey, Tenant};
 
 use crate::error::ApiError;
 
@@ -31,6 +34,13 @@ pub struct Claims {
     /// producer id when `publish` is absent too, none otherwise (see the module docs).
     #[serde(default)]
     pub producers: Option<Vec<String>>,
+    /// Capability patterns the client may enqueue tasks to; absent: every capability.
+    #[serde(default)]
+    pub enqueue: Option<Vec<String>>,
+    /// Capability patterns the client may take tasks of (claim, consume, dead letters);
+    /// absent: every capability.
+    #[serde(default)]
+    pub consume: Option<Vec<String>>,
     #[serde(default)]
     pub sub: Option<String>,
 }
@@ -43,6 +53,8 @@ pub struct Principal {
     subscribe: Option<GlobSet>,
     publish: Option<GlobSet>,
     producers: Option<GlobSet>,
+    enqueue: Option<GlobSet>,
+    consume: Option<GlobSet>,
     /// When the token stops being valid; `None` with authentication off.
     expires_at: Option<SystemTime>,
     pub subject: Option<String>,
@@ -78,6 +90,8 @@ impl Principal {
             subscribe: None,
             publish: None,
             producers: None,
+            enqueue: None,
+            consume: None,
             expires_at: None,
             subject: None,
         }
@@ -95,6 +109,8 @@ impl Principal {
             subscribe: patterns(claims.subscribe, "subscribe")?,
             publish: patterns(claims.publish, "publish")?,
             producers: patterns(claims.producers, "producers")?,
+            enqueue: patterns(claims.enqueue, "enqueue")?,
+            consume: patterns(claims.consume, "consume")?,
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
             subject: claims.sub,
         })
@@ -164,6 +180,53 @@ impl Principal {
         }
     }
 
+    /// Whether the client may enqueue tasks to `capability` of `tenant`.
+    pub fn check_enqueue(&self, tenant: &Tenant, capability: &Capability) -> Result<(), ApiError> {
+        self.check_capability(tenant, capability, self.enqueue.as_ref(), "enqueue to")
+    }
+
+    /// Whether the client may take tasks of `capability` of `tenant` (claim, consume, dead
+    /// letters).
+    pub fn check_consume(&self, tenant: &Tenant, capability: &Capability) -> Result<(), ApiError> {
+        self.check_capability(tenant, capability, self.consume.as_ref(), "consume from")
+    }
+
+    /// Whether the client may see `capability`'s tasks at all (enqueue or consume).
+    pub fn check_task_reader(
+        &self,
+        tenant: &Tenant,
+        capability: &Capability,
+    ) -> Result<(), ApiError> {
+        self.check_enqueue(tenant, capability)
+            .or_else(|_| self.check_consume(tenant, capability))
+    }
+
+    /// Whether the client may act as a worker of `tenant` at all (it holds a lease id, which
+    /// names one task and is unguessable).
+    pub fn check_worker(&self, tenant: &Tenant) -> Result<(), ApiError> {
+        self.check_tenant(tenant)?;
+        match &self.consume {
+            Some(set) if set.is_empty() => Err(forbidden("the token may not consume tasks".into())),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_capability(
+        &self,
+        tenant: &Tenant,
+        capability: &Capability,
+        set: Option<&GlobSet>,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        self.check_tenant(tenant)?;
+        match set {
+            Some(set) if !set.is_match(capability.as_str()) => Err(forbidden(format!(
+                "the token may not {what} capability {capability}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn check(
         &self,
         session: &SessionKey,
@@ -205,6 +268,8 @@ mod tests {
             subscribe: list(subscribe),
             publish: list(publish),
             producers: list(producers),
+            enqueue: None,
+            consume: Some(vec!["search*".into()]),
             sub: None,
         })
         .expect("principal")
@@ -278,6 +343,26 @@ mod tests {
             .check_epoch(&acme, &producer("p"))
             .expect_err("read only");
         assert_eq!(err.code, ErrorCode::Forbidden);
+    }
+
+    #[test]
+    fn capabilities_are_scoped_by_the_consume_claim() {
+        let acme = Tenant::new("acme").expect("tenant");
+        let p = principal(None, None);
+        let search = Capability::new("search_web").expect("cap");
+        let billing = Capability::new("billing").expect("cap");
+        assert!(p.check_consume(&acme, &search).is_ok());
+        assert_eq!(
+            p.check_consume(&acme, &billing).expect_err("scoped").code,
+            ErrorCode::Forbidden
+        );
+        assert!(
+            p.check_enqueue(&acme, &billing).is_ok(),
+            "no enqueue claim: all"
+        );
+        let other = Tenant::new("other").expect("tenant");
+        assert!(p.check_enqueue(&other, &billing).is_err());
+        assert!(p.check_worker(&other).is_err());
     }
 
     #[test]

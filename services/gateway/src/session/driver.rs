@@ -28,6 +28,7 @@ use crate::session::outbound::{Outbound, encode};
 use crate::session::publisher::Publisher;
 use crate::session::state::{Action, Feed, SessionState};
 use crate::session::steps::{self, AckFuture};
+use crate::session::worker::Worker;
 use crate::state::AppState;
 
 /// How long the server waits for the client's answer to its close frame.
@@ -56,6 +57,8 @@ struct Driver {
     acks: FuturesOrdered<AckFuture>,
     publisher: Publisher,
     ephemerals: Ephemerals,
+    /// Work-queue ops and push delivery.
+    worker: Worker,
     expiry: Pin<Box<Sleep>>,
     expires: bool,
     /// Started at a batch's first unflushed frame: the batch must be written by then.
@@ -79,6 +82,7 @@ pub async fn run(socket: WebSocket, app: AppState, principal: Principal, permit:
     let mut conn = Driver {
         publisher: Publisher::new(app.clone()),
         ephemerals: Ephemerals::new(app.clone()),
+        worker: Worker::new(app.clone()),
         machine: SessionState::new(settings, principal),
         sink,
         outbox,
@@ -139,6 +143,7 @@ impl Driver {
                 Some(session) = inbox.catch_up.recv() => { machine.on_catch_up_signal(&session); Ok(()) }
                 Some(answer) = self.acks.next() => { machine.on_ack(answer); Ok(()) }
                 Some((id, err)) = self.ephemerals.failed() => { machine.on_ephemeral_failed(id, &err); Ok(()) }
+                text = self.worker.next() => self.send(Outbound::Text(text)).await,
                 () = &mut self.expiry, if self.expires => {
                     self.expires = false;
                     machine.on_expired();
@@ -206,6 +211,7 @@ impl Driver {
                     self.acks.push_back(answer);
                 }
                 Action::Refuse(frame) => self.acks.push_back(steps::refused(frame)),
+                Action::Task(op) => self.worker.handle(*op, self.machine.principal()),
                 Action::PublishEphemeral { event, id } => {
                     if let Err(err) = Box::pin(self.ephemerals.submit(*event, id.clone())).await {
                         self.machine.on_ephemeral_failed(id, &err);

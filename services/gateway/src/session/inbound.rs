@@ -2,7 +2,7 @@
 //! binary frames (one over the size limit is not decoded: it closes the connection), and how
 //! a failed read ends the connection.
 
-use agentwire_protocol::{ClientFrame, CloseCode, CloseReason, ProtocolError};
+use agentwire_protocol::{ClientFrame, CloseCode, CloseReason, ProtocolError, TaskOp};
 use axum::extract::ws::Message;
 
 use crate::session::outbound::Encoding;
@@ -13,7 +13,12 @@ pub fn receive(machine: &mut SessionState, message: Message) -> bool {
     let too_big = |size| ProtocolError::malformed(format!("{size} bytes"));
     let (encoding, size, frame) = match message {
         Message::Text(text) if machine.admits(text.len()) => {
-            (Encoding::Json, text.len(), ClientFrame::from_json(&text))
+            let frame = ClientFrame::from_json(&text);
+            if frame.is_err() && is_task_op(&text) {
+                machine.on_task(text.len(), TaskOp::from_json(&text));
+                return true;
+            }
+            (Encoding::Json, text.len(), frame)
         }
         Message::Binary(bytes) if machine.admits(bytes.len()) => (
             Encoding::Protobuf,
@@ -28,6 +33,17 @@ pub fn receive(machine: &mut SessionState, message: Message) -> bool {
     };
     machine.on_message(encoding, size, frame);
     true
+}
+
+/// Whether a JSON frame that is not a [`ClientFrame`] names a work-queue op (looked at only
+/// after the frame failed to decode as one, so other frames pay nothing for it).
+fn is_task_op(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Op<'a> {
+        #[serde(borrow)]
+        op: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Op<'_>>(text).is_ok_and(|o| TaskOp::is_task_op(&o.op))
 }
 
 /// How a failed read ends the connection.

@@ -2,7 +2,7 @@
 //! catch up, what to refuse), `cursor` its delivery rule, `limits` its token buckets,
 //! `inbound` and `outbound` the decoding and the one encoding switch, `driver` the I/O loop
 //! and `steps` the I/O it performs; `publisher` and `ephemeral` send a connection's
-//! publishes off its loop, in order.
+//! publishes off its loop, in order; `worker` serves the work-queue ops and push delivery.
 
 mod cursor;
 pub mod driver;
@@ -15,3 +15,4 @@ pub mod state;
 mod steps;
 #[cfg(test)]
 mod tests;
+mod worker;

@@ -33,6 +33,9 @@ pub enum Outbound {
     },
     /// A WebSocket ping (the heartbeat).
     Ping,
+    /// A work-queue frame (`task`, `task_ack`, or an `error` answering a task op): JSON text
+    /// whatever the connection's encoding (task ops are JSON only).
+    Text(String),
 }
 
 /// Encodes `outbound`; an event or frame that cannot be encoded is an internal error that
@@ -40,6 +43,7 @@ pub enum Outbound {
 pub fn encode(outbound: Outbound, encoding: Encoding) -> Result<Message, CloseReason> {
     Ok(match (outbound, encoding) {
         (Outbound::Ping, _) => Message::Ping(Default::default()),
+        (Outbound::Text(text), _) => Message::text(text),
         (Outbound::Shared(publication), Encoding::Json) => {
             Message::Text(publication.json().clone())
         }

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use agentwire_protocol::{
     Ack, ClientFrame, CloseCode, CloseReason, ErrorCode, ErrorFrame, Event, Label, Offset,
-    ProtocolError, ServerFrame, SessionKey, Start, Tenant,
+    ProtocolError, ServerFrame, SessionKey, Start, TaskOp, Tenant,
 };
 
 use crate::auth::Principal;
@@ -78,6 +78,9 @@ pub enum Action {
         event: Box<Event>,
         id: Option<String>,
     },
+    /// A work-queue op, performed by the driver's worker side (`worker.rs`), which answers
+    /// it with a `task_ack` or `error` frame of its own.
+    Task(Box<TaskOp>),
     /// Answer a refused publish in publish order (behind earlier publishes' answers).
     Refuse(ErrorFrame),
     /// Publish on the session's channel only; a failure comes back through
@@ -290,6 +293,48 @@ impl SessionState {
             Ok(frame) => self.on_frame(frame),
             Err(err) => self.error(ErrorFrame::from(&err)),
         }
+    }
+
+    /// A work-queue op (JSON only): the same size and byte-rate limits as any message, then
+    /// handed to the driver's worker side ([`Action::Task`]).
+    pub fn on_task(&mut self, size: usize, op: Result<TaskOp, (Option<String>, ProtocolError)>) {
+        self.encoding = Encoding::Json;
+        let limit = self.settings.max_frame_bytes;
+        if size > limit {
+            let reason = format!("message of {size} bytes is over the {limit}-byte limit");
+            return self.push(Action::Close(CloseReason::new(CloseCode::TooBig, reason)));
+        }
+        let refused = self.limits.take_bytes(size);
+        match self.limits.record(refused) {
+            Admission::Accept => {}
+            Admission::Refuse(wait) => {
+                let err = ApiError::rate_limited(
+                    "over this connection's limit on inbound bytes; nothing was done",
+                    wait,
+                );
+                let id = op.as_ref().ok().and_then(|op| op.id().map(str::to_owned));
+                return self.error(ErrorFrame { id, ..err.frame() });
+            }
+            Admission::Close => {
+                metrics::counter!(m::ERRORS, "code" => "policy_violation").increment(1);
+                return self.push(Action::Close(CloseReason::new(
+                    CloseCode::PolicyViolation,
+                    "rate limit on inbound bytes exceeded repeatedly",
+                )));
+            }
+        }
+        match op {
+            Ok(op) => self.push(Action::Task(Box::new(op))),
+            Err((id, err)) => self.error(ErrorFrame {
+                id,
+                ..ErrorFrame::from(&err)
+            }),
+        }
+    }
+
+    /// Who the connection's token says the client is.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
     }
 
     fn on_frame(&mut self, frame: ClientFrame) {

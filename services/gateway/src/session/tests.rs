@@ -45,6 +45,8 @@ fn principal(subscribe: Option<&[&str]>, exp: u64) -> Principal {
         subscribe: subscribe.map(|p| p.iter().map(|s| (*s).to_owned()).collect()),
         publish: None,
         producers: None,
+        enqueue: None,
+        consume: None,
         sub: None,
     })
     .expect("claims")
@@ -374,6 +376,8 @@ fn a_refresh_moves_the_expiry_and_ends_follows_the_new_token_forbids() {
         subscribe: None,
         publish: None,
         producers: None,
+        enqueue: None,
+        consume: None,
         sub: None,
     })
     .expect("claims");

@@ -1,0 +1,107 @@
+//! Carries `agent.tasks` into Valkey: every task transition in the log is applied to the
+//! tenant's queue (`TaskStore::apply`, newer versions only). The gateways write Valkey
+//! themselves as they make transitions; this keeps the queues in step with the log when a
+//! gateway's own write did not happen (an `enqueued` record appended by a gateway that then
+//! lost Valkey), so a task acknowledged to a client always reaches its queue.
+
+use std::time::Duration;
+
+use agentwire_kafka::{ConsumerEvent, ConsumerSettings, LogConsumer, LogMessage, OffsetStore};
+use agentwire_protocol::TaskRecord;
+use agentwire_valkey::{Applied, TaskStore};
+use backon::{ExponentialBuilder, Retryable as _};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+use crate::{RelayError, metrics as m};
+
+/// Runs the task carrier until `shutdown` is cancelled.
+pub async fn run(
+    config: RelayConfig,
+    store: TaskStore,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let kafka = config.kafka.settings();
+    agentwire_kafka::ensure_topic_like(&kafka, &config.kafka.topic, &config.kafka.tasks_topic)
+        .await?;
+    let (tx, mut rx) = mpsc::channel(4);
+    let poll_stop = CancellationToken::new();
+    let settings = ConsumerSettings {
+        batch_max: config.batch_max,
+        fetch_wait: Duration::from_millis(config.fetch_wait_ms),
+        ..ConsumerSettings::new(&config.tasks_group, &config.kafka.tasks_topic)
+    };
+    let (consumer, offsets) = LogConsumer::start(&kafka, &settings, tx, poll_stop.clone())?;
+    tracing::info!(topic = %config.kafka.tasks_topic, group = %config.tasks_group, "task carrier started");
+    loop {
+        let event = tokio::select! {
+            event = rx.recv() => event,
+            () = shutdown.cancelled() => break,
+        };
+        match event {
+            Some(ConsumerEvent::Batch(batch)) => {
+                if !carry(&store, &offsets, &batch, &shutdown).await {
+                    break;
+                }
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    poll_stop.cancel();
+    let _ = tokio::task::spawn_blocking(move || consumer.join()).await;
+    if let Err(err) = offsets.commit_sync() {
+        tracing::warn!(error = %err, "final task offset commit failed");
+    }
+    Ok(())
+}
+
+/// Applies a batch; `false` when stopped before it was done (its offsets stay unstored).
+async fn carry(
+    store: &TaskStore,
+    offsets: &OffsetStore,
+    batch: &[LogMessage],
+    stop: &CancellationToken,
+) -> bool {
+    for message in batch {
+        let Some(record) = parse(message) else {
+            continue;
+        };
+        let attempt = || store.apply(&record);
+        let outcome = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_max_delay(Duration::from_secs(2))
+                    .without_max_times()
+                    .with_jitter(),
+            )
+            .notify(|err, after| {
+                metrics::counter!(m::VALKEY_ERRORS).increment(1);
+                tracing::warn!(error = %err, retry_in = ?after, "valkey task apply failed; retrying");
+            })
+            .when(|_| !stop.is_cancelled())
+            .await;
+        let how = match outcome {
+            Ok(Applied::Applied) => "applied",
+            Ok(Applied::Stale) => "stale",
+            Ok(Applied::Unknown) => "unknown_task",
+            Err(_) => return false,
+        };
+        metrics::counter!(m::TASK_RECORDS, "how" => how).increment(1);
+    }
+    offsets.store_batch(batch);
+    true
+}
+
+fn parse(message: &LogMessage) -> Option<TaskRecord> {
+    let value = message.value.as_deref()?;
+    match TaskRecord::from_json(value) {
+        Ok(record) => Some(record),
+        Err(error) => {
+            metrics::counter!(m::TASK_RECORDS, "how" => "skipped").increment(1);
+            tracing::warn!(partition = message.partition, offset = %message.offset, %error, "skipping a task record");
+            None
+        }
+    }
+}
