@@ -14,6 +14,14 @@ pub enum ClientError {
     #[error("invalid url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: &'static str },
 
+    /// A setting given to the client is out of the range the server accepts (e.g. a
+    /// [`crate::Worker`]'s prefetch or lease); nothing was sent.
+    #[error("invalid setting {setting}: {reason}")]
+    InvalidConfig {
+        setting: &'static str,
+        reason: String,
+    },
+
     /// An HTTP endpoint answered with a non-success status; the server's error body, when it
     /// had the documented shape, is parsed into `code`, `message` and `field`.
     #[error("server answered http {status}: {message}")]

@@ -268,7 +268,17 @@ impl HttpClient {
         })
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
+    /// A request to `path` (starting with `/`) under the base URL; send it with
+    /// [`HttpClient::send`] so it carries the token and its errors are parsed.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// Sends `request` (with the token) and parses a success answer as `T`.
+    pub(crate) async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,

@@ -6,22 +6,34 @@
 //!   with jittered backoff and resumes each session after its last delivered offset, so the
 //!   caller sees every event once, in offset order per session. With a [`TokenProvider`] it
 //!   authenticates every connection and refreshes the token before it expires.
+//! - Work queue: [`HttpClient::enqueue`], [`HttpClient::claim`], [`HttpClient::complete`] and
+//!   the other task calls over HTTP (with [`NewTask`], [`Task`]); [`Worker`] consumes tasks
+//!   over a WebSocket, runs a handler per task with heartbeats, settles it and reconnects
+//!   (at-least-once: handlers must be idempotent).
 //!
 //! Every byte goes through `agentwire_protocol` (CloudEvents JSON, frames); this crate only
-//! adds I/O, timeouts and resume bookkeeping ([`Cursors`], pure and unit-tested).
+//! adds I/O, timeouts and resume bookkeeping ([`Cursors`], pure and unit-tested). The
+//! work-queue ops, which the protocol crate only decodes, are written here and unit-tested
+//! against its decoder.
 
 mod cursors;
 mod error;
 mod http;
 mod subscriber;
+mod task_types;
+mod tasks;
 mod token;
+mod worker;
 mod ws;
 
 pub use cursors::{Admit, Cursors};
 pub use error::ClientError;
 pub use http::{DEFAULT_HTTP_TIMEOUT, HistoryPage, HttpClient, PublishAck};
 pub use subscriber::{Delivery, Subscriber, SubscriberConfig};
+pub use task_types::{EnqueueAck, NewTask, QueueStats, Task, Transition};
+pub use tasks::is_stale_lease;
 pub use token::{TokenProvider, expiry};
+pub use worker::{TaskFailure, Worker, WorkerBuilder, WorkerStats};
 pub use ws::{DEFAULT_REQUEST_TIMEOUT, WsConnection};
 
 /// The client's result type.

@@ -242,6 +242,14 @@ impl WsConnection {
     }
 
     async fn read_frame(&mut self) -> Result<ServerFrame> {
+        Ok(ServerFrame::from_json(&self.next_text().await?)?)
+    }
+
+    /// The next text message, unparsed: for frames [`ServerFrame`] does not model (the work
+    /// queue's `task` and `task_ack`). It skips the buffer the request helpers fill, so a
+    /// caller reading this way must not use them. Pings are answered, control frames
+    /// skipped. Cancel-safe.
+    pub(crate) async fn next_text(&mut self) -> Result<String> {
         loop {
             let message = match self.stream.next().await {
                 Some(message) => message?,
@@ -253,7 +261,7 @@ impl WsConnection {
                 }
             };
             match message {
-                Message::Text(text) => return Ok(ServerFrame::from_json(&text)?),
+                Message::Text(text) => return Ok(text.as_str().to_owned()),
                 Message::Binary(_) => {
                     return Err(ClientError::Protocol(
                         "binary frame on a JSON connection".to_owned(),

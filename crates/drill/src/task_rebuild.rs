@@ -10,7 +10,7 @@
 //! retention are not brought back. Memory grows with the number of tasks in the topic
 //! (each kept with its payload until it is applied).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agentwire_kafka::{KafkaSettings, LogScan, PartitionRange, partition_count, watermarks};
@@ -37,6 +37,8 @@ pub struct TaskRebuild {
     pub expired: u64,
     /// Tasks whose `enqueued` record is gone from the topic (retention): cannot be rebuilt.
     pub without_document: u64,
+    /// Second tasks under an idempotency key an earlier task holds: not created.
+    pub duplicates: u64,
 }
 
 struct Folded {
@@ -67,7 +69,9 @@ pub async fn rebuild_tasks(
         });
     }
     let mut summary = TaskRebuild::default();
-    let mut tasks: HashMap<Uuid, Folded> = HashMap::new();
+    // By id: UUIDv7 orders by enqueue time, so of two tasks under one idempotency key the
+    // first is applied first and keeps the key.
+    let mut tasks: BTreeMap<Uuid, Folded> = BTreeMap::new();
     let mut scan = LogScan::start(settings, topic, &ranges)?;
     while let Some(batch) = scan.next().await? {
         for record in batch {
@@ -116,6 +120,7 @@ pub async fn rebuild_tasks(
         match store.apply(&record).await? {
             Applied::Applied => summary.applied += 1,
             Applied::Stale | Applied::Unknown => summary.current += 1,
+            Applied::Duplicate => summary.duplicates += 1,
         }
     }
     Ok(summary)

@@ -40,6 +40,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// Longest idempotency key, correlation or causation id, error text and worker name, in bytes.
 pub const MAX_TEXT_LEN: usize = 1024;
+/// Largest payload (JSON text or base64 text), in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 512 * 1024;
 /// Longest delay a task may ask for: 30 days.
 pub const MAX_DELAY_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -315,8 +317,13 @@ pub struct TaskDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<SessionKey>,
     pub enqueued_at_ms: u64,
-    /// When it first becomes ready (absent: at once).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When it first becomes ready (absent: at once). `ready_at_ms` on the wire, so a
+    /// [`TaskView`] (document and status side by side) has one `not_before_ms`: the status's.
+    #[serde(
+        default,
+        rename = "ready_at_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub not_before_ms: Option<u64>,
 }
 
@@ -361,6 +368,15 @@ impl TaskDoc {
                 "must be 1 to 256 bytes",
             ));
         }
+        let size = spec.payload.as_ref().map_or(0, |p| p.get().len())
+            + spec.payload_base64.as_ref().map_or(0, String::len);
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(ProtocolError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the payload is {size} bytes; at most {MAX_PAYLOAD_BYTES}"),
+            )
+            .with_field("payload"));
+        }
         let (payload, payload_base64) = match (spec.payload, spec.payload_base64) {
             (Some(_), Some(_)) => {
                 return Err(ProtocolError::invalid(
@@ -378,6 +394,12 @@ impl TaskDoc {
                     ));
                 }
                 (Some(json), None)
+            }
+            (None, Some(_)) if is_json_type(&content_type) => {
+                return Err(ProtocolError::invalid(
+                    "content_type",
+                    "must name the binary payload's type (not JSON) with payload_base64",
+                ));
             }
             (None, Some(b64)) => {
                 use base64::Engine as _;
@@ -525,8 +547,8 @@ pub struct TaskView {
 }
 
 /// A transition as written to the log: a CloudEvents JSON record of type
-/// `agent.task.<kind>`, subject the task id, data `{"status":…}` plus, in `enqueued` (and
-/// `requeued`) records, `"task":…` (the [`TaskDoc`]).
+/// `agent.task.<kind>`, subject the task id, data `{"status":…}` plus, in `enqueued`
+/// records, `"task":…` (the [`TaskDoc`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub kind: TaskEventKind,
@@ -664,8 +686,12 @@ mod tests {
                 "payload",
             ),
             (
-                r#"{"tenant":"acme","capability":"x","payload_base64":"!!"}"#,
+                r#"{"tenant":"acme","capability":"x","payload_base64":"!!","content_type":"image/png"}"#,
                 "payload_base64",
+            ),
+            (
+                r#"{"tenant":"acme","capability":"x","payload_base64":"AA=="}"#,
+                "content_type",
             ),
             (
                 r#"{"tenant":"acme","capability":"x","reply_to":"other:a:s"}"#,

@@ -375,15 +375,20 @@ pub fn task_ack_json(
     task_id: Option<&Uuid>,
     fields: serde_json::Value,
 ) -> String {
-    let mut frame = serde_json::json!({"op": "task_ack"});
+    let mut frame = match fields {
+        serde_json::Value::Object(map) => serde_json::Value::Object(map),
+        _ => serde_json::json!({}),
+    };
+    // The answer's own fields never take the place of the envelope's: `id` is the request's.
+    if let Some(map) = frame.as_object_mut() {
+        map.remove("id");
+    }
+    frame["op"] = "task_ack".into();
     if let Some(request) = request {
         frame["id"] = request.into();
     }
     if let Some(task_id) = task_id {
         frame["task_id"] = task_id.to_string().into();
-    }
-    if let (Some(map), serde_json::Value::Object(extra)) = (frame.as_object_mut(), fields) {
-        map.extend(extra);
     }
     frame.to_string()
 }
@@ -438,7 +443,11 @@ mod tests {
     #[test]
     fn acks_carry_the_request_id_and_the_state() {
         let id = Uuid::now_v7();
-        let json = task_ack_json(Some("r1"), Some(&id), serde_json::json!({"state": "ready"}));
+        let json = task_ack_json(
+            Some("r1"),
+            Some(&id),
+            serde_json::json!({"state": "ready", "id": "the task's own id"}),
+        );
         let value: serde_json::Value = serde_json::from_str(&json).expect("json");
         assert_eq!(value["op"], "task_ack");
         assert_eq!(value["id"], "r1");

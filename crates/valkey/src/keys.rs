@@ -63,7 +63,7 @@ pub fn producers_rebuild_lock(tenant: &Tenant) -> String {
 }
 
 /// The set of a tenant's task capabilities; every key of the tenant's work queue is named from
-/// it (`lua/tasks.lua`) and shares its hash tag `{tq:tenant}`.
+/// it (`lua/tasks.lua`) and shares its hash tag `{tenant}` (the tenant's slot).
 pub fn task_caps(tenant: &Tenant) -> String {
     format!("{PREFIX}tq:{{{tenant}}}:caps")
 }
@@ -81,9 +81,10 @@ pub fn tenant_of_task_wake(channel: &str) -> Option<Tenant> {
     Tenant::new(tenant).ok()
 }
 
-/// Every tenant that has had a task (the lease sweeper's list).
-pub fn task_tenants() -> String {
-    format!("{PREFIX}tq:tenants")
+/// Every tenant that has had a task recorded in `topic` (the lease sweeper's list: a
+/// gateway sweeps the tenants of its own task topic, whose records it appends).
+pub fn task_tenants(topic: &str) -> String {
+    format!("{PREFIX}tq:tenants:{topic}")
 }
 
 /// The relay's mark of one partition of its source topic: the highest offset it appended

@@ -80,6 +80,8 @@ pub enum Applied {
     Stale,
     /// A record of a task Valkey does not know, without the task's document.
     Unknown,
+    /// An `enqueued` record whose idempotency key already names another task: not created.
+    Duplicate,
 }
 
 /// One capability's queue.
@@ -100,12 +102,15 @@ pub struct QueueStats {
 pub struct TaskStore {
     conn: Connection,
     retention: Duration,
+    /// The task topic whose tenants this store lists ([`keys::task_tenants`]).
+    topic: String,
 }
 
 impl std::fmt::Debug for TaskStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskStore")
             .field("retention", &self.retention)
+            .field("topic", &self.topic)
             .finish_non_exhaustive()
     }
 }
@@ -293,9 +298,14 @@ fn lease_outcome(reply: &Value) -> Result<LeaseOutcome, ValkeyError> {
 }
 
 impl TaskStore {
-    /// `retention`: how long a completed or cancelled task stays readable.
-    pub fn new(conn: Connection, retention: Duration) -> Self {
-        Self { conn, retention }
+    /// `retention`: how long a completed or cancelled task stays readable; `topic`: the task
+    /// topic the store's transitions are recorded in (it names the list of tenants to sweep).
+    pub fn new(conn: Connection, retention: Duration, topic: impl Into<String>) -> Self {
+        Self {
+            conn,
+            retention,
+            topic: topic.into(),
+        }
     }
 
     fn call(&self, tenant: &Tenant, op: &str) -> redis::ScriptInvocation<'static> {
@@ -357,7 +367,7 @@ impl TaskStore {
 
     async fn remember_tenant(&self, tenant: &Tenant) -> Result<(), ValkeyError> {
         redis::cmd("SADD")
-            .arg(keys::task_tenants())
+            .arg(keys::task_tenants(&self.topic))
             .arg(tenant.as_str())
             .exec_async(&mut self.conn.clone())
             .await?;
@@ -367,7 +377,7 @@ impl TaskStore {
     /// Every tenant that has had a task.
     pub async fn tenants(&self) -> Result<Vec<Tenant>, ValkeyError> {
         let names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::task_tenants())
+            .arg(keys::task_tenants(&self.topic))
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(names
@@ -404,6 +414,7 @@ impl TaskStore {
             "applied" => Ok(Applied::Applied),
             "stale" => Ok(Applied::Stale),
             "unknown" => Ok(Applied::Unknown),
+            "duplicate" => Ok(Applied::Duplicate),
             other => Err(bad(format!("apply answered {other:?}"))),
         }
     }

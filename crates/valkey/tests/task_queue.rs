@@ -18,7 +18,7 @@ async fn store() -> TaskStore {
     let conn = Connection::connect(&TestEnv::from_env().valkey_url)
         .await
         .expect("connect");
-    TaskStore::new(conn, Duration::from_secs(600))
+    TaskStore::new(conn, Duration::from_secs(600), "agent.tasks")
 }
 
 fn task(tenant: &Tenant, cap: &str, extra: &str) -> TaskDoc {

@@ -46,7 +46,7 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<()> {
             let conn = agentwire_valkey::Connection::connect(&valkey.url)
                 .await
                 .context("connect to Valkey")?;
-            let store = agentwire_valkey::TaskStore::new(conn, retention);
+            let store = agentwire_valkey::TaskStore::new(conn, retention, &kafka.tasks_topic);
             let started = std::time::Instant::now();
             let summary = agentwire_drill::rebuild_tasks(
                 &kafka.settings(),
@@ -57,7 +57,7 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<()> {
             )
             .await?;
             println!(
-                "tasks rebuilt from {} in {:.1} s: {} records, {} tasks, {} applied, {} already current, {} finished beyond retention, {} without their enqueued record, {} unreadable records",
+                "tasks rebuilt from {} in {:.1} s: {} records, {} tasks, {} applied, {} already current, {} finished beyond retention, {} without their enqueued record, {} duplicates of an idempotency key, {} unreadable records",
                 kafka.tasks_topic,
                 started.elapsed().as_secs_f64(),
                 summary.records,
@@ -66,6 +66,7 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<()> {
                 summary.current,
                 summary.expired,
                 summary.without_document,
+                summary.duplicates,
                 summary.unreadable,
             );
         }

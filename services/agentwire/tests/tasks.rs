@@ -748,3 +748,75 @@ async fn tenants_never_see_each_others_tasks_and_capability_scopes_hold() {
         (200, Some(id.as_str()))
     );
 }
+
+#[tokio::test]
+async fn the_rust_worker_keeps_long_tasks_leased_and_settles_each_with_its_outcome() {
+    use agentwire_client::{TaskFailure, Worker};
+    use agentwire_protocol::{Capability, Tenant};
+
+    let stack = Stack::start(1).await;
+    let t = stack.tenant.clone();
+    let mut ids = BTreeMap::new();
+    for n in 0..4 {
+        let payload = json!({"n": n, "poison": n == 3});
+        ids.insert(
+            enqueue(
+                &stack,
+                json!({"tenant": t, "capability": "slow", "payload": payload}),
+            )
+            .await,
+            n,
+        );
+    }
+    let worker = Worker::builder(
+        stack.ws_url.clone(),
+        Tenant::new(t.clone()).expect("tenant"),
+    )
+    .capabilities([Capability::new("slow").expect("capability")])
+    .prefetch(2)
+    .lease(Duration::from_millis(1_000))
+    .build()
+    .expect("worker");
+    let stats = worker.stats();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(
+        |task| async move {
+            let payload = task.payload.unwrap_or_default();
+            if payload["poison"] == true {
+                return Err(TaskFailure::permanent("poison payload"));
+            }
+            // Longer than the lease: only the worker's heartbeats keep the task.
+            tokio::time::sleep(Duration::from_millis(1_600)).await;
+            Ok(json!({"doubled": payload["n"].as_u64().unwrap_or(0) * 2}))
+        },
+        stop.clone().cancelled_owned(),
+    ));
+    wait_until(
+        LIMIT,
+        "three completed and one failed by the worker",
+        || async { (stats.completed() == 3 && stats.failed() == 1).then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    running.await.expect("worker task").expect("worker ran");
+    for (id, n) in &ids {
+        let view: Value = reqwest::get(format!("{}/v1/tasks/{t}/{id}", stack.http_url))
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if *n == 3 {
+            assert_eq!(
+                (view["state"].as_str(), view["dead_reason"].as_str()),
+                (Some("dead"), Some("not_retryable")),
+                "{view}"
+            );
+        } else {
+            assert_eq!(view["state"], "completed", "{view}");
+            assert_eq!(view["attempt"], 1, "the lease was kept: no redelivery");
+            assert_eq!(view["result"]["doubled"], n * 2);
+        }
+    }
+    assert_eq!(stats.stale(), 0);
+}

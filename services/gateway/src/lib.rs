@@ -122,6 +122,7 @@ pub async fn run(
         agentwire_valkey::TaskStore::new(
             agentwire_valkey::Connection::connect(&config.valkey.url).await?,
             Duration::from_secs(config.task_retention_secs),
+            config.kafka.tasks_topic.clone(),
         ),
         EventLog::new(&config.kafka.settings(), &config.kafka.tasks_topic)?,
         log.clone(),

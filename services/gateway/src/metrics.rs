@@ -76,5 +76,6 @@ pub const TASK_CLAIM_SECONDS: &str = "agentwire_gateway_task_claim_seconds";
 pub const TASK_REDELIVERIES: &str = "agentwire_gateway_task_redeliveries_total";
 /// The attempt number of each task handed out (a histogram).
 pub const TASK_ATTEMPTS: &str = "agentwire_gateway_task_attempts";
-/// Tasks per capability and `state` (`ready`, `delayed`, `in_flight`, `dead`), as last read.
+/// Tasks per tenant, capability and `state` (`ready`, `delayed`, `in_flight`, `dead`), as
+/// last read by a queue-stats request.
 pub const TASK_QUEUE_DEPTH: &str = "agentwire_gateway_task_queue_depth";

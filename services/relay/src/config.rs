@@ -68,6 +68,14 @@ impl RelayConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
         self.valkey.validate()?;
+        if self.task_retention_secs == 0 {
+            return Err(
+                "--task-retention-secs (AGENTWIRE_TASK_RETENTION_SECS) must be above 0".into(),
+            );
+        }
+        if self.tasks_group.is_empty() || self.tasks_group == self.group {
+            return Err("--relay-tasks-group must be set and differ from --relay-group".into());
+        }
         if self.group.is_empty() {
             return Err("--relay-group (AGENTWIRE_RELAY_GROUP) must not be empty".into());
         }

@@ -54,6 +54,7 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
         agentwire_valkey::TaskStore::new(
             store.connection(),
             Duration::from_secs(config.task_retention_secs),
+            config.kafka.tasks_topic.clone(),
         ),
         stop.clone(),
     ));

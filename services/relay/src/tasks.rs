@@ -86,6 +86,7 @@ async fn carry(
             Ok(Applied::Applied) => "applied",
             Ok(Applied::Stale) => "stale",
             Ok(Applied::Unknown) => "unknown_task",
+            Ok(Applied::Duplicate) => "duplicate",
             Err(_) => return false,
         };
         metrics::counter!(m::TASK_RECORDS, "how" => how).increment(1);

@@ -117,9 +117,11 @@ local function due(out, cap)
   for _, id in ipairs(expired) do
     local f = redis.call('HMGET', tkey(id), 'attempt', 'max')
     if num(f[1]) >= num(f[2]) then
+      redis.call('HSET', tkey(id), 'lease', '')
       die(out, id, 'attempts', 'lease expired on the last attempt')
     else
-      set(id, {state = 'ready', lexp = '', upd = now})
+      -- The lease is gone: its holder's complete, fail or release is stale from now on.
+      set(id, {state = 'ready', lease = '', lexp = '', upd = now})
       transition(out, 'lease_expired', id)
     end
   end
@@ -204,8 +206,16 @@ elseif op == 'apply' then
     fields[#fields + 1] = ARGV[i + 1]
     if ARGV[i] == 'doc' then has_doc = true end
   end
-  if not has_doc and redis.call('EXISTS', tkey(id)) == 0 then return 'unknown' end
-  if idem ~= '' then redis.call('SET', P .. 'idem:' .. idem, id, 'NX') end
+  local known = redis.call('EXISTS', tkey(id)) == 1
+  if not has_doc and not known then return 'unknown' end
+  if idem ~= '' then
+    -- The key names its first task for good (a reservation's expiry is dropped); a second
+    -- task enqueued under a key already taken is not created.
+    local k = P .. 'idem:' .. idem
+    local first = redis.call('GET', k)
+    if first and first ~= id and not known then return 'duplicate' end
+    if first == id then redis.call('PERSIST', k) else redis.call('SET', k, id) end
+  end
   if not write(id, fields, version) then return 'stale' end
   return 'applied'
 
@@ -284,7 +294,10 @@ elseif op == 'fail' then
   local id, lease, err, retryable, unit = ARGV[3], ARGV[4], ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
   local f = redis.call('HMGET', tkey(id), 'state', 'lease', 'attempt', 'max', 'rinit', 'rmax',
     'rmult', 'rjit')
-  if (f[1] == 'delayed' or f[1] == 'dead') and f[2] == lease then return {'already', status(id)} end
+  local last_err = redis.call('HGET', tkey(id), 'err')
+  if (f[1] == 'delayed' or f[1] == 'dead') and f[2] == lease and last_err == err then
+    return {'already', status(id)}
+  end
   local refused = leased(id, lease)
   if refused then return refused end
   local out = {}
@@ -319,7 +332,9 @@ elseif op == 'cancel' then
   local id = ARGV[3]
   local state = redis.call('HGET', tkey(id), 'state')
   if not state then return {'not_found'} end
-  if state == 'completed' or state == 'cancelled' then return {'wrong_state', state} end
+  -- A retry of a cancel answers with the status, so its record can be appended again.
+  if state == 'cancelled' then return {'already', status(id)} end
+  if state == 'completed' then return {'wrong_state', state} end
   set(id, {state = 'cancelled', lexp = '', upd = now})
   local out = {}
   transition(out, 'cancelled', id)

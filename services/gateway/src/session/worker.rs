@@ -32,10 +32,12 @@ const CLAIM_RETRY: Duration = Duration::from_millis(500);
 
 type Reply = Pin<Box<dyn Future<Output = String> + Send>>;
 
-/// Tasks pushed to this connection and not yet settled: task → lease.
-type Held = Arc<Mutex<HashMap<Uuid, String>>>;
+/// Tasks pushed to this connection and not yet settled: lease → task (by lease: one task
+/// may come back to the same connection under a new lease after its old one expired, and
+/// each push holds a credit of its own).
+type Held = Arc<Mutex<HashMap<String, Uuid>>>;
 
-fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashMap<Uuid, String>> {
+fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashMap<String, Uuid>> {
     held.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -53,6 +55,9 @@ pub struct Worker {
     push: mpsc::Sender<String>,
     consumer: Option<Consumer>,
     held: Held,
+    /// The tenant of the tasks pushed to this connection (kept after `stop_consuming`: its
+    /// held tasks are still released when the connection ends).
+    held_tenant: Option<Tenant>,
 }
 
 fn error_json(request: Option<&str>, err: &ApiError) -> String {
@@ -74,6 +79,7 @@ impl Worker {
             push,
             consumer: None,
             held: Arc::default(),
+            held_tenant: None,
         }
     }
 
@@ -125,6 +131,9 @@ impl Worker {
             TaskOp::Enqueue { task, .. } => {
                 let doc = TaskDoc::from_spec(*task, now_ms())?;
                 principal.check_enqueue(&doc.tenant, &doc.capability)?;
+                if let Some(session) = &doc.reply_to {
+                    principal.check_publish(session)?;
+                }
                 Ok(Some(Box::pin(async move {
                     let timeout = Duration::from_millis(app.config().tenant_quota_timeout_ms);
                     if let Some(wait) = crate::tenant_limits::charge_or_allow(
@@ -180,6 +189,7 @@ impl Worker {
                     self.held.clone(),
                     self.push.clone(),
                 ));
+                self.held_tenant = Some(tenant.clone());
                 self.consumer = Some(Consumer {
                     tenant,
                     credit,
@@ -316,8 +326,8 @@ impl Worker {
             if settled {
                 let mine = {
                     let mut held = lock(&held);
-                    if held.get(&task_id) == Some(&lease_id) {
-                        held.remove(&task_id);
+                    if held.get(&lease_id) == Some(&task_id) {
+                        held.remove(&lease_id);
                         true
                     } else {
                         false
@@ -340,11 +350,11 @@ impl Worker {
 impl Drop for Worker {
     /// Gives back every task the connection still holds.
     fn drop(&mut self) {
-        let tenant = self.consumer.take().map(|c| {
-            c.task.abort();
-            c.tenant
-        });
-        let held: Vec<(Uuid, String)> = lock(&self.held).drain().collect();
+        if let Some(consumer) = self.consumer.take() {
+            consumer.task.abort();
+        }
+        let tenant = self.held_tenant.take();
+        let held: Vec<(String, Uuid)> = lock(&self.held).drain().collect();
         let (Some(tenant), false) = (tenant, held.is_empty()) else {
             return;
         };
@@ -353,7 +363,7 @@ impl Drop for Worker {
             return;
         };
         runtime.spawn(async move {
-            for (id, lease) in held {
+            for (lease, id) in held {
                 if let Err(err) = app.tasks().release(&tenant, id, &lease).await
                     && err.code != agentwire_protocol::ErrorCode::StaleLease
                 {
@@ -401,7 +411,7 @@ async fn consume(
                 credit.add_permits(n - got);
                 for task in tasks {
                     if let Some(lease) = &task.status.lease_id {
-                        lock(&held).insert(task.doc.id, lease.clone());
+                        lock(&held).insert(lease.clone(), task.doc.id);
                     }
                     let frame = task_frame_json(&TaskView {
                         doc: task.doc,

@@ -9,7 +9,7 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -52,6 +52,18 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
+/// The request body, or the common error for one too large (axum's body limit) or broken.
+fn bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::PayloadTooLarge
+        } else {
+            ErrorCode::Malformed
+        };
+        ApiError::new(code, e.body_text())
+    })
+}
+
 fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::new(ErrorCode::Malformed, format!("the body is not valid: {e}")))
@@ -77,9 +89,10 @@ fn task_id(text: &str) -> Result<Uuid, ApiError> {
 async fn enqueue(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let principal = principal?;
+    let body = bytes(body)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(ErrorCode::Malformed, "the body is not UTF-8"))?;
     let batch = text.trim_start().starts_with('[');
@@ -101,6 +114,10 @@ async fn enqueue(
         .collect::<Result<Vec<_>, _>>()?;
     for doc in &docs {
         principal.check_enqueue(&doc.tenant, &doc.capability)?;
+        // The outcome is published into `reply_to`: the token must be allowed to.
+        if let Some(session) = &doc.reply_to {
+            principal.check_publish(session)?;
+        }
     }
     charge(&state, &docs).await?;
     let queue = state.tasks().clone();
@@ -167,8 +184,15 @@ async fn task(
     let (tenant_name, id) = path(p)?;
     let tenant = tenant(tenant_name)?;
     principal.check_tenant(&tenant)?;
-    let view = state.tasks().get(&tenant, task_id(&id)?).await?;
+    let mut view = state.tasks().get(&tenant, task_id(&id)?).await?;
     principal.check_task_reader(&tenant, &view.doc.capability)?;
+    // A lease id is what a worker settles a task with: shown only to those who may consume.
+    if principal
+        .check_consume(&tenant, &view.doc.capability)
+        .is_err()
+    {
+        view.status.lease_id = None;
+    }
     Ok(Json(view))
 }
 
@@ -178,11 +202,11 @@ async fn claim(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
     p: Result<Path<String>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let principal = principal?;
     let tenant = tenant(path(p)?)?;
-    let body: ClaimBody = json(&body)?;
+    let body: ClaimBody = json(&bytes(body)?)?;
     let request = ClaimRequest::new(body.capabilities, body.max, body.lease_ms, body.worker)?;
     for capability in &request.capabilities {
         principal.check_consume(&tenant, capability)?;
@@ -203,9 +227,10 @@ async fn act(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
     p: Result<Path<(String, String, String)>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let principal = principal?;
+    let body = bytes(body)?;
     let (tenant_name, id, action) = path(p)?;
     let tenant = tenant(tenant_name)?;
     let id = task_id(&id)?;
@@ -347,9 +372,10 @@ async fn settle_dead(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
     p: Result<Path<(String, String, String)>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let principal = principal?;
+    let body = bytes(body)?;
     let (tenant_name, capability, action) = path(p)?;
     let tenant = tenant(tenant_name)?;
     let capability = Capability::new(capability)?;

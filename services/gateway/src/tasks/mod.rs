@@ -12,7 +12,9 @@
 //!   Valkey (`already`) and appends the record again, so the log never misses a transition
 //!   a client was told about. A claim whose records did not land gives its leases back.
 //! - **reply_to**: a completed or dead-lettered task with `reply_to` publishes an
-//!   `agent.task.result` event into that session (at least once; dedupe by `task_id`).
+//!   `agent.task.result` event into that session, best effort (a failed append is logged;
+//!   a retried op may publish it twice: dedupe by `task_id`). The outcome itself is always
+//!   readable with `GET /v1/tasks/…`.
 
 mod http;
 pub mod sweeper;
@@ -167,7 +169,22 @@ impl TaskQueue {
             .enqueue(&log_record)
             .await
             .map_err(ApiError::kafka_unavailable)?;
-        Ok(async move { pending.await.map_err(ApiError::kafka_unavailable) })
+        Ok(async move {
+            pending.await.map_err(|e| {
+                if e.may_have_been_written() {
+                    ApiError::new(
+                        ErrorCode::OutcomeUnknown,
+                        format!(
+                            "kafka did not confirm the append ({e}): it may or may not be in the log; \
+                             retry with the same idempotency_key (or lease) to learn which"
+                        ),
+                    )
+                    .retry_after(crate::error::KAFKA_RETRY_AFTER)
+                } else {
+                    ApiError::kafka_unavailable(e)
+                }
+            })
+        })
     }
 
     /// Enqueues one task: appended to the log, then queued in Valkey.
@@ -220,7 +237,13 @@ impl TaskQueue {
         let appended = match appended {
             Ok(appended) => appended,
             Err(err) => {
-                if let Some(key) = &doc.idempotency_key {
+                // A record that may have landed keeps its key's reservation: the relay makes
+                // it permanent if it did, a retry with the key is answered with this task.
+                if let Some(key) = doc
+                    .idempotency_key
+                    .as_ref()
+                    .filter(|_| err.code != ErrorCode::OutcomeUnknown)
+                {
                     // Best effort: the reservation also expires on its own.
                     let _ = self
                         .store
@@ -474,8 +497,13 @@ impl TaskQueue {
                 ("dead", s.dead),
             ] {
                 #[allow(clippy::cast_precision_loss)]
-                metrics::gauge!(m::TASK_QUEUE_DEPTH, "capability" => s.capability.clone(), "state" => state)
-                    .set(n as f64);
+                metrics::gauge!(
+                    m::TASK_QUEUE_DEPTH,
+                    "tenant" => tenant.to_string(),
+                    "capability" => s.capability.clone(),
+                    "state" => state
+                )
+                .set(n as f64);
             }
         }
         Ok(stats)
