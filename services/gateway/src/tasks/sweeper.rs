@@ -9,15 +9,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::tasks::TaskQueue;
 
-/// Sweeps every `interval` until `shutdown`.
+/// How often the queue-depth gauges are refreshed, in sweeps.
+const DEPTH_EVERY: u64 = 10;
+
+/// Sweeps every `interval` until `shutdown`; every [`DEPTH_EVERY`] sweeps it also refreshes
+/// the queue-depth gauges (`agentwire_gateway_task_queue_depth`).
 pub async fn run(queue: TaskQueue, interval: Duration, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweeps = 0u64;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
+        sweeps += 1;
+        let depth = sweeps % DEPTH_EVERY == 1;
         let tenants = match queue.store().tenants().await {
             Ok(tenants) => tenants,
             Err(err) => {
@@ -26,6 +33,9 @@ pub async fn run(queue: TaskQueue, interval: Duration, shutdown: CancellationTok
             }
         };
         for tenant in tenants {
+            if depth && let Err(err) = queue.stats(&tenant, &[]).await {
+                tracing::debug!(error = %err.message, %tenant, "queue depth not read");
+            }
             match queue.store().sweep(&tenant).await {
                 Ok(transitions) if transitions.is_empty() => {}
                 Ok(transitions) => {
