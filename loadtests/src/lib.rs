@@ -13,6 +13,8 @@
 //! - `broker`: the Kafka-API broker alone: ack and produce→consume latency, catch-up rate of
 //!   a backlog, and survival of a producer's delivery timeouts.
 //! - `soak`: durable fanout held for minutes, with the processes' CPU and memory over time.
+//! - `tasks`: the work queue, enqueue→complete throughput and latency, losses and double runs
+//!   under faults (a worker SIGKILLed, Valkey emptied), next to BullMQ with `--peer`.
 
 pub mod broker;
 mod broker_trigger;
@@ -31,6 +33,12 @@ pub mod slow;
 pub mod soak;
 mod stats;
 pub mod storm;
+pub mod tasks;
+mod tasks_agentwire;
+mod tasks_bullmq;
+mod tasks_summary;
+mod tasks_tally;
+pub mod tasks_worker;
 pub mod ws_floor;
 pub mod wsload;
 
@@ -71,9 +79,14 @@ enum Scenario {
     Soak(soak::Args),
     /// Replay drill figures: fill a topic with valid events; read it back with a bare consumer.
     DrillLog(drill_log::Args),
+    /// Work queue vs BullMQ: throughput, latency, losses and double runs under faults.
+    Tasks(tasks::Args),
     /// The WebSocket fanout floor's server (started by `fanout`/`ephemeral` themselves).
     #[command(hide = true)]
     WsFloorServer(ws_floor::ServeArgs),
+    /// One worker process of `tasks` (started by it; prints S/C/E lines per task).
+    #[command(hide = true)]
+    TasksWorker(tasks_worker::WorkerArgs),
 }
 
 /// Runs the scenario the command line names.
@@ -89,6 +102,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Scenario::Broker(args) => broker::run(args).await.map(drop),
         Scenario::Soak(args) => soak::run(args).await.map(drop),
         Scenario::DrillLog(args) => drill_log::run(args).await,
+        Scenario::Tasks(args) => tasks::run(args).await.map(drop),
         Scenario::WsFloorServer(args) => ws_floor::serve(args).await,
+        Scenario::TasksWorker(args) => tasks_worker::run(args).await,
     }
 }

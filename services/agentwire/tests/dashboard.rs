@@ -138,17 +138,25 @@ async fn every_panel_returns_data_from_metrics_the_services_export() {
     // A task through the work queue: enqueued, claimed, completed.
     let tenant = session.tenant.clone();
     let capability = agentwire_protocol::Capability::new("dashboard").expect("capability");
-    http.enqueue(&agentwire_client::NewTask::new(tenant.clone(), capability.clone()))
-        .await
-        .expect("enqueue");
+    http.enqueue(&agentwire_client::NewTask::new(
+        tenant.clone(),
+        capability.clone(),
+    ))
+    .await
+    .expect("enqueue");
     let claimed = http
         .claim(&tenant, std::slice::from_ref(&capability), 1, None, None)
         .await
         .expect("claim");
     let task = claimed.first().expect("the task is claimed");
-    http.complete(&tenant, &task.id, task.lease_id.as_deref().expect("lease"), None)
-        .await
-        .expect("complete");
+    http.complete(
+        &tenant,
+        &task.id,
+        task.lease_id.as_deref().expect("lease"),
+        None,
+    )
+    .await
+    .expect("complete");
 
     // Both targets are scraped.
     let up = wait_until(LIMIT, "both targets up", || async {

@@ -14,6 +14,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
+
+/// `fetch.wait.max.ms` of the task carrier: it is a safety net behind the gateways' own
+/// Valkey writes, not on the latency path, so it need not poll the broker 250 times a
+/// second per idle partition as the event relay does.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
 use crate::{RelayError, metrics as m};
 
 /// Runs the task carrier until `shutdown` is cancelled.
@@ -29,7 +34,7 @@ pub async fn run(
     let poll_stop = CancellationToken::new();
     let settings = ConsumerSettings {
         batch_max: config.batch_max,
-        fetch_wait: Duration::from_millis(config.fetch_wait_ms),
+        fetch_wait: FETCH_WAIT,
         ..ConsumerSettings::new(&config.tasks_group, &config.kafka.tasks_topic)
     };
     let (consumer, offsets) = LogConsumer::start(&kafka, &settings, tx, poll_stop.clone())?;

@@ -19,6 +19,7 @@ use agentwire_protocol::{
 use futures::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::auth::Principal;
@@ -44,7 +45,10 @@ fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashMap<String, Uuid>> {
 struct Consumer {
     tenant: Tenant,
     credit: Arc<Semaphore>,
-    task: JoinHandle<()>,
+    /// Ends the push loop after its current claim (whose tasks are still sent), never in the
+    /// middle of one: a claim cut short would leave its tasks leased to no one.
+    stop: CancellationToken,
+    _task: JoinHandle<()>,
 }
 
 /// One connection's worker side.
@@ -181,25 +185,30 @@ impl Worker {
                         "lease_ms": claim.lease_ms,
                     }),
                 );
+                let stop = CancellationToken::new();
                 let task = tokio::spawn(consume(
-                    app,
-                    tenant.clone(),
+                    Push {
+                        app,
+                        tenant: tenant.clone(),
+                        credit: credit.clone(),
+                        held: self.held.clone(),
+                        out: self.push.clone(),
+                        stop: stop.clone(),
+                    },
                     claim,
-                    credit.clone(),
-                    self.held.clone(),
-                    self.push.clone(),
                 ));
                 self.held_tenant = Some(tenant.clone());
                 self.consumer = Some(Consumer {
                     tenant,
                     credit,
-                    task,
+                    stop,
+                    _task: task,
                 });
                 Ok(Some(Box::pin(std::future::ready(ack))))
             }
             TaskOp::StopConsuming { .. } => {
                 if let Some(consumer) = self.consumer.take() {
-                    consumer.task.abort();
+                    consumer.stop.cancel();
                 }
                 Ok(Some(Box::pin(std::future::ready(task_ack_json(
                     request.as_deref(),
@@ -351,7 +360,8 @@ impl Drop for Worker {
     /// Gives back every task the connection still holds.
     fn drop(&mut self) {
         if let Some(consumer) = self.consumer.take() {
-            consumer.task.abort();
+            // The push loop finds the connection gone and releases what it claims from now.
+            consumer.stop.cancel();
         }
         let tenant = self.held_tenant.take();
         let held: Vec<(String, Uuid)> = lock(&self.held).drain().collect();
@@ -374,19 +384,50 @@ impl Drop for Worker {
     }
 }
 
-/// Push delivery: claims as many tasks as there is credit, sends them, and waits for a wake
-/// (or the poll interval) when the queues are empty.
-async fn consume(
+/// What a push loop works with.
+struct Push {
     app: AppState,
     tenant: Tenant,
-    claim: ClaimRequest,
     credit: Arc<Semaphore>,
     held: Held,
     out: mpsc::Sender<String>,
-) {
-    let mut wake = app.tasks().wake().watch(&tenant);
+    stop: CancellationToken,
+}
+
+impl Push {
+    /// The connection is gone: gives back every task it still holds.
+    async fn release_held(&self) {
+        let held: Vec<(String, Uuid)> = lock(&self.held).drain().collect();
+        for (lease, id) in held {
+            if let Err(err) = self.app.tasks().release(&self.tenant, id, &lease).await
+                && err.code != agentwire_protocol::ErrorCode::StaleLease
+            {
+                tracing::warn!(error = %err.message, task = %id, "releasing a dropped connection's task failed; its lease will expire");
+            }
+        }
+    }
+}
+
+/// Push delivery: claims as many tasks as there is credit, sends them, and waits for a wake
+/// (or the poll interval) when the queues are empty. Ends after `stop` (a `stop_consuming`:
+/// what it claimed is still sent) or once the connection is gone (what it claimed is
+/// released).
+async fn consume(push: Push, claim: ClaimRequest) {
+    let Push {
+        app,
+        tenant,
+        credit,
+        held,
+        out,
+        stop,
+    } = &push;
+    let mut wake = app.tasks().wake().watch(tenant);
     loop {
-        let Ok(first) = credit.clone().acquire_owned().await else {
+        let first = tokio::select! {
+            permit = credit.clone().acquire_owned() => permit,
+            () = stop.cancelled() => return,
+        };
+        let Ok(first) = first else {
             return;
         };
         first.forget();
@@ -405,33 +446,47 @@ async fn consume(
             max: n,
             ..claim.clone()
         };
-        match app.tasks().claim(&tenant, &request).await {
+        match app.tasks().claim(tenant, &request).await {
             Ok(tasks) => {
                 let got = tasks.len();
                 credit.add_permits(n - got);
-                for task in tasks {
-                    if let Some(lease) = &task.status.lease_id {
-                        lock(&held).insert(lease.clone(), task.doc.id);
+                {
+                    let mut held = lock(held);
+                    for task in &tasks {
+                        if let Some(lease) = &task.status.lease_id {
+                            held.insert(lease.clone(), task.doc.id);
+                        }
                     }
+                }
+                for task in tasks {
                     let frame = task_frame_json(&TaskView {
                         doc: task.doc,
                         status: task.status,
                     });
                     if out.send(frame).await.is_err() {
+                        push.release_held().await;
                         return;
                     }
+                }
+                if out.is_closed() {
+                    push.release_held().await;
+                    return;
                 }
                 if got < n {
                     tokio::select! {
                         changed = wake.changed() => if changed.is_err() { return },
                         () = tokio::time::sleep(POLL) => {}
+                        () = stop.cancelled() => return,
                     }
                 }
             }
             Err(err) => {
                 credit.add_permits(n);
                 tracing::debug!(error = %err.message, %tenant, "push claim failed; retrying");
-                tokio::time::sleep(CLAIM_RETRY).await;
+                tokio::select! {
+                    () = tokio::time::sleep(CLAIM_RETRY) => {}
+                    () = stop.cancelled() => return,
+                }
             }
         }
     }
