@@ -47,6 +47,21 @@ struct Folded {
     status: TaskStatus,
 }
 
+/// Keeps a task's document and its newest status.
+fn fold(tasks: &mut BTreeMap<Uuid, Folded>, parsed: TaskRecord) {
+    let entry = tasks.entry(parsed.id).or_insert_with(|| Folded {
+        tenant: parsed.tenant.clone(),
+        doc: None,
+        status: parsed.status.clone(),
+    });
+    if parsed.doc.is_some() && entry.doc.is_none() {
+        entry.doc = parsed.doc;
+    }
+    if parsed.status.version > entry.status.version {
+        entry.status = parsed.status;
+    }
+}
+
 /// Reads the whole of `topic` and applies each task's newest status to `store`.
 pub async fn rebuild_tasks(
     settings: &KafkaSettings,
@@ -76,24 +91,16 @@ pub async fn rebuild_tasks(
     while let Some(batch) = scan.next().await? {
         for record in batch {
             summary.records += 1;
-            let Some(parsed) = record
+            let Some(transitions) = record
                 .value
                 .as_deref()
-                .and_then(|v| TaskRecord::from_json(v).ok())
+                .and_then(|v| TaskRecord::parse_all(v).ok())
             else {
                 summary.unreadable += 1;
                 continue;
             };
-            let entry = tasks.entry(parsed.id).or_insert_with(|| Folded {
-                tenant: parsed.tenant.clone(),
-                doc: None,
-                status: parsed.status.clone(),
-            });
-            if parsed.doc.is_some() && entry.doc.is_none() {
-                entry.doc = parsed.doc;
-            }
-            if parsed.status.version > entry.status.version {
-                entry.status = parsed.status;
+            for parsed in transitions {
+                fold(&mut tasks, parsed);
             }
         }
     }

@@ -480,16 +480,6 @@ impl TaskDoc {
             not_before_ms,
         })
     }
-
-    /// The Kafka record key of every record of this task: one task keeps one order.
-    pub fn record_key(&self) -> String {
-        record_key(&self.tenant, &self.id)
-    }
-}
-
-/// `tenant:task:<id>`, the record key of a task's transitions.
-pub fn record_key(tenant: &Tenant, id: &Uuid) -> String {
-    format!("{tenant}:task:{id}")
 }
 
 /// Where a task stands after a transition: the whole of it, so the newest version alone
@@ -634,10 +624,112 @@ impl TaskRecord {
         })
     }
 
-    /// The record key (`tenant:task:<id>`).
+    /// The record key: `tenant:tasks`. Every transition of a tenant's tasks goes to one
+    /// partition, in one order (so one task keeps one order), and transitions made at once
+    /// can share one record ([`TaskRecord::batch_json`]).
     pub fn key(&self) -> String {
-        record_key(&self.tenant, &self.id)
+        tenant_key(&self.tenant)
     }
+
+    /// One log record holding several transitions of one tenant, in order: type
+    /// [`TASK_BATCH_TYPE`], subject the tenant, data `{"records":[{"kind","id","task"?,
+    /// "status"},…]}`. A single transition is written in its own form ([`Self::to_json`]).
+    /// Group commit: a gateway appends the transitions made while its earlier appends were in
+    /// flight as one record, so the broker stores one record where it would store many.
+    pub fn batch_json(records: &[TaskRecord]) -> String {
+        if let [one] = records {
+            return one.to_json();
+        }
+        let (tenant, time) = records.first().map_or((String::new(), 0), |r| {
+            (r.tenant.to_string(), r.status.updated_at_ms)
+        });
+        let items: Vec<BatchItem> = records
+            .iter()
+            .map(|r| BatchItem {
+                kind: r.kind,
+                id: r.id,
+                task: r.doc.clone(),
+                status: r.status.clone(),
+            })
+            .collect();
+        let envelope = BatchEnvelope {
+            specversion: "1.0".into(),
+            id: Uuid::now_v7().to_string(),
+            source: TASK_SOURCE.into(),
+            event_type: TASK_BATCH_TYPE.into(),
+            subject: tenant.clone(),
+            time: rfc3339(time),
+            datacontenttype: "application/json".into(),
+            tenant,
+            data: BatchData { records: items },
+        };
+        serde_json::to_string(&envelope).unwrap_or_default()
+    }
+
+    /// Reads a record of `agent.tasks`: one transition, or a batch of them.
+    pub fn parse_all(bytes: &[u8]) -> Result<Vec<Self>, ProtocolError> {
+        #[derive(Deserialize)]
+        struct Type {
+            #[serde(rename = "type")]
+            event_type: String,
+        }
+        let kind: Type = serde_json::from_slice(bytes)
+            .map_err(|e| ProtocolError::malformed(format!("not a task record: {e}")))?;
+        if kind.event_type != TASK_BATCH_TYPE {
+            return Ok(vec![Self::from_json(bytes)?]);
+        }
+        let envelope: BatchEnvelope = serde_json::from_slice(bytes)
+            .map_err(|e| ProtocolError::malformed(format!("not a task batch: {e}")))?;
+        let tenant = Tenant::new(envelope.tenant)?;
+        Ok(envelope
+            .data
+            .records
+            .into_iter()
+            .map(|item| Self {
+                kind: item.kind,
+                tenant: tenant.clone(),
+                id: item.id,
+                doc: item.task,
+                status: item.status,
+            })
+            .collect())
+    }
+}
+
+/// The CloudEvents type of a record holding several transitions ([`TaskRecord::batch_json`]).
+pub const TASK_BATCH_TYPE: &str = "agent.task.transitions";
+
+/// The record key of a tenant's task transitions.
+pub fn tenant_key(tenant: &Tenant) -> String {
+    format!("{tenant}:tasks")
+}
+
+#[derive(Serialize, Deserialize)]
+struct BatchItem {
+    kind: TaskEventKind,
+    id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    task: Option<TaskDoc>,
+    status: TaskStatus,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BatchData {
+    records: Vec<BatchItem>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BatchEnvelope {
+    specversion: String,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    subject: String,
+    time: String,
+    datacontenttype: String,
+    tenant: String,
+    data: BatchData,
 }
 
 #[cfg(test)]
@@ -768,6 +860,25 @@ mod tests {
         assert_eq!(back.kind, TaskEventKind::Enqueued);
         assert_eq!(back.status, record.status);
         assert_eq!(back.doc.map(|d| d.id), Some(doc.id));
+        let mut claimed = record.clone();
+        claimed.kind = TaskEventKind::Claimed;
+        claimed.doc = None;
+        claimed.status.version = 2;
+        let batch = TaskRecord::batch_json(&[record.clone(), claimed]);
+        let all = TaskRecord::parse_all(batch.as_bytes()).expect("batch");
+        assert_eq!(
+            all.iter()
+                .map(|r| (r.kind, r.status.version))
+                .collect::<Vec<_>>(),
+            vec![(TaskEventKind::Enqueued, 1), (TaskEventKind::Claimed, 2)]
+        );
+        assert!(all[0].doc.is_some() && all[1].doc.is_none());
+        assert_eq!(
+            TaskRecord::parse_all(json.as_bytes())
+                .expect("single")
+                .len(),
+            1
+        );
         let view = serde_json::to_value(TaskView {
             doc,
             status: record.status,

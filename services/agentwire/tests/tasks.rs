@@ -86,12 +86,14 @@ async fn task_log(stack: &Stack) -> BTreeMap<String, Vec<TaskRecord>> {
         .await
         .expect("read");
         for record in records {
-            let parsed = TaskRecord::from_json(record.value.as_deref().expect("value"))
+            let transitions = TaskRecord::parse_all(record.value.as_deref().expect("value"))
                 .expect("a task record");
-            by_task
-                .entry(parsed.id.to_string())
-                .or_default()
-                .push(parsed);
+            for parsed in transitions {
+                by_task
+                    .entry(parsed.id.to_string())
+                    .or_default()
+                    .push(parsed);
+            }
         }
     }
     by_task

@@ -79,3 +79,5 @@ pub const TASK_ATTEMPTS: &str = "agentwire_gateway_task_attempts";
 /// Tasks per tenant, capability and `state` (`ready`, `delayed`, `in_flight`, `dead`), as
 /// last read by a queue-stats request.
 pub const TASK_QUEUE_DEPTH: &str = "agentwire_gateway_task_queue_depth";
+/// Transitions per record appended to `agent.tasks` (group commit): a histogram.
+pub const TASK_COMMIT_SIZE: &str = "agentwire_gateway_task_commit_size";

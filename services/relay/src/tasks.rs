@@ -69,10 +69,7 @@ async fn carry(
     batch: &[LogMessage],
     stop: &CancellationToken,
 ) -> bool {
-    for message in batch {
-        let Some(record) = parse(message) else {
-            continue;
-        };
+    for record in batch.iter().flat_map(parse) {
         let attempt = || store.apply(&record);
         let outcome = attempt
             .retry(
@@ -100,14 +97,17 @@ async fn carry(
     true
 }
 
-fn parse(message: &LogMessage) -> Option<TaskRecord> {
-    let value = message.value.as_deref()?;
-    match TaskRecord::from_json(value) {
-        Ok(record) => Some(record),
+/// The transitions a log record holds (one, or a gateway's batch).
+fn parse(message: &LogMessage) -> Vec<TaskRecord> {
+    let Some(value) = message.value.as_deref() else {
+        return Vec::new();
+    };
+    match TaskRecord::parse_all(value) {
+        Ok(records) => records,
         Err(error) => {
             metrics::counter!(m::TASK_RECORDS, "how" => "skipped").increment(1);
             tracing::warn!(partition = message.partition, offset = %message.offset, %error, "skipping a task record");
-            None
+            Vec::new()
         }
     }
 }

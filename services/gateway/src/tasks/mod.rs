@@ -16,6 +16,7 @@
 //!   a retried op may publish it twice: dedupe by `task_id`). The outcome itself is always
 //!   readable with `GET /v1/tasks/…`.
 
+mod commit;
 mod http;
 pub mod sweeper;
 pub mod wake;
@@ -31,7 +32,6 @@ use agentwire_protocol::{
 use agentwire_valkey::{
     ClaimedTask, Enqueued, LeaseOutcome, QueueStats, TaskStore, Transition, ValkeyError,
 };
-use futures::future::try_join_all;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -63,8 +63,8 @@ pub struct EnqueueAck {
 #[derive(Clone, Debug)]
 pub struct TaskQueue {
     store: TaskStore,
-    /// `agent.tasks`.
-    log: EventLog,
+    /// Appends to `agent.tasks` (group commit).
+    log: commit::Committer,
     /// The event log, for `reply_to` results.
     events: EventLog,
     wake: wake::Wakeups,
@@ -117,7 +117,7 @@ impl TaskQueue {
     pub fn new(store: TaskStore, log: EventLog, events: EventLog, wake: wake::Wakeups) -> Self {
         Self {
             store,
-            log,
+            log: commit::Committer::start(log),
             events,
             wake,
         }
@@ -131,60 +131,27 @@ impl TaskQueue {
         &self.wake
     }
 
-    /// Appends one record per transition and waits for Kafka to acknowledge them all.
+    /// Appends the transitions (group-committed with others made meanwhile) and waits for
+    /// Kafka to acknowledge them.
     pub async fn record(
         &self,
         tenant: &Tenant,
         transitions: &[Transition],
     ) -> Result<(), ApiError> {
-        let mut pending = Vec::with_capacity(transitions.len());
-        for t in transitions {
-            metrics::counter!(m::TASK_TRANSITIONS, "kind" => t.kind.as_str()).increment(1);
-            let record = TaskRecord {
-                kind: t.kind,
-                tenant: tenant.clone(),
-                id: t.id,
-                doc: None,
-                status: t.status.clone(),
-            };
-            pending.push(self.append(&record).await?);
-        }
-        try_join_all(pending).await.map(drop)
-    }
-
-    async fn append(
-        &self,
-        record: &TaskRecord,
-    ) -> Result<impl Future<Output = Result<agentwire_kafka::Appended, ApiError>> + use<>, ApiError>
-    {
-        let log_record = LogRecord {
-            key: record.key(),
-            value: record.to_json(),
-            content_type: agentwire_kafka::CLOUDEVENTS_JSON,
-            traceparent: None,
-            tracestate: None,
-        };
-        let pending = self
-            .log
-            .enqueue(&log_record)
-            .await
-            .map_err(ApiError::kafka_unavailable)?;
-        Ok(async move {
-            pending.await.map_err(|e| {
-                if e.may_have_been_written() {
-                    ApiError::new(
-                        ErrorCode::OutcomeUnknown,
-                        format!(
-                            "kafka did not confirm the append ({e}): it may or may not be in the log; \
-                             retry with the same idempotency_key (or lease) to learn which"
-                        ),
-                    )
-                    .retry_after(crate::error::KAFKA_RETRY_AFTER)
-                } else {
-                    ApiError::kafka_unavailable(e)
+        let records = transitions
+            .iter()
+            .map(|t| {
+                metrics::counter!(m::TASK_TRANSITIONS, "kind" => t.kind.as_str()).increment(1);
+                TaskRecord {
+                    kind: t.kind,
+                    tenant: tenant.clone(),
+                    id: t.id,
+                    doc: None,
+                    status: t.status.clone(),
                 }
             })
-        })
+            .collect();
+        self.log.append(records).await.map(drop)
     }
 
     /// Enqueues one task: appended to the log, then queued in Valkey.
@@ -224,10 +191,7 @@ impl TaskQueue {
             },
             doc: Some(doc),
         };
-        let appended = match self.append(&record).await {
-            Ok(pending) => pending.await,
-            Err(err) => Err(err),
-        };
+        let appended = self.log.append(vec![record.clone()]).await;
         let Some(doc) = record.doc else {
             return Err(ApiError::new(
                 ErrorCode::Internal,
@@ -235,7 +199,13 @@ impl TaskQueue {
             ));
         };
         let appended = match appended {
-            Ok(appended) => appended,
+            Ok(Some(appended)) => appended,
+            Ok(None) => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "the enqueue record was not appended",
+                ));
+            }
             Err(err) => {
                 // A record that may have landed keeps its key's reservation: the relay makes
                 // it permanent if it did, a retry with the key is answered with this task.
