@@ -9,6 +9,10 @@
 //! handed out again. Tasks that finished (completed or cancelled) longer ago than the
 //! retention are not brought back. Memory grows with the number of tasks in the topic
 //! (each kept with its payload until it is applied).
+//!
+//! At the end it marks the queues intact (`keys::task_queues_intact`): the relay's task
+//! carrier, which finds that mark gone after Valkey lost its data, runs this same rebuild
+//! before it applies another record.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -130,5 +134,6 @@ pub async fn rebuild_tasks(
             Applied::Duplicate => summary.duplicates += 1,
         }
     }
+    store.mark_intact().await?;
     Ok(summary)
 }

@@ -81,6 +81,14 @@ pub fn tenant_of_task_wake(channel: &str) -> Option<Tenant> {
     Tenant::new(tenant).ok()
 }
 
+/// Present while Valkey holds the work queues of the task topic `topic` as the log says
+/// (set by a rebuild from the log, or on a first start with nothing to rebuild). Gone after
+/// Valkey lost its data: the relay then rebuilds the queues before it applies another
+/// record, so an old `enqueued` record never brings back a task that finished.
+pub fn task_queues_intact(topic: &str) -> String {
+    format!("{PREFIX}tq:intact:{topic}")
+}
+
 /// Every tenant that has had a task recorded in `topic` (the lease sweeper's list: a
 /// gateway sweeps the tenants of its own task topic, whose records it appends).
 pub fn task_tenants(topic: &str) -> String {

@@ -374,6 +374,25 @@ impl TaskStore {
         Ok(())
     }
 
+    /// Whether Valkey holds the queues as the log says ([`keys::task_queues_intact`]).
+    pub async fn is_intact(&self) -> Result<bool, ValkeyError> {
+        let n: u64 = redis::cmd("EXISTS")
+            .arg(keys::task_queues_intact(&self.topic))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Records that the queues were rebuilt from the log.
+    pub async fn mark_intact(&self) -> Result<(), ValkeyError> {
+        redis::cmd("SET")
+            .arg(keys::task_queues_intact(&self.topic))
+            .arg("1")
+            .exec_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
     /// Every tenant that has had a task.
     pub async fn tenants(&self) -> Result<Vec<Tenant>, ValkeyError> {
         let names: Vec<String> = redis::cmd("SMEMBERS")

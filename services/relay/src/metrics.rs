@@ -33,3 +33,6 @@ pub const ENRICHMENTS_SKIPPED: &str = "agentwire_relay_enrichments_skipped_total
 /// had that version already, `unknown_task`, `duplicate`: a second task under a taken
 /// idempotency key, `skipped`: not a task record).
 pub const TASK_RECORDS: &str = "agentwire_relay_task_records_total";
+/// Rebuilds of the task queues from the log, made by the task carrier after it found that
+/// Valkey had lost them.
+pub const TASK_REBUILDS: &str = "agentwire_relay_task_rebuilds_total";

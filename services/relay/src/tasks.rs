@@ -3,6 +3,11 @@
 //! themselves as they make transitions; this keeps the queues in step with the log when a
 //! gateway's own write did not happen (an `enqueued` record appended by a gateway that then
 //! lost Valkey), so a task acknowledged to a client always reaches its queue.
+//!
+//! After Valkey lost its data (restarted empty, flushed) the queues are rebuilt from the
+//! whole log first (`agentwire_drill::rebuild_tasks`), before another record is applied: a
+//! record applied to an empty Valkey could otherwise bring back, as ready, a task whose
+//! later records (completed, say) the carrier has not reached yet, and it would run again.
 
 use std::time::Duration;
 
@@ -19,6 +24,8 @@ use crate::config::RelayConfig;
 /// Valkey writes, not on the latency path, so it need not poll the broker 250 times a
 /// second per idle partition as the event relay does.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// How often the carrier looks whether Valkey still holds the queues, between records.
+const INTACT_CHECK: Duration = Duration::from_secs(1);
 use crate::{RelayError, metrics as m};
 
 /// Runs the task carrier until `shutdown` is cancelled.
@@ -39,14 +46,25 @@ pub async fn run(
     };
     let (consumer, offsets) = LogConsumer::start(&kafka, &settings, tx, poll_stop.clone())?;
     tracing::info!(topic = %config.kafka.tasks_topic, group = %config.tasks_group, "task carrier started");
+    // Valkey may lose the queues while no record arrives: looked at on a timer too.
+    let mut checks = tokio::time::interval(INTACT_CHECK);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             event = rx.recv() => event,
+            _ = checks.tick() => {
+                if ensure_intact(&config, &store, &shutdown).await {
+                    continue;
+                }
+                break;
+            }
             () = shutdown.cancelled() => break,
         };
         match event {
             Some(ConsumerEvent::Batch(batch)) => {
-                if !carry(&store, &offsets, &batch, &shutdown).await {
+                if !ensure_intact(&config, &store, &shutdown).await
+                    || !carry(&store, &offsets, &batch, &shutdown).await
+                {
                     break;
                 }
             }
@@ -60,6 +78,53 @@ pub async fn run(
         tracing::warn!(error = %err, "final task offset commit failed");
     }
     Ok(())
+}
+
+/// Rebuilds the queues from the log if Valkey lost them (retried until it succeeds);
+/// `false` when stopped first.
+async fn ensure_intact(config: &RelayConfig, store: &TaskStore, stop: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store.is_intact().await {
+            Ok(true) => return true,
+            Ok(false) => {
+                tracing::warn!(topic = %config.kafka.tasks_topic, "the task queues are not in Valkey (it lost its data): rebuilding them from the log");
+                let started = std::time::Instant::now();
+                match agentwire_drill::rebuild_tasks(
+                    &config.kafka.settings(),
+                    &config.kafka.tasks_topic,
+                    store,
+                    Duration::from_secs(config.task_retention_secs),
+                    agentwire_protocol::task::now_ms(),
+                )
+                .await
+                {
+                    Ok(summary) => {
+                        metrics::counter!(m::TASK_REBUILDS).increment(1);
+                        tracing::info!(
+                            tasks = summary.tasks,
+                            applied = summary.applied,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "task queues rebuilt from the log"
+                        );
+                        return true;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "rebuilding the task queues failed; retrying")
+                    }
+                }
+            }
+            Err(err) => {
+                metrics::counter!(m::VALKEY_ERRORS).increment(1);
+                tracing::warn!(error = %err, "valkey unavailable to the task carrier; retrying");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Applies a batch; `false` when stopped before it was done (its offsets stay unstored).
