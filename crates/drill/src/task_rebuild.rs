@@ -128,9 +128,9 @@ pub async fn rebuild_tasks(
             doc: Some(doc),
             status: folded.status,
         };
-        match store.apply(&record).await? {
+        match store.apply(&record, true).await? {
             Applied::Applied => summary.applied += 1,
-            Applied::Stale | Applied::Unknown => summary.current += 1,
+            Applied::Stale | Applied::Unknown | Applied::Absent => summary.current += 1,
             Applied::Duplicate => summary.duplicates += 1,
         }
     }

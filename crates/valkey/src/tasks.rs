@@ -82,6 +82,8 @@ pub enum Applied {
     Unknown,
     /// An `enqueued` record whose idempotency key already names another task: not created.
     Duplicate,
+    /// A task Valkey does not know, and the caller did not allow creating it.
+    Absent,
 }
 
 /// One capability's queue.
@@ -405,8 +407,15 @@ impl TaskStore {
             .collect())
     }
 
-    /// Replays a record of `agent.tasks`: stores its status if newer than Valkey's.
-    pub async fn apply(&self, record: &TaskRecord) -> Result<Applied, ValkeyError> {
+    /// Replays a record of `agent.tasks`: stores its status if newer than Valkey's. A task
+    /// Valkey does not know is created only with `may_create` ([`Applied::Absent`]
+    /// otherwise): after Valkey lost its data, an old `enqueued` record must not bring back a
+    /// task whose later records are not applied yet.
+    pub async fn apply(
+        &self,
+        record: &TaskRecord,
+        may_create: bool,
+    ) -> Result<Applied, ValkeyError> {
         let mut call = self.call(&record.tenant, "apply");
         call.arg(record.id.to_string())
             .arg(record.status.version)
@@ -416,7 +425,8 @@ impl TaskStore {
                     .as_ref()
                     .and_then(|d| d.idempotency_key.clone())
                     .unwrap_or_default(),
-            );
+            )
+            .arg(if may_create { "1" } else { "0" });
         if let Some(doc) = &record.doc {
             for (name, value) in doc_fields(doc)? {
                 call.arg(name).arg(value);
@@ -434,6 +444,7 @@ impl TaskStore {
             "stale" => Ok(Applied::Stale),
             "unknown" => Ok(Applied::Unknown),
             "duplicate" => Ok(Applied::Duplicate),
+            "absent" => Ok(Applied::Absent),
             other => Err(bad(format!("apply answered {other:?}"))),
         }
     }

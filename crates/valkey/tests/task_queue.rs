@@ -272,7 +272,10 @@ async fn replayed_records_rebuild_a_wiped_queue_keeping_only_newer_versions() {
     }));
     // Everything Valkey had is stale already.
     for record in &records {
-        assert_eq!(store.apply(record).await.expect("apply"), Applied::Stale);
+        assert_eq!(
+            store.apply(record, true).await.expect("apply"),
+            Applied::Stale
+        );
     }
     // Wipe the tenant's keys, then replay the records newest first (order does not matter:
     // the newest version wins), then again (nothing changes).
@@ -280,10 +283,10 @@ async fn replayed_records_rebuild_a_wiped_queue_keeping_only_newer_versions() {
     let mut reversed = records.clone();
     reversed.reverse();
     for record in &reversed {
-        store.apply(record).await.expect("apply");
+        store.apply(record, true).await.expect("apply");
     }
     for record in &records {
-        store.apply(record).await.expect("apply");
+        store.apply(record, true).await.expect("apply");
     }
     let done_view = store.get(&t, done.id).await.expect("get").expect("known");
     assert_eq!(done_view.status.state, TaskState::Completed);

@@ -30,7 +30,8 @@ pub const LOG_PROBES_TAKEN: &str = "agentwire_relay_log_probes_taken_total";
 /// `agent.enriched` records that are not enrichments (annotations are realtime extras: skipped).
 pub const ENRICHMENTS_SKIPPED: &str = "agentwire_relay_enrichments_skipped_total";
 /// Records of `agent.tasks` the task carrier handled, by `how` (`applied`, `stale`: Valkey
-/// had that version already, `unknown_task`, `duplicate`: a second task under a taken
+/// had that version already, `unknown_task`, `absent`: a task unknown to Valkey the carrier
+/// may not create (it rebuilt the queues first), `duplicate`: a second task under a taken
 /// idempotency key, `skipped`: not a task record).
 pub const TASK_RECORDS: &str = "agentwire_relay_task_records_total";
 /// Rebuilds of the task queues from the log, made by the task carrier after it found that

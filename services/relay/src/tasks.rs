@@ -63,7 +63,7 @@ pub async fn run(
         match event {
             Some(ConsumerEvent::Batch(batch)) => {
                 if !ensure_intact(&config, &store, &shutdown).await
-                    || !carry(&store, &offsets, &batch, &shutdown).await
+                    || !carry(&config, &store, &offsets, &batch, &shutdown).await
                 {
                     break;
                 }
@@ -128,38 +128,59 @@ async fn ensure_intact(config: &RelayConfig, store: &TaskStore, stop: &Cancellat
 }
 
 /// Applies a batch; `false` when stopped before it was done (its offsets stay unstored).
+/// A task Valkey does not know is created only after the carrier made sure Valkey did not
+/// lose the queues meanwhile (rebuilding them if it did).
 async fn carry(
+    config: &RelayConfig,
     store: &TaskStore,
     offsets: &OffsetStore,
     batch: &[LogMessage],
     stop: &CancellationToken,
 ) -> bool {
     for record in batch.iter().flat_map(parse) {
-        let attempt = || store.apply(&record);
-        let outcome = attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_max_delay(Duration::from_secs(2))
-                    .without_max_times()
-                    .with_jitter(),
-            )
-            .notify(|err, after| {
-                metrics::counter!(m::VALKEY_ERRORS).increment(1);
-                tracing::warn!(error = %err, retry_in = ?after, "valkey task apply failed; retrying");
-            })
-            .when(|_| !stop.is_cancelled())
-            .await;
+        let mut outcome = apply(store, &record, false, stop).await;
+        if outcome == Some(Applied::Absent) {
+            if !ensure_intact(config, store, stop).await {
+                return false;
+            }
+            outcome = apply(store, &record, true, stop).await;
+        }
         let how = match outcome {
-            Ok(Applied::Applied) => "applied",
-            Ok(Applied::Stale) => "stale",
-            Ok(Applied::Unknown) => "unknown_task",
-            Ok(Applied::Duplicate) => "duplicate",
-            Err(_) => return false,
+            Some(Applied::Applied) => "applied",
+            Some(Applied::Stale) => "stale",
+            Some(Applied::Unknown) => "unknown_task",
+            Some(Applied::Duplicate) => "duplicate",
+            Some(Applied::Absent) => "absent",
+            None => return false,
         };
         metrics::counter!(m::TASK_RECORDS, "how" => how).increment(1);
     }
     offsets.store_batch(batch);
     true
+}
+
+/// Applies one transition, retrying Valkey failures until `stop` (`None` then).
+async fn apply(
+    store: &TaskStore,
+    record: &TaskRecord,
+    may_create: bool,
+    stop: &CancellationToken,
+) -> Option<Applied> {
+    let attempt = || store.apply(record, may_create);
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_max_delay(Duration::from_secs(2))
+                .without_max_times()
+                .with_jitter(),
+        )
+        .notify(|err, after| {
+            metrics::counter!(m::VALKEY_ERRORS).increment(1);
+            tracing::warn!(error = %err, retry_in = ?after, "valkey task apply failed; retrying");
+        })
+        .when(|_| !stop.is_cancelled())
+        .await
+        .ok()
 }
 
 /// The transitions a log record holds (one, or a gateway's batch).

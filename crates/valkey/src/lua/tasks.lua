@@ -195,19 +195,22 @@ elseif op == 'unreserve_idem' then
   return 1
 
 elseif op == 'apply' then
-  -- ARGV[3] id, ARGV[4] version, ARGV[5] idempotency key or '', ARGV[6…] fields (doc fields
-  -- only when the record carries the doc). A version not newer than the stored one, or a
-  -- record of a task unknown here without its doc, changes nothing.
-  local id, version, idem = ARGV[3], tonumber(ARGV[4]), ARGV[5]
+  -- ARGV[3] id, ARGV[4] version, ARGV[5] idempotency key or '', ARGV[6] '1' if the task may
+  -- be created here, ARGV[7…] fields (doc fields only when the record carries the doc). A
+  -- version not newer than the stored one, or a record of a task unknown here without its
+  -- doc, changes nothing; a task unknown here is created only when ARGV[6] allows it (the
+  -- caller checked that Valkey did not lose the queues, see `keys::task_queues_intact`).
+  local id, version, idem, may_create = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6] == '1'
   local fields = {}
   local has_doc = false
-  for i = 6, #ARGV, 2 do
+  for i = 7, #ARGV, 2 do
     fields[#fields + 1] = ARGV[i]
     fields[#fields + 1] = ARGV[i + 1]
     if ARGV[i] == 'doc' then has_doc = true end
   end
   local known = redis.call('EXISTS', tkey(id)) == 1
   if not has_doc and not known then return 'unknown' end
+  if not known and not may_create then return 'absent' end
   if idem ~= '' then
     -- The key names its first task for good (a reservation's expiry is dropped); a second
     -- task enqueued under a key already taken is not created.
