@@ -21,9 +21,26 @@ pub async fn charge(
     events: &[Event],
     timeout: Duration,
 ) -> Result<(), ApiError> {
+    charge_tenants(
+        limiter,
+        events.iter().map(|e| &e.session.tenant),
+        timeout,
+        "the tenant is over its publish quota; nothing was written",
+    )
+    .await
+}
+
+/// Charges one unit per item to its tenant (events, tasks); `Err(rate_limited)` with
+/// `refusal` if any tenant is over its quota.
+pub async fn charge_tenants<'a>(
+    limiter: &TenantLimiter,
+    tenants: impl IntoIterator<Item = &'a Tenant>,
+    timeout: Duration,
+    refusal: &str,
+) -> Result<(), ApiError> {
     let mut per_tenant: BTreeMap<&Tenant, u32> = BTreeMap::new();
-    for event in events {
-        *per_tenant.entry(&event.session.tenant).or_default() += 1;
+    for tenant in tenants {
+        *per_tenant.entry(tenant).or_default() += 1;
     }
     let mut longest = None;
     for (tenant, count) in per_tenant {
@@ -34,10 +51,7 @@ pub async fn charge(
     }
     match longest {
         None => Ok(()),
-        Some(wait) => Err(ApiError::rate_limited(
-            "the tenant is over its publish quota; nothing was written",
-            wait,
-        )),
+        Some(wait) => Err(ApiError::rate_limited(refusal, wait)),
     }
 }
 

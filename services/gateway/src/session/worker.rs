@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use agentwire_protocol::task::now_ms;
 use agentwire_protocol::task_frames::{status_fields, task_ack_json, task_frame_json};
-use agentwire_protocol::{
-    ClaimRequest, ErrorFrame, ServerFrame, TaskDoc, TaskOp, TaskView, Tenant,
-};
+use agentwire_protocol::{ClaimRequest, ErrorFrame, ServerFrame, TaskOp, TaskView, Tenant};
 use futures::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -133,25 +131,11 @@ impl Worker {
         let request = op.id().map(str::to_owned);
         match op {
             TaskOp::Enqueue { task, .. } => {
-                let doc = TaskDoc::from_spec(*task, now_ms())?;
-                principal.check_enqueue(&doc.tenant, &doc.capability)?;
-                if let Some(session) = &doc.reply_to {
-                    principal.check_publish(session)?;
-                }
+                let doc = crate::tasks::admit(principal, *task, now_ms())?;
                 Ok(Some(Box::pin(async move {
-                    let timeout = Duration::from_millis(app.config().tenant_quota_timeout_ms);
-                    if let Some(wait) = crate::tenant_limits::charge_or_allow(
-                        app.tenants(),
-                        &doc.tenant,
-                        1,
-                        timeout,
-                    )
-                    .await
+                    if let Err(err) =
+                        crate::tasks::charge_quota(&app, std::slice::from_ref(&doc)).await
                     {
-                        let err = ApiError::rate_limited(
-                            "the tenant is over its quota; the task was not enqueued",
-                            wait,
-                        );
                         return error_json(request.as_deref(), &err);
                     }
                     match app.tasks().enqueue(doc).await {
@@ -373,13 +357,7 @@ impl Drop for Worker {
             return;
         };
         runtime.spawn(async move {
-            for (lease, id) in held {
-                if let Err(err) = app.tasks().release(&tenant, id, &lease).await
-                    && err.code != agentwire_protocol::ErrorCode::StaleLease
-                {
-                    tracing::warn!(error = %err.message, task = %id, "releasing a dropped connection's task failed; its lease will expire");
-                }
-            }
+            release_all(&app, &tenant, held).await;
         });
     }
 }
@@ -398,12 +376,18 @@ impl Push {
     /// The connection is gone: gives back every task it still holds.
     async fn release_held(&self) {
         let held: Vec<(String, Uuid)> = lock(&self.held).drain().collect();
-        for (lease, id) in held {
-            if let Err(err) = self.app.tasks().release(&self.tenant, id, &lease).await
-                && err.code != agentwire_protocol::ErrorCode::StaleLease
-            {
-                tracing::warn!(error = %err.message, task = %id, "releasing a dropped connection's task failed; its lease will expire");
-            }
+        release_all(&self.app, &self.tenant, held).await;
+    }
+}
+
+/// Gives back tasks a gone connection held (`(lease, task)`): ready again, the attempt not
+/// charged. One whose lease already ended is left as it is.
+async fn release_all(app: &AppState, tenant: &Tenant, held: Vec<(String, Uuid)>) {
+    for (lease, id) in held {
+        if let Err(err) = app.tasks().release(tenant, id, &lease).await
+            && err.code != agentwire_protocol::ErrorCode::StaleLease
+        {
+            tracing::warn!(error = %err.message, task = %id, "releasing a dropped connection's task failed; its lease will expire");
         }
     }
 }

@@ -22,14 +22,11 @@ use agentwire_protocol::task::now_ms;
 use agentwire_protocol::task_frames::{
     ClaimBody, CompleteBody, FailBody, HeartbeatBody, ReleaseBody, error_text, lease, status_fields,
 };
-use agentwire_protocol::{
-    Capability, ClaimRequest, ErrorCode, TaskDoc, TaskSpec, TaskView, Tenant,
-};
+use agentwire_protocol::{Capability, ClaimRequest, ErrorCode, TaskSpec, TaskView, Tenant};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::tenant_limits;
 
 /// Most tasks one batch enqueues.
 pub const MAX_BATCH: usize = 1000;
@@ -110,16 +107,9 @@ async fn enqueue(
     let now = now_ms();
     let docs = specs
         .into_iter()
-        .map(|spec| TaskDoc::from_spec(spec, now).map_err(ApiError::from))
+        .map(|spec| super::admit(&principal, spec, now))
         .collect::<Result<Vec<_>, _>>()?;
-    for doc in &docs {
-        principal.check_enqueue(&doc.tenant, &doc.capability)?;
-        // The outcome is published into `reply_to`: the token must be allowed to.
-        if let Some(session) = &doc.reply_to {
-            principal.check_publish(session)?;
-        }
-    }
-    charge(&state, &docs).await?;
+    super::charge_quota(&state, &docs).await?;
     let queue = state.tasks().clone();
     // Enqueued by a task of its own: a client that goes away mid-batch leaves nothing half
     // reserved. Tasks of one batch are appended concurrently (each keyed by its own id).
@@ -153,26 +143,6 @@ async fn enqueue(
     } else {
         (StatusCode::CREATED, Json(written.into_iter().next())).into_response()
     })
-}
-
-/// Charges the tenants' publish quota: tasks count as events do.
-async fn charge(state: &AppState, docs: &[TaskDoc]) -> Result<(), ApiError> {
-    let timeout = std::time::Duration::from_millis(state.config().tenant_quota_timeout_ms);
-    let mut per_tenant = std::collections::BTreeMap::<&Tenant, u32>::new();
-    for doc in docs {
-        *per_tenant.entry(&doc.tenant).or_default() += 1;
-    }
-    for (tenant, count) in per_tenant {
-        if let Some(wait) =
-            tenant_limits::charge_or_allow(state.tenants(), tenant, count, timeout).await
-        {
-            return Err(ApiError::rate_limited(
-                "the tenant is over its quota; no task was enqueued",
-                wait,
-            ));
-        }
-    }
-    Ok(())
 }
 
 async fn task(

@@ -27,7 +27,7 @@ use agentwire_kafka::{EventLog, LogRecord};
 use agentwire_protocol::task::now_ms;
 use agentwire_protocol::{
     Capability, ClaimRequest, ErrorCode, Event, EventType, TaskDoc, TaskEventKind, TaskRecord,
-    TaskState, TaskStatus, TaskView, Tenant,
+    TaskSpec, TaskState, TaskStatus, TaskView, Tenant,
 };
 use agentwire_valkey::{
     ClaimedTask, Enqueued, LeaseOutcome, QueueStats, TaskStore, Transition, ValkeyError,
@@ -37,6 +37,7 @@ use uuid::Uuid;
 
 pub use http::routes;
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::metrics as m;
 
@@ -44,6 +45,31 @@ use crate::metrics as m;
 const IDEMPOTENCY_RESERVATION: Duration = Duration::from_secs(60);
 /// The event type of a task's outcome sent to its `reply_to` session.
 pub const RESULT_EVENT_TYPE: &str = "agent.task.result";
+
+/// Validates a client's task and checks that `principal` may enqueue it: to its capability,
+/// and (the outcome is published there) into its `reply_to` session. HTTP and WebSocket.
+pub fn admit(principal: &Principal, spec: TaskSpec, now_ms: u64) -> Result<TaskDoc, ApiError> {
+    let doc = TaskDoc::from_spec(spec, now_ms)?;
+    principal.check_enqueue(&doc.tenant, &doc.capability)?;
+    if let Some(session) = &doc.reply_to {
+        principal.check_publish(session)?;
+    }
+    Ok(doc)
+}
+
+/// Charges the tenants' publish quota, one unit per task (tasks count as events do).
+pub async fn charge_quota(
+    state: &crate::state::AppState,
+    docs: &[TaskDoc],
+) -> Result<(), ApiError> {
+    crate::tenant_limits::charge_tenants(
+        state.tenants(),
+        docs.iter().map(|d| &d.tenant),
+        Duration::from_millis(state.config().tenant_quota_timeout_ms),
+        "the tenant is over its quota; no task was enqueued",
+    )
+    .await
+}
 
 /// What an enqueue answers.
 #[derive(Clone, Debug, serde::Serialize)]
