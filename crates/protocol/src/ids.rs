@@ -92,6 +92,11 @@ name_newtype!(
     "capability"
 );
 name_newtype!(
+    /// One agent in a tenant's registry (`register`, `discover`).
+    AgentId,
+    "agent_id"
+);
+name_newtype!(
     /// A producer that numbers its events with `producer_seq`.
     ProducerId,
     "producerid"

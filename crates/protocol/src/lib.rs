@@ -14,6 +14,7 @@ pub mod frames;
 pub mod ids;
 pub mod model_version;
 pub mod pb;
+pub mod registry;
 pub mod task;
 pub mod task_frames;
 
@@ -23,9 +24,11 @@ pub use error::{ErrorCode, ProtocolError};
 pub use event::{Data, Event};
 pub use frames::{Ack, ClientFrame, ErrorFrame, ServerFrame, Start};
 pub use ids::{
-    AgentType, Capability, EventType, Label, Offset, ProducerId, SessionId, SessionKey, Tenant,
+    AgentId, AgentType, Capability, EventType, Label, Offset, ProducerId, SessionId, SessionKey,
+    Tenant,
 };
 pub use model_version::ModelVersion;
+pub use registry::{AgentView, RegisterSpec, Registration, RegistryEventKind};
 pub use task::{
     RetryPolicy, TaskDoc, TaskEventKind, TaskRecord, TaskSpec, TaskState, TaskStatus, TaskView,
 };

@@ -95,6 +95,17 @@ pub fn task_tenants(topic: &str) -> String {
     format!("{PREFIX}tq:tenants:{topic}")
 }
 
+/// The expiry set of a tenant's agent registry; every key of the registry is named from it
+/// (`lua/registry.lua`) and shares its hash tag `{tenant}` (the tenant's slot).
+pub fn registry_expiry(tenant: &Tenant) -> String {
+    format!("{PREFIX}reg:{{{tenant}}}:exp")
+}
+
+/// Every tenant that has registered an agent (the registry sweeper's list).
+pub fn registry_tenants() -> String {
+    format!("{PREFIX}reg:tenants")
+}
+
 /// The relay's mark of one partition of its source topic: the highest offset it appended
 /// (`through`) and where a Valkey rollback was last found (`floor`, see `lua/append.lua`).
 ///

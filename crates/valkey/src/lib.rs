@@ -14,6 +14,7 @@ mod live;
 mod probes;
 mod producer_log;
 mod producers;
+mod registry;
 mod tasks;
 mod window_repair;
 
@@ -36,6 +37,7 @@ pub use producers::{
     Outcome, ProducerSettings, ProducerStore, Reserve, Restored, StoredOutcome, StoredProducer,
     Unsettled,
 };
+pub use registry::{Deregistered, RegisterKind, Registered, RegistryStore};
 pub use tasks::{
     Applied, Claim, ClaimedTask, Enqueued, LeaseOutcome, QueueStats, TaskStore, Transition,
 };
