@@ -55,6 +55,10 @@ pub enum ClientError {
     /// No answer arrived in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+
+    /// A request (request–reply) got no reply within its timeout (code `request_timeout`).
+    #[error("no reply within {0:?}")]
+    RequestTimedOut(Duration),
 }
 
 fn describe_close(code: Option<u16>, reason: &str) -> String {
@@ -71,6 +75,7 @@ impl ClientError {
         match self {
             ClientError::Http { code, .. } => *code,
             ClientError::Server(frame) => Some(frame.code),
+            ClientError::RequestTimedOut(_) => Some(ErrorCode::RequestTimeout),
             _ => None,
         }
     }

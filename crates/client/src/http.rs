@@ -294,6 +294,23 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// Sends `request` (with the token) whose success answer has no body (204).
+    pub(crate) async fn send_empty(&self, request: reqwest::RequestBuilder) -> Result<()> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request.send().await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.bytes().await?;
+        Err(http_error(status.as_u16(), &body))
+    }
+}
+
 /// Builds [`ClientError::Http`] from an error answer, parsing the documented
 /// `{"error":{"code","message","field"}}` body when it has that shape.
 fn http_error(status: u16, body: &[u8]) -> ClientError {

@@ -11,6 +11,13 @@
 //!   over a WebSocket, runs a handler per task with heartbeats, settles it and reconnects
 //!   (at-least-once: handlers must be idempotent).
 //!
+//! - Registry: [`HttpClient::register`], [`HttpClient::heartbeat_agent`],
+//!   [`HttpClient::deregister`], [`HttpClient::discover`]; a [`Worker`] built with
+//!   [`WorkerBuilder::register_as`] registers itself over its WebSocket.
+//!
+//! - Request–reply: [`Requester::request`] asks an agent of a capability and waits for its
+//!   [`Reply`] (a task with `reply_to`; the responder is a [`Worker`]).
+//!
 //! Every byte goes through `agentwire_protocol` (CloudEvents JSON, frames); this crate only
 //! adds I/O, timeouts and resume bookkeeping ([`Cursors`], pure and unit-tested). The
 //! work-queue ops, which the protocol crate only decodes, are written here and unit-tested
@@ -19,6 +26,8 @@
 mod cursors;
 mod error;
 mod http;
+mod registry;
+mod request;
 mod subscriber;
 mod task_types;
 mod tasks;
@@ -29,6 +38,8 @@ mod ws;
 pub use cursors::{Admit, Cursors};
 pub use error::ClientError;
 pub use http::{DEFAULT_HTTP_TIMEOUT, HistoryPage, HttpClient, PublishAck};
+pub use registry::Registered;
+pub use request::{Reply, Requester};
 pub use subscriber::{Delivery, Subscriber, SubscriberConfig};
 pub use task_types::{EnqueueAck, NewTask, QueueStats, Task, Transition};
 pub use tasks::is_stale_lease;

@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agentwire_protocol::task_frames::{DEFAULT_LEASE_MS, LEASE_RANGE_MS, MAX_CLAIM};
-use agentwire_protocol::{Capability, Tenant};
+use agentwire_protocol::{AgentId, Capability, Tenant};
 use serde_json::Value;
 
 use crate::Result;
@@ -166,6 +166,9 @@ pub(crate) struct Settings {
     pub(crate) keepalive: Duration,
     pub(crate) refresh_margin: Duration,
     pub(crate) shutdown_grace: Duration,
+    /// Registered in the agent registry under this id on every connection (see
+    /// [`WorkerBuilder::register_as`]).
+    pub(crate) agent_id: Option<AgentId>,
 }
 
 /// Configures a [`Worker`]; start with [`Worker::builder`].
@@ -173,6 +176,16 @@ pub(crate) struct Settings {
 pub struct WorkerBuilder(Settings);
 
 impl WorkerBuilder {
+    /// Registers the worker in the agent registry as `agent_id`, with its capabilities and
+    /// its prefetch as `max_concurrency`, on every connection before it consumes: it is
+    /// listed by `discover` while connected (the connection heartbeats for it, reporting the
+    /// tasks it holds) and leaves the registry when the connection ends. A refused
+    /// registration stops the worker as a refused `consume` does.
+    pub fn register_as(mut self, agent_id: AgentId) -> Self {
+        self.0.agent_id = Some(agent_id);
+        self
+    }
+
     /// The capabilities to consume (1 to 32); replaces earlier ones.
     pub fn capabilities(mut self, capabilities: impl IntoIterator<Item = Capability>) -> Self {
         self.0.capabilities = capabilities.into_iter().collect();
@@ -314,6 +327,7 @@ impl Worker {
             keepalive: Duration::from_secs(15),
             refresh_margin: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            agent_id: None,
         })
     }
 

@@ -1,8 +1,9 @@
 //! `rebuild`: makes Valkey agree with the log for the scope while the stack serves. Windows
 //! that `compare` found wrong are rebuilt from the log under a staging key and swapped in
 //! atomically with the entries relayed meanwhile (`lua/swap_window.lua`), so subscribers lose
-//! and repeat nothing; producer states are repaired (never lowered). A second run finds
-//! nothing to change.
+//! and repeat nothing; producer states are repaired (never lowered); a rewritten session's
+//! shared state is put back from its newest `agent.session.state` event when Valkey's is
+//! older or gone. A second run finds nothing to change.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -121,6 +122,8 @@ async fn rewrite_windows(
     let mut staged: BTreeSet<SessionKey> = BTreeSet::new();
     let mut buffer: BTreeMap<SessionKey, Vec<StoredEntry>> = BTreeMap::new();
     let mut buffered = 0;
+    // The newest shared state each rewritten session's log holds, put back after the walk.
+    let mut states = BTreeMap::new();
     let total: u64 = ranges.iter().map(PartitionRange::len).sum();
     let mut progress = Progress::new("rebuild: reading windows from the log", total);
     let mut scan = LogScan::start(&common.kafka.settings(), &scope.topic, &ranges)?;
@@ -132,6 +135,11 @@ async fn rewrite_windows(
             };
             if !bad.contains(&v.session) {
                 continue;
+            }
+            if let Some(state) =
+                agentwire_protocol::session_state::state_in_event(&v.session, &v.json)
+            {
+                states.insert(v.session.clone(), state);
             }
             buffer.entry(v.session).or_default().push(StoredEntry {
                 offset: v.offset,
@@ -148,6 +156,12 @@ async fn rewrite_windows(
     stage(store, &mut buffer, &mut staged, report).await?;
     progress.finish();
     drop(scan);
+    let state_store = agentwire_valkey::SessionStateStore::new(store.connection());
+    for state in states.values() {
+        if state_store.restore(state).await? {
+            report.change("session states restored", 1);
+        }
+    }
     for session in bad {
         let partition = partition_of(session, scope.partitions);
         let Some(until) = ranges

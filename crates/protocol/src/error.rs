@@ -64,12 +64,17 @@ pub enum ErrorCode {
     /// The task is not in a state that allows the op (a requeue of a task that is not a dead
     /// letter, a cancel of a finished task).
     WrongState,
+    /// A compare-and-set found the session state at another version than `expect_version`:
+    /// nothing changed; read the state and try again.
+    VersionConflict,
+    /// A `consume` would pass its counter's limit: nothing changed.
+    BudgetExceeded,
     /// A bug or an unexpected failure inside agentwire.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::Malformed,
         ErrorCode::UnknownOp,
         ErrorCode::InvalidField,
@@ -94,6 +99,8 @@ impl ErrorCode {
         ErrorCode::OutcomeUnknown,
         ErrorCode::StaleLease,
         ErrorCode::WrongState,
+        ErrorCode::VersionConflict,
+        ErrorCode::BudgetExceeded,
         ErrorCode::Internal,
     ];
 
@@ -124,6 +131,8 @@ impl ErrorCode {
             ErrorCode::OutcomeUnknown => "outcome_unknown",
             ErrorCode::StaleLease => "stale_lease",
             ErrorCode::WrongState => "wrong_state",
+            ErrorCode::VersionConflict => "version_conflict",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::Internal => "internal",
         }
     }
@@ -144,7 +153,9 @@ impl ErrorCode {
             | ErrorCode::SequenceTooOld
             | ErrorCode::EpochChanged
             | ErrorCode::StaleLease
-            | ErrorCode::WrongState => 409,
+            | ErrorCode::WrongState
+            | ErrorCode::VersionConflict
+            | ErrorCode::BudgetExceeded => 409,
             ErrorCode::HistoryUnavailable => 410,
             ErrorCode::TooManySubscriptions
             | ErrorCode::TooManyConnections

@@ -19,6 +19,11 @@ pub const MAX_ATTRIBUTE_LEN: usize = 64 * 1024;
 /// valid event (see [`crate::cloudevents::gap_event_json`]). Producers may not publish it.
 pub const GAP_EVENT_TYPE: &str = "agent.gap";
 
+/// Event types only the server writes: gaps, session state changes (which the relay puts
+/// back into Valkey, so a client must not forge one) and task outcomes sent to `reply_to`.
+pub const SERVER_EVENT_TYPES: [&str; 3] =
+    [GAP_EVENT_TYPE, "agent.session.state", "agent.task.result"];
+
 /// The payload of an event, as CloudEvents distinguishes it.
 #[derive(Clone, Debug)]
 pub enum Data {
@@ -171,13 +176,15 @@ impl Event {
         Ok(())
     }
 
-    /// Refuses what only the server may write (the [`GAP_EVENT_TYPE`]); checked on publish,
-    /// not on decode, since subscribers decode the server's gap events too.
+    /// Refuses what only the server may write ([`SERVER_EVENT_TYPES`] and the
+    /// `agent.registry.` types); checked on publish, not on decode, since subscribers decode
+    /// the server's events too.
     pub fn check_publishable(&self) -> Result<(), ProtocolError> {
-        if self.event_type.as_str() == GAP_EVENT_TYPE {
+        let name = self.event_type.as_str();
+        if SERVER_EVENT_TYPES.contains(&name) || name.starts_with("agent.registry.") {
             return Err(ProtocolError::invalid(
                 "type",
-                format!("{GAP_EVENT_TYPE} is reserved for the server"),
+                format!("{name} is reserved for the server"),
             ));
         }
         Ok(())

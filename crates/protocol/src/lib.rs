@@ -7,6 +7,7 @@
 
 pub mod close;
 pub mod cloudevents;
+pub mod coord_frames;
 pub mod enrichment;
 pub mod error;
 pub mod event;
@@ -15,10 +16,12 @@ pub mod ids;
 pub mod model_version;
 pub mod pb;
 pub mod registry;
+pub mod session_state;
 pub mod task;
 pub mod task_frames;
 
 pub use close::{CloseCode, CloseReason, Reconnect};
+pub use coord_frames::CoordOp;
 pub use enrichment::{Enrichment, LabelScore, SourceRef};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{Data, Event};

@@ -1,7 +1,7 @@
 //! The agent registry's model (`docs/coordination.md`): what an agent registers (what it can
 //! do, how long it lives without a heartbeat), how `discover` shows a live agent, and the
 //! events that record joins, leaves and expiries in the log: `agent.registry.joined`,
-//! `.left` and `.expired`, in the tenant's registry session
+//! `.updated`, `.left` and `.expired`, in the tenant's registry session
 //! `<tenant>:agentwire.registry:agents` (subscribe to it to watch the registry).
 
 use serde::{Deserialize, Serialize};
@@ -26,22 +26,22 @@ pub const REGISTRY_AGENT_TYPE: &str = "agentwire.registry";
 pub const REGISTRY_SESSION_ID: &str = "agents";
 
 /// A `register` as a client sends it (HTTP body or WebSocket frame fields).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterSpec {
     /// The tenant (needed only with authentication off; else the token's).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<Tenant>,
     pub agent_id: AgentId,
     pub capabilities: Vec<Capability>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
     /// The most tasks the agent takes at once (shown by `discover`; advisory).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
 }
 
@@ -140,6 +140,8 @@ pub struct AgentView {
 pub enum RegistryEventKind {
     /// A new registration (or one after the previous expired or left).
     Joined,
+    /// A live registration registered again with another document (capabilities…).
+    Updated,
     /// The agent deregistered, or its connection ended.
     Left,
     /// No heartbeat within the TTL: the sweeper removed it.
@@ -151,6 +153,7 @@ impl RegistryEventKind {
     pub fn event_type(self) -> &'static str {
         match self {
             Self::Joined => "agent.registry.joined",
+            Self::Updated => "agent.registry.updated",
             Self::Left => "agent.registry.left",
             Self::Expired => "agent.registry.expired",
         }

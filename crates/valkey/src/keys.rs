@@ -95,6 +95,11 @@ pub fn task_tenants(topic: &str) -> String {
     format!("{PREFIX}tq:tenants:{topic}")
 }
 
+/// A session's state hash (`lua/session_state.lua`), on the session's slot.
+pub fn session_state(session: &SessionKey) -> String {
+    format!("{PREFIX}{{{session}}}:state")
+}
+
 /// The expiry set of a tenant's agent registry; every key of the registry is named from it
 /// (`lua/registry.lua`) and shares its hash tag `{tenant}` (the tenant's slot).
 pub fn registry_expiry(tenant: &Tenant) -> String {

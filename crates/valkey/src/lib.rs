@@ -15,6 +15,7 @@ mod probes;
 mod producer_log;
 mod producers;
 mod registry;
+mod session_state;
 mod tasks;
 mod window_repair;
 
@@ -38,6 +39,7 @@ pub use producers::{
     Unsettled,
 };
 pub use registry::{Deregistered, RegisterKind, Registered, RegistryStore};
+pub use session_state::{SessionStateStore, Updated};
 pub use tasks::{
     Applied, Claim, ClaimedTask, Enqueued, LeaseOutcome, QueueStats, TaskStore, Transition,
 };

@@ -221,6 +221,15 @@ pub struct GatewayConfig {
         default_value_t = 500
     )]
     pub task_sweep_ms: u64,
+
+    /// Milliseconds between sweeps of agent registrations whose TTL passed without a
+    /// heartbeat (each expiry is recorded in the log within this much of it).
+    #[arg(
+        long = "registry-sweep-ms",
+        env = "AGENTWIRE_REGISTRY_SWEEP_MS",
+        default_value_t = 1000
+    )]
+    pub registry_sweep_ms: u64,
 }
 
 impl GatewayConfig {
@@ -270,9 +279,9 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
         self.valkey.validate()?;
-        if self.task_retention_secs == 0 || self.task_sweep_ms == 0 {
+        if self.task_retention_secs == 0 || self.task_sweep_ms == 0 || self.registry_sweep_ms == 0 {
             return Err(
-                "--task-retention-secs (AGENTWIRE_TASK_RETENTION_SECS) and --task-sweep-ms (AGENTWIRE_TASK_SWEEP_MS) must be above 0"
+                "--task-retention-secs (AGENTWIRE_TASK_RETENTION_SECS) --task-sweep-ms (AGENTWIRE_TASK_SWEEP_MS) and --registry-sweep-ms (AGENTWIRE_REGISTRY_SWEEP_MS) must be above 0"
                     .into(),
             );
         }

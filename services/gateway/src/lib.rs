@@ -21,9 +21,11 @@ mod metrics;
 mod producers_api;
 mod publish;
 mod publish_trace;
+pub mod registry;
 pub mod routes;
 pub mod serve;
 pub mod session;
+pub mod session_state;
 mod state;
 pub mod tasks;
 mod tenant_limits;
@@ -133,6 +135,23 @@ pub async fn run(
         Duration::from_millis(config.task_sweep_ms),
         shutdown.clone(),
     ));
+    let registry = registry::Registry::new(
+        agentwire_valkey::RegistryStore::new(
+            agentwire_valkey::Connection::connect(&config.valkey.url).await?,
+        ),
+        log.clone(),
+    );
+    let registry_sweeper = tokio::spawn(registry::sweeper::run(
+        registry.clone(),
+        Duration::from_millis(config.registry_sweep_ms),
+        shutdown.clone(),
+    ));
+    let session_states = session_state::SessionStates::new(
+        agentwire_valkey::SessionStateStore::new(
+            agentwire_valkey::Connection::connect(&config.valkey.url).await?,
+        ),
+        log.clone(),
+    );
     let state = AppState::new(state::Parts {
         config,
         log: log.clone(),
@@ -143,6 +162,8 @@ pub async fn run(
         auth,
         tenant_connections,
         tasks: task_queue,
+        registry,
+        session_states,
         shutdown: shutdown.clone(),
     });
     if let Ok(addr) = listener.local_addr() {
@@ -167,6 +188,7 @@ pub async fn run(
     }
     feed.abort();
     sweeper.abort();
+    registry_sweeper.abort();
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -81,3 +81,9 @@ pub const TASK_ATTEMPTS: &str = "agentwire_gateway_task_attempts";
 pub const TASK_QUEUE_DEPTH: &str = "agentwire_gateway_task_queue_depth";
 /// Transitions per record appended to `agent.tasks` (group commit): a histogram.
 pub const TASK_COMMIT_SIZE: &str = "agentwire_gateway_task_commit_size";
+/// Registry changes recorded in the log, by `kind` (`joined`, `updated`, `left`, `expired`).
+pub const REGISTRY_EVENTS: &str = "agentwire_gateway_registry_events_total";
+/// Registry changes (a leave, an expiry) Valkey made but the log did not take.
+pub const REGISTRY_UNRECORDED: &str = "agentwire_gateway_registry_unrecorded_total";
+/// Session state changes recorded in the log (`agent.session.state`).
+pub const STATE_CHANGES: &str = "agentwire_gateway_session_state_changes_total";

@@ -34,6 +34,8 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(crate::tasks::routes())
+        .merge(crate::registry::routes())
+        .merge(crate::session_state::routes())
         .fallback(not_found)
         // After every route: it applies to the routes registered before it. The `Allow` header
         // is still set.
@@ -97,6 +99,10 @@ mod tests {
             "/v1/dead-letters/{tenant}/{capability}",
             "/v1/dead-letters/{tenant}/{capability}/requeue",
             "/v1/dead-letters/{tenant}/{capability}/purge",
+            "/v1/agents",
+            "/v1/agents/{tenant}",
+            "/v1/agents/{tenant}/{agent_id}",
+            "/v1/agents/{tenant}/{agent_id}/heartbeat",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
         }

@@ -13,6 +13,8 @@ use crate::config::GatewayConfig;
 use crate::fanout::Fanout;
 use crate::history::HistoryReader;
 use crate::idempotency::Idempotency;
+use crate::registry::Registry;
+use crate::session_state::SessionStates;
 use crate::tasks::TaskQueue;
 
 /// Cheap to clone; one per process.
@@ -33,6 +35,8 @@ pub struct Parts {
     pub auth: Authenticator,
     pub tenant_connections: TenantConnections,
     pub tasks: TaskQueue,
+    pub registry: Registry,
+    pub session_states: SessionStates,
     pub shutdown: CancellationToken,
 }
 
@@ -94,6 +98,16 @@ impl AppState {
     /// The work queues.
     pub fn tasks(&self) -> &TaskQueue {
         &self.inner.parts.tasks
+    }
+
+    /// The agent registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.parts.registry
+    }
+
+    /// Sessions' shared state.
+    pub fn session_states(&self) -> &SessionStates {
+        &self.inner.parts.session_states
     }
 
     pub fn shutdown(&self) -> &CancellationToken {

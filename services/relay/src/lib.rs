@@ -15,6 +15,7 @@ mod enriched;
 mod log_watch;
 mod metrics;
 mod pipeline;
+mod states;
 mod tasks;
 mod trace;
 

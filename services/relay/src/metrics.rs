@@ -37,3 +37,5 @@ pub const TASK_RECORDS: &str = "agentwire_relay_task_records_total";
 /// Rebuilds of the task queues from the log, made by the task carrier after it found that
 /// Valkey had lost them.
 pub const TASK_REBUILDS: &str = "agentwire_relay_task_rebuilds_total";
+/// Session states put back into Valkey from the log (Valkey's was older or gone).
+pub const STATES_RESTORED: &str = "agentwire_relay_session_states_restored_total";

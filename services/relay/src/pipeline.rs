@@ -261,6 +261,14 @@ async fn write_batch(
     metrics::counter!(m::EVENTS_WRITTEN).increment(written as u64);
     metrics::counter!(m::EVENTS_REPLAYED).increment((appends.len() - written) as u64);
 
+    let states = agentwire_valkey::SessionStateStore::new(store.connection());
+    crate::states::restore(
+        &states,
+        parsed
+            .iter()
+            .map(|(session, _, _, json, ..)| (session, json.as_str())),
+    )
+    .await;
     offsets.store_batch(batch);
 }
 

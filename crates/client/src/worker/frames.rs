@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use agentwire_protocol::{Capability, ErrorCode, ErrorFrame, ServerFrame, Tenant};
+use agentwire_protocol::{AgentId, Capability, ErrorCode, ErrorFrame, ServerFrame, Tenant};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -71,7 +71,7 @@ pub(crate) fn parse(text: &str) -> Result<Incoming, ClientError> {
                 },
             }
         }
-        "task_ack" => {
+        "task_ack" | "registered" => {
             let fields: Value = serde_json::from_str(text)?;
             let id = fields.get("id").and_then(Value::as_str).map(str::to_owned);
             Incoming::Ack { id, fields }
@@ -84,6 +84,26 @@ pub(crate) fn parse(text: &str) -> Result<Incoming, ClientError> {
         "refreshed" => Incoming::Refreshed,
         _ => Incoming::Other(head.op),
     })
+}
+
+/// `register`: the worker as agent `agent_id` serving `capabilities`, at most `prefetch` at
+/// once.
+pub(crate) fn register(
+    id: &str,
+    tenant: &Tenant,
+    agent_id: &AgentId,
+    capabilities: &[Capability],
+    prefetch: usize,
+) -> String {
+    json!({
+        "op": "register",
+        "id": id,
+        "tenant": tenant,
+        "agent_id": agent_id,
+        "capabilities": capabilities,
+        "max_concurrency": prefetch,
+    })
+    .to_string()
 }
 
 /// `consume`: push tasks of `capabilities`, at most `prefetch` unsettled, each leased for
@@ -247,6 +267,22 @@ mod tests {
             (Some("r1"), 8, 9_000)
         );
         assert_eq!((t, claim.worker.as_str()), (Some(tenant()), "w"));
+
+        let agent = AgentId::new("worker-1").expect("valid");
+        let op =
+            agentwire_protocol::CoordOp::from_json(&register("r0", &tenant(), &agent, &caps, 8))
+                .expect("register");
+        let agentwire_protocol::CoordOp::Register { id, spec } = op else {
+            panic!("not a register: {op:?}");
+        };
+        assert_eq!(
+            (id.as_deref(), spec.agent_id.as_str(), spec.max_concurrency),
+            (Some("r0"), "worker-1", Some(8))
+        );
+        assert_eq!(
+            (spec.tenant, spec.capabilities),
+            (Some(tenant()), caps.to_vec())
+        );
 
         let op =
             TaskOp::from_json(&heartbeat("r2", &tenant(), TASK_ID, "L", 600)).expect("heartbeat");

@@ -44,6 +44,9 @@ struct Flight {
 
 enum Request {
     Consume,
+    /// The registration sent before `consume` (answered like it: a refusal stops the worker
+    /// or, if passing, reconnects).
+    Register,
     StopConsuming,
     Heartbeat(String),
     Settle(String),
@@ -106,6 +109,12 @@ impl Ledger {
     pub(crate) fn connected(&mut self) {
         self.online = true;
         if !self.draining {
+            if let Some(agent_id) = self.settings.agent_id.clone() {
+                let id = self.request(Request::Register);
+                let s = &self.settings;
+                let op = frames::register(&id, &s.tenant, &agent_id, &s.capabilities, s.prefetch);
+                self.outbox.push(op);
+            }
             let id = self.request(Request::Consume);
             let s = &self.settings;
             let lease_ms = u64::try_from(s.lease.as_millis()).unwrap_or(u64::MAX);

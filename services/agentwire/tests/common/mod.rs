@@ -271,6 +271,7 @@ impl Stack {
             dedupe_rebuild_depth: 100_000,
             task_retention_secs: 3600,
             task_sweep_ms: 200,
+            registry_sweep_ms: 200,
         }
     }
 

@@ -22,6 +22,7 @@ use agentwire_protocol::CloseReason;
 use crate::auth::{ConnectionPermit, Principal};
 use crate::fanout::{Follow, Inbox, Outbox};
 use crate::metrics as m;
+use crate::session::coordinator::Coordinator;
 use crate::session::ephemeral::Ephemerals;
 use crate::session::inbound;
 use crate::session::outbound::{Outbound, encode};
@@ -59,6 +60,8 @@ struct Driver {
     ephemerals: Ephemerals,
     /// Work-queue ops and push delivery.
     worker: Worker,
+    /// Registry ops, and the heartbeats of the agents registered over this connection.
+    coordinator: Coordinator,
     expiry: Pin<Box<Sleep>>,
     expires: bool,
     /// Started at a batch's first unflushed frame: the batch must be written by then.
@@ -79,10 +82,13 @@ pub async fn run(socket: WebSocket, app: AppState, principal: Principal, permit:
         .fanout()
         .mailbox(config.session_buffer, config.ephemeral_buffer);
     let (sink, mut stream) = socket.split();
+    let worker = Worker::new(app.clone());
+    let coordinator = Coordinator::new(app.clone(), worker.load());
     let mut conn = Driver {
         publisher: Publisher::new(app.clone()),
         ephemerals: Ephemerals::new(app.clone()),
-        worker: Worker::new(app.clone()),
+        worker,
+        coordinator,
         machine: SessionState::new(settings, principal),
         sink,
         outbox,
@@ -144,6 +150,7 @@ impl Driver {
                 Some(answer) = self.acks.next() => { machine.on_ack(answer); Ok(()) }
                 Some((id, err)) = self.ephemerals.failed() => { machine.on_ephemeral_failed(id, &err); Ok(()) }
                 text = self.worker.next() => self.send(Outbound::Text(text)).await,
+                text = self.coordinator.next() => self.send(Outbound::Text(text)).await,
                 () = &mut self.expiry, if self.expires => {
                     self.expires = false;
                     machine.on_expired();
@@ -212,6 +219,7 @@ impl Driver {
                 }
                 Action::Refuse(frame) => self.acks.push_back(steps::refused(frame)),
                 Action::Task(op) => self.worker.handle(*op, self.machine.principal()),
+                Action::Coord(op) => self.coordinator.handle(*op, self.machine.principal()),
                 Action::PublishEphemeral { event, id } => {
                     if let Err(err) = Box::pin(self.ephemerals.submit(*event, id.clone())).await {
                         self.machine.on_ephemeral_failed(id, &err);

@@ -2,11 +2,11 @@
 //! binary frames (one over the size limit is not decoded: it closes the connection), and how
 //! a failed read ends the connection.
 
-use agentwire_protocol::{ClientFrame, CloseCode, CloseReason, ProtocolError, TaskOp};
+use agentwire_protocol::{ClientFrame, CloseCode, CloseReason, CoordOp, ProtocolError, TaskOp};
 use axum::extract::ws::Message;
 
 use crate::session::outbound::Encoding;
-use crate::session::state::SessionState;
+use crate::session::state::{SessionState, SideOp};
 
 /// Hands one client message to `machine`; `false` once the client closed.
 pub fn receive(machine: &mut SessionState, message: Message) -> bool {
@@ -14,8 +14,10 @@ pub fn receive(machine: &mut SessionState, message: Message) -> bool {
     let (encoding, size, frame) = match message {
         Message::Text(text) if machine.admits(text.len()) => {
             let frame = ClientFrame::from_json(&text);
-            if frame.is_err() && is_task_op(&text) {
-                machine.on_task(text.len(), TaskOp::from_json(&text));
+            if frame.is_err()
+                && let Some(op) = side_op(&text)
+            {
+                machine.on_side_op(text.len(), op);
                 return true;
             }
             (Encoding::Json, text.len(), frame)
@@ -35,15 +37,23 @@ pub fn receive(machine: &mut SessionState, message: Message) -> bool {
     true
 }
 
-/// Whether a JSON frame that is not a [`ClientFrame`] names a work-queue op (looked at only
-/// after the frame failed to decode as one, so other frames pay nothing for it).
-fn is_task_op(text: &str) -> bool {
+/// A JSON frame that is not a [`ClientFrame`] decoded as the work-queue or coordination op
+/// it names, if it names one (looked at only after the frame failed to decode as a
+/// [`ClientFrame`], so other frames pay nothing for it).
+fn side_op(text: &str) -> Option<Result<SideOp, (Option<String>, ProtocolError)>> {
     #[derive(serde::Deserialize)]
     struct Op<'a> {
         #[serde(borrow)]
         op: std::borrow::Cow<'a, str>,
     }
-    serde_json::from_str::<Op<'_>>(text).is_ok_and(|o| TaskOp::is_task_op(&o.op))
+    let op = serde_json::from_str::<Op<'_>>(text).ok()?.op;
+    if TaskOp::is_task_op(&op) {
+        Some(TaskOp::from_json(text).map(SideOp::Task))
+    } else if CoordOp::is_coord_op(&op) {
+        Some(CoordOp::from_json(text).map(SideOp::Coord))
+    } else {
+        None
+    }
 }
 
 /// How a failed read ends the connection.

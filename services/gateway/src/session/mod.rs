@@ -2,8 +2,9 @@
 //! catch up, what to refuse), `cursor` its delivery rule, `limits` its token buckets,
 //! `inbound` and `outbound` the decoding and the one encoding switch, `driver` the I/O loop
 //! and `steps` the I/O it performs; `publisher` and `ephemeral` send a connection's
-//! publishes off its loop, in order; `worker` serves the work-queue ops and push delivery.
+//! publishes off its loop, in order; `worker` serves the work-queue ops and push delivery, `coordinator` the registry ops.
 
+mod coordinator;
 mod cursor;
 pub mod driver;
 mod ephemeral;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use agentwire_protocol::{
-    Ack, ClientFrame, CloseCode, CloseReason, ErrorCode, ErrorFrame, Event, Label, Offset,
+    Ack, ClientFrame, CloseCode, CloseReason, CoordOp, ErrorCode, ErrorFrame, Event, Label, Offset,
     ProtocolError, ServerFrame, SessionKey, Start, TaskOp, Tenant,
 };
 
@@ -45,6 +45,23 @@ pub struct Settings {
     pub max_frame_bytes: usize,
     pub idle_timeout: Duration,
     pub rates: RateSettings,
+}
+
+/// A JSON op outside the core frames: the work queue's or coordination's.
+#[derive(Debug)]
+pub enum SideOp {
+    Task(TaskOp),
+    Coord(CoordOp),
+}
+
+impl SideOp {
+    /// The request id, echoed by the answer.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            SideOp::Task(op) => op.id(),
+            SideOp::Coord(op) => op.id(),
+        }
+    }
 }
 
 /// What the driver is asked to do.
@@ -81,6 +98,9 @@ pub enum Action {
     /// A work-queue op, performed by the driver's worker side (`worker.rs`), which answers
     /// it with a `task_ack` or `error` frame of its own.
     Task(Box<TaskOp>),
+    /// A coordination op (registry), performed by the driver's coordinator side
+    /// (`coordinator.rs`), which answers it with a frame of its own.
+    Coord(Box<CoordOp>),
     /// Answer a refused publish in publish order (behind earlier publishes' answers).
     Refuse(ErrorFrame),
     /// Publish on the session's channel only; a failure comes back through
@@ -295,9 +315,10 @@ impl SessionState {
         }
     }
 
-    /// A work-queue op (JSON only): the same size and byte-rate limits as any message, then
-    /// handed to the driver's worker side ([`Action::Task`]).
-    pub fn on_task(&mut self, size: usize, op: Result<TaskOp, (Option<String>, ProtocolError)>) {
+    /// A work-queue or coordination op (JSON only): the same size and byte-rate limits as
+    /// any message, then handed to the driver's worker side ([`Action::Task`]) or its
+    /// coordinator side ([`Action::Coord`]).
+    pub fn on_side_op(&mut self, size: usize, op: Result<SideOp, (Option<String>, ProtocolError)>) {
         self.encoding = Encoding::Json;
         let limit = self.settings.max_frame_bytes;
         if size > limit {
@@ -324,7 +345,8 @@ impl SessionState {
             }
         }
         match op {
-            Ok(op) => self.push(Action::Task(Box::new(op))),
+            Ok(SideOp::Task(op)) => self.push(Action::Task(Box::new(op))),
+            Ok(SideOp::Coord(op)) => self.push(Action::Coord(Box::new(op))),
             Err((id, err)) => self.error(ErrorFrame {
                 id,
                 ..ErrorFrame::from(&err)

@@ -85,6 +85,12 @@ impl Worker {
         }
     }
 
+    /// How many pushed tasks the connection holds now (its load, for the registry).
+    pub fn load(&self) -> crate::session::coordinator::Load {
+        let held = self.held.clone();
+        Arc::new(move || u32::try_from(lock(&held).len()).unwrap_or(u32::MAX))
+    }
+
     /// The next frame to send: an answer or a pushed task. Pending while there is none.
     pub async fn next(&mut self) -> String {
         use futures::StreamExt as _;

@@ -26,7 +26,7 @@ impl Ledger {
         }
     }
 
-    /// A `task_ack`.
+    /// A `task_ack` (or the `registered` answer to the worker's registration).
     pub(crate) fn on_ack(&mut self, id: Option<&str>, fields: &Value) -> Answer {
         match id.and_then(|id| self.requests.remove(id)) {
             Some(Request::Consume) => return Answer::ConsumeAccepted,
@@ -50,6 +50,7 @@ impl Ledger {
                 }
             }
             Some(Request::StopConsuming | Request::Stray) => {}
+            Some(Request::Register) => debug!(answer = %fields, "the worker is registered"),
             None => debug!(answer = %fields, "an answer to no request of this connection"),
         }
         Answer::Nothing
@@ -63,7 +64,7 @@ impl Ledger {
             ErrorCode::StaleLease | ErrorCode::NotFound | ErrorCode::WrongState
         );
         match request {
-            Some(Request::Consume) => return Answer::ConsumeRefused(frame),
+            Some(Request::Consume | Request::Register) => return Answer::ConsumeRefused(frame),
             Some(Request::Heartbeat(lease)) if gone => {
                 self.mark_stale(&lease);
                 let queued = matches!(
