@@ -42,10 +42,6 @@ fn cap(name: &str) -> Capability {
     Capability::new(name).expect("capability")
 }
 
-fn ws_url(http_url: &str) -> String {
-    format!("{}/v1/ws", http_url.replacen("http://", "ws://", 1))
-}
-
 /// The registry events of the tenant on the log, as (type, agent id), in order.
 async fn registry_log(http: &HttpClient, tenant: &Tenant) -> Vec<(String, String)> {
     let events = http

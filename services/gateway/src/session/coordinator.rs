@@ -227,19 +227,30 @@ impl Coordinator {
     }
 }
 
-/// Keeps the connection's registrations alive; registers again one found gone.
+/// Keeps the connection's registrations alive: looks every [`MIN_BEAT`] and heartbeats each
+/// agent a third of its TTL (at most [`MAX_BEAT`]) after its last beat, so an agent
+/// registered later with a short TTL is never left waiting on a longer one's interval;
+/// registers again one found gone.
 async fn heartbeat_loop(registry: Registry, agents: Agents, load: Load) {
+    let mut last: HashMap<(Tenant, AgentId), tokio::time::Instant> = HashMap::new();
     loop {
+        tokio::time::sleep(MIN_BEAT).await;
+        let now = tokio::time::Instant::now();
         let registered: Vec<Registration> = lock(&agents).values().cloned().collect();
-        let shortest = registered
-            .iter()
-            .map(|r| Duration::from_millis(r.ttl_ms / 3))
-            .min()
-            .unwrap_or(MAX_BEAT);
-        tokio::time::sleep(shortest.clamp(MIN_BEAT, MAX_BEAT)).await;
+        last.retain(|key, _| {
+            registered
+                .iter()
+                .any(|r| (&r.tenant, &r.agent_id) == (&key.0, &key.1))
+        });
         let in_flight = load();
-        let registered: Vec<Registration> = lock(&agents).values().cloned().collect();
         for registration in registered {
+            let key = (registration.tenant.clone(), registration.agent_id.clone());
+            let every = Duration::from_millis(registration.ttl_ms / 3).clamp(MIN_BEAT, MAX_BEAT);
+            let beaten = *last.entry(key.clone()).or_insert(now);
+            if now.duration_since(beaten) < every {
+                continue;
+            }
+            last.insert(key, now);
             let beat = registry
                 .heartbeat(
                     &registration.tenant,

@@ -27,6 +27,7 @@ fn ledger(prefetch: usize) -> (Ledger, Arc<WorkerStats>) {
         keepalive: Duration::from_secs(15),
         refresh_margin: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(1),
+        agent_id: None,
     };
     let stats = Arc::new(WorkerStats::default());
     let mut ledger = Ledger::new(Arc::new(settings), stats.clone());
