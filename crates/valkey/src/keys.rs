@@ -106,9 +106,10 @@ pub fn registry_expiry(tenant: &Tenant) -> String {
     format!("{PREFIX}reg:{{{tenant}}}:exp")
 }
 
-/// Every tenant that has registered an agent (the registry sweeper's list).
-pub fn registry_tenants() -> String {
-    format!("{PREFIX}reg:tenants")
+/// Every tenant that has registered an agent through a gateway of the log topic `topic`
+/// (the registry sweeper's list: a gateway records the expiries of its own topic).
+pub fn registry_tenants(topic: &str) -> String {
+    format!("{PREFIX}reg:tenants:{topic}")
 }
 
 /// The relay's mark of one partition of its source topic: the highest offset it appended

@@ -55,6 +55,8 @@ pub enum Deregistered {
 #[derive(Clone)]
 pub struct RegistryStore {
     conn: Connection,
+    /// The log topic whose tenants this store lists ([`keys::registry_tenants`]).
+    topic: String,
 }
 
 impl std::fmt::Debug for RegistryStore {
@@ -123,8 +125,11 @@ fn agent_view(items: &[Value]) -> Result<Option<AgentView>, ValkeyError> {
 }
 
 impl RegistryStore {
-    pub fn new(conn: Connection) -> Self {
-        Self { conn }
+    pub fn new(conn: Connection, topic: impl Into<String>) -> Self {
+        Self {
+            conn,
+            topic: topic.into(),
+        }
     }
 
     fn call(tenant: &Tenant, op: &str) -> redis::ScriptInvocation<'static> {
@@ -142,7 +147,7 @@ impl RegistryStore {
     pub async fn register(&self, registration: &Registration) -> Result<Registered, ValkeyError> {
         let tenant = &registration.tenant;
         let _: () = redis::cmd("SADD")
-            .arg(keys::registry_tenants())
+            .arg(keys::registry_tenants(&self.topic))
             .arg(tenant.as_str())
             .query_async(&mut self.conn.clone())
             .await?;
@@ -266,7 +271,7 @@ impl RegistryStore {
     /// Every tenant that has registered an agent.
     pub async fn tenants(&self) -> Result<Vec<Tenant>, ValkeyError> {
         let names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::registry_tenants())
+            .arg(keys::registry_tenants(&self.topic))
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(names

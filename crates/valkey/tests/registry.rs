@@ -13,7 +13,7 @@ async fn store() -> RegistryStore {
     let conn = Connection::connect(&TestEnv::from_env().valkey_url)
         .await
         .expect("connect");
-    RegistryStore::new(conn)
+    RegistryStore::new(conn, "agent.events")
 }
 
 fn tenant() -> Tenant {

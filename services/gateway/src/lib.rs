@@ -138,6 +138,7 @@ pub async fn run(
     let registry = registry::Registry::new(
         agentwire_valkey::RegistryStore::new(
             agentwire_valkey::Connection::connect(&config.valkey.url).await?,
+            config.kafka.topic.clone(),
         ),
         log.clone(),
     );
