@@ -176,3 +176,16 @@ pub async fn enqueue(
         })
     }))
 }
+
+/// The log record of an event the gateway itself writes (registry changes, session state,
+/// task outcomes): stamped now, CloudEvents JSON, keyed by its session.
+pub(crate) fn server_record(mut event: agentwire_protocol::Event) -> agentwire_kafka::LogRecord {
+    event.stamp(std::time::SystemTime::now());
+    agentwire_kafka::LogRecord {
+        key: event.session.to_string(),
+        value: agentwire_protocol::cloudevents::to_json(&event),
+        content_type: agentwire_kafka::CLOUDEVENTS_JSON,
+        traceparent: None,
+        tracestate: None,
+    }
+}

@@ -18,7 +18,7 @@ pub mod sweeper;
 
 use std::time::Duration;
 
-use agentwire_kafka::{EventLog, LogRecord};
+use agentwire_kafka::EventLog;
 use agentwire_protocol::registry::registry_session;
 use agentwire_protocol::{
     AgentId, AgentView, Capability, Event, EventType, Registration, RegistryEventKind, Tenant,
@@ -190,14 +190,7 @@ impl Registry {
             .ok()
             .and_then(|json| RawValue::from_string(json).ok())
             .map(agentwire_protocol::Data::Json);
-        event.stamp(std::time::SystemTime::now());
-        let record = LogRecord {
-            key: event.session.to_string(),
-            value: agentwire_protocol::cloudevents::to_json(&event),
-            content_type: agentwire_kafka::CLOUDEVENTS_JSON,
-            traceparent: None,
-            tracestate: None,
-        };
+        let record = crate::publish::server_record(event);
         self.events.append(&record).await.map(drop)
     }
 }

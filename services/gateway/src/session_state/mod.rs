@@ -11,7 +11,7 @@
 
 mod http;
 
-use agentwire_kafka::{Appended, EventLog, LogRecord};
+use agentwire_kafka::{Appended, EventLog};
 use agentwire_protocol::session_state::{STATE_EVENT_TYPE, SessionState, StateUpdate};
 use agentwire_protocol::{ErrorCode, Event, EventType, Offset, ProtocolError, SessionKey};
 use agentwire_valkey::{SessionStateStore, Updated, ValkeyError};
@@ -113,14 +113,7 @@ impl SessionStates {
             .ok()
             .and_then(|json| RawValue::from_string(json).ok())
             .map(agentwire_protocol::Data::Json);
-        event.stamp(std::time::SystemTime::now());
-        let record = LogRecord {
-            key: event.session.to_string(),
-            value: agentwire_protocol::cloudevents::to_json(&event),
-            content_type: agentwire_kafka::CLOUDEVENTS_JSON,
-            traceparent: None,
-            tracestate: None,
-        };
+        let record = crate::publish::server_record(event);
         self.events.append(&record).await
     }
 }

@@ -23,7 +23,7 @@ pub mod wake;
 
 use std::time::Duration;
 
-use agentwire_kafka::{EventLog, LogRecord};
+use agentwire_kafka::EventLog;
 use agentwire_protocol::task::now_ms;
 use agentwire_protocol::{
     Capability, ClaimRequest, ErrorCode, Event, EventType, TaskDoc, TaskEventKind, TaskRecord,
@@ -544,14 +544,7 @@ impl TaskQueue {
         event.data = RawValue::from_string(data.to_string())
             .ok()
             .map(agentwire_protocol::Data::Json);
-        event.stamp(std::time::SystemTime::now());
-        let record = LogRecord {
-            key: event.session.to_string(),
-            value: agentwire_protocol::cloudevents::to_json(&event),
-            content_type: agentwire_kafka::CLOUDEVENTS_JSON,
-            traceparent: None,
-            tracestate: None,
-        };
+        let record = crate::publish::server_record(event);
         if let Err(err) = self.events.append(&record).await {
             tracing::warn!(error = %err, task = %transition.id, "the task's reply was not published");
         }
